@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::block::{Block, Header, StoredBlock, tx_root};
 use crate::channel::Channel;
@@ -62,7 +63,7 @@ pub struct Chain {
     store: Store,
     state: State,
     tip: BlockMeta,
-    ethash: Ethash,
+    ethash: Arc<Ethash>,
     mempool: Mempool,
 }
 
@@ -130,7 +131,7 @@ impl Chain {
             store,
             state,
             tip,
-            ethash,
+            ethash: Arc::new(ethash),
             mempool: Mempool::new(DEFAULT_MAX_TXS),
         })
     }
@@ -161,6 +162,11 @@ impl Chain {
 
     pub fn ethash(&self) -> &Ethash {
         &self.ethash
+    }
+
+    /// A shared handle, so a miner can search without holding the chain.
+    pub fn ethash_handle(&self) -> Arc<Ethash> {
+        self.ethash.clone()
     }
 
     pub fn account(&self, address: &Address) -> Account {

@@ -1,0 +1,291 @@
+//! The node's HTTP JSON API (axum), and the types both it and the CLI's
+//! client use. Amounts are decimal strings of the base unit; hashes and
+//! addresses are 0x-hex. Errors are `{"error": "..."}` with a 4xx status.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use zennet_chain::codec::amount_str;
+use zennet_chain::identity::Role;
+use zennet_chain::state::IdentityRecord;
+use zennet_chain::{
+    Address, Amount, ChainError, Channel, Hash, Header, SignedTx, StoredBlock, StoredTx,
+    TaskRecord, Transaction,
+};
+
+use crate::node::Node;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub chain_id: u64,
+    pub genesis_hash: Hash,
+    pub height: u64,
+    pub tip: Hash,
+    pub state_root: Hash,
+    pub difficulty: u64,
+    pub total_difficulty: String,
+    pub timestamp_ms: u64,
+    pub mempool: usize,
+    pub mining: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountView {
+    pub address: Address,
+    #[serde(with = "amount_str")]
+    pub balance: Amount,
+    pub nonce: u64,
+    /// Nonce for the next transaction, counting pending ones.
+    pub next_nonce: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitTx {
+    /// The signed transaction, borsh-encoded, as 0x-hex.
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    pub hash: Hash,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxView {
+    pub hash: Hash,
+    /// `pending`, `mined`, or `pruned` (mined, body dropped after its prune height).
+    pub status: String,
+    pub block: Option<Hash>,
+    pub height: Option<u64>,
+    pub index: Option<u32>,
+    pub sender: Option<Address>,
+    pub kind: Option<String>,
+    pub tx: Option<Transaction>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockView {
+    pub hash: Hash,
+    pub header: Header,
+    pub txs: Vec<TxView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentitiesView {
+    pub address: Address,
+    pub publisher: Option<IdentityRecord>,
+    pub node: Option<IdentityRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/genesis", get(genesis))
+        .route("/v1/blocks/{id}", get(block))
+        .route("/v1/txs", post(submit))
+        .route("/v1/txs/{hash}", get(tx))
+        .route("/v1/accounts/{address}", get(account))
+        .route("/v1/identities/{address}", get(identities))
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/channels/{id}", get(channel))
+        .with_state(node)
+}
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<ChainError> for ApiError {
+    fn from(e: ChainError) -> ApiError {
+        let status = match e {
+            ChainError::Store(_) | ChainError::Io(_) | ChainError::Corrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ChainError::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+fn parse<T: std::str::FromStr<Err = ChainError>>(s: &str) -> Result<T, ApiError> {
+    s.parse::<T>().map_err(|e| bad_request(e.to_string()))
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn info(State(node): State<Arc<Node>>) -> ApiResult<Info> {
+    let chain = node.chain();
+    let tip = chain.tip();
+    Ok(Json(Info {
+        chain_id: chain.genesis().chain_id,
+        genesis_hash: chain.genesis_hash(),
+        height: tip.header.height,
+        tip: tip.hash,
+        state_root: tip.header.state_root,
+        difficulty: tip.header.difficulty,
+        total_difficulty: tip.total_difficulty.to_string(),
+        timestamp_ms: tip.header.timestamp_ms,
+        mempool: chain.mempool().len(),
+        mining: node.is_mining(),
+    }))
+}
+
+async fn genesis(State(node): State<Arc<Node>>) -> String {
+    node.chain().genesis().to_toml()
+}
+
+async fn block(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<BlockView> {
+    let chain = node.chain();
+    let stored = if let Ok(height) = id.parse::<u64>() {
+        chain.block_by_height(height)?
+    } else {
+        chain.block_by_hash(&parse::<Hash>(&id)?)?
+    };
+    let stored = stored.ok_or_else(|| not_found(format!("no block {id}")))?;
+    Ok(Json(block_view(stored)))
+}
+
+pub fn block_view(stored: StoredBlock) -> BlockView {
+    let hash = stored.header.hash();
+    let height = stored.header.height;
+    let txs = stored
+        .txs
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            StoredTx::Full { hash: h, tx } => TxView {
+                hash: h,
+                status: "mined".into(),
+                block: Some(hash),
+                height: Some(height),
+                index: Some(i as u32),
+                sender: sender_of(&tx),
+                kind: Some(tx.tx.body.kind().into()),
+                tx: Some(tx.tx),
+            },
+            StoredTx::Pruned { hash: h } => TxView {
+                hash: h,
+                status: "pruned".into(),
+                block: Some(hash),
+                height: Some(height),
+                index: Some(i as u32),
+                sender: None,
+                kind: None,
+                tx: None,
+            },
+        })
+        .collect();
+    BlockView {
+        hash,
+        header: stored.header,
+        txs,
+    }
+}
+
+fn sender_of(tx: &SignedTx) -> Option<Address> {
+    zennet_chain::crypto::recover_address(&tx.tx.signing_hash(), &tx.signature).ok()
+}
+
+async fn submit(State(node): State<Arc<Node>>, Json(req): Json<SubmitTx>) -> ApiResult<Submitted> {
+    let raw = req.raw.strip_prefix("0x").unwrap_or(&req.raw);
+    let bytes = hex::decode(raw).map_err(|_| bad_request("raw transaction is not hex"))?;
+    let max = node.chain().genesis().limits.max_tx_bytes as usize;
+    let tx = SignedTx::decode(&bytes, max)?;
+    let hash = node.submit_tx(tx)?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn tx(State(node): State<Arc<Node>>, Path(hash): Path<String>) -> ApiResult<TxView> {
+    let hash: Hash = parse(&hash)?;
+    let info = node
+        .chain()
+        .tx_info(&hash)?
+        .ok_or_else(|| not_found(format!("no transaction {hash}")))?;
+    let status = match (&info.pending, &info.tx) {
+        (true, _) => "pending",
+        (false, Some(_)) => "mined",
+        (false, None) => "pruned",
+    };
+    Ok(Json(TxView {
+        hash,
+        status: status.into(),
+        block: info.location.map(|l| l.block),
+        height: info.location.map(|l| l.height),
+        index: info.location.map(|l| l.index),
+        sender: info.sender,
+        kind: info.tx.as_ref().map(|t| t.tx.body.kind().to_string()),
+        tx: info.tx.map(|t| t.tx),
+    }))
+}
+
+async fn account(
+    State(node): State<Arc<Node>>,
+    Path(address): Path<String>,
+) -> ApiResult<AccountView> {
+    let address: Address = parse(&address)?;
+    let chain = node.chain();
+    let a = chain.account(&address);
+    Ok(Json(AccountView {
+        address,
+        balance: a.balance,
+        nonce: a.nonce,
+        next_nonce: chain.next_nonce(&address),
+    }))
+}
+
+async fn identities(
+    State(node): State<Arc<Node>>,
+    Path(address): Path<String>,
+) -> ApiResult<IdentitiesView> {
+    let address: Address = parse(&address)?;
+    let chain = node.chain();
+    Ok(Json(IdentitiesView {
+        address,
+        publisher: chain.identity(&address, Role::Publisher),
+        node: chain.identity(&address, Role::Node),
+    }))
+}
+
+async fn tasks(State(node): State<Arc<Node>>) -> ApiResult<Vec<TaskRecord>> {
+    Ok(Json(node.chain().state().tasks().cloned().collect()))
+}
+
+async fn task(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<TaskRecord> {
+    let id: Hash = parse(&id)?;
+    node.chain()
+        .task(&id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no open task {id}")))
+}
+
+async fn channel(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Channel> {
+    let id: Hash = parse(&id)?;
+    node.chain()
+        .channel(&id)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no open channel {id}")))
+}

@@ -1,0 +1,367 @@
+//! The subcommands. Each validates its arguments before touching anything,
+//! prints text or `--json`, and returns one clear error on failure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::json;
+use zennet_chain::codec::amount_str::parse_amount;
+use zennet_chain::identity::{self, Identity, Role};
+use zennet_chain::{Address, Genesis, Hash, SecretKey, Transaction, TxBody};
+
+use crate::api::{AccountView, BlockView, Info, SubmitTx, Submitted, TxView};
+use crate::client::Client;
+use crate::home::Home;
+use crate::node::{NodeHandle, NodeOptions, now_ms};
+
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `value` as JSON, or `text` otherwise.
+    pub fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("serialisable")
+            );
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+pub fn init(home: &Home, genesis_arg: &str, out: Output) -> Result<()> {
+    // Read and check a genesis file before creating anything.
+    let from_file = if genesis_arg == "dev" {
+        None
+    } else {
+        Some(Genesis::load(Path::new(genesis_arg))?)
+    };
+    let key = home.init(|key| {
+        Ok(match from_file {
+            Some(g) => g,
+            None => Genesis::dev(key.address(), now_ms()),
+        })
+    })?;
+    let genesis = home.genesis()?;
+    out.print(
+        &json!({
+            "home": home.dir(),
+            "address": key.address(),
+            "chain_id": genesis.chain_id,
+            "genesis_hash": genesis.hash(),
+        }),
+        || {
+            format!(
+                "initialised {}\naddress  {}\nchain id {}\ngenesis  {}",
+                home.dir().display(),
+                key.address(),
+                genesis.chain_id,
+                genesis.hash()
+            )
+        },
+    );
+    Ok(())
+}
+
+pub async fn node_run(home: Home, mine: bool, api: Option<String>) -> Result<()> {
+    home.require_initialized()?;
+    let handle = NodeHandle::start(
+        home,
+        NodeOptions {
+            mine,
+            api,
+            report: true,
+        },
+    )
+    .await?;
+    wait_for_signal().await;
+    handle.stop().await
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub fn wallet_address(home: &Home, out: Output) -> Result<()> {
+    let address = home.key()?.address();
+    out.print(&json!({ "address": address }), || address.to_string());
+    Ok(())
+}
+
+pub async fn wallet_balance(home: &Home, address: Option<&str>, out: Output) -> Result<()> {
+    let address: Address = match address {
+        Some(a) => a.parse()?,
+        None => home.key()?.address(),
+    };
+    let client = Client::new(home.api_url()?);
+    let account: AccountView = client.get(&format!("/v1/accounts/{address}")).await?;
+    out.print(&account, || account.balance.to_string());
+    Ok(())
+}
+
+pub async fn wallet_send(
+    home: &Home,
+    to: &str,
+    amount: &str,
+    fee_per_byte: Option<u64>,
+    wait: bool,
+    out: Output,
+) -> Result<()> {
+    let to: Address = to.parse()?;
+    let amount = parse_amount(amount).map_err(anyhow::Error::msg)?;
+    if amount == 0 {
+        bail!("amount must be greater than zero");
+    }
+    let key = home.key()?;
+    let genesis = home.genesis()?;
+    let client = Client::new(home.api_url()?);
+    let body = TxBody::Transfer { to, amount };
+    let hash = submit(&client, &key, &genesis, body, fee_per_byte).await?;
+    if wait {
+        wait_mined(&client, &hash, Duration::from_secs(120)).await?;
+    }
+    out.print(
+        &json!({ "hash": hash, "to": to, "amount": amount.to_string() }),
+        || hash.to_string(),
+    );
+    Ok(())
+}
+
+/// Signs `body` with the sender's next nonce and submits it.
+pub async fn submit(
+    client: &Client,
+    key: &SecretKey,
+    genesis: &Genesis,
+    body: TxBody,
+    fee_per_byte: Option<u64>,
+) -> Result<Hash> {
+    let account: AccountView = client
+        .get(&format!("/v1/accounts/{}", key.address()))
+        .await?;
+    let tx = Transaction {
+        chain_id: genesis.chain_id,
+        nonce: account.next_nonce,
+        fee_per_byte: fee_per_byte.unwrap_or(genesis.economics.min_fee_per_byte),
+        body,
+    }
+    .sign(key);
+    let raw = format!("0x{}", hex::encode(tx.encode()));
+    let submitted: Submitted = client.post("/v1/txs", &SubmitTx { raw }).await?;
+    Ok(submitted.hash)
+}
+
+pub async fn wait_mined(client: &Client, hash: &Hash, timeout: Duration) -> Result<TxView> {
+    let started = Instant::now();
+    loop {
+        let view: TxView = client.get(&format!("/v1/txs/{hash}")).await?;
+        if view.status != "pending" {
+            return Ok(view);
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "transaction {hash} is still pending after {}s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn chain_info(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let info: Info = client.get("/v1/info").await?;
+    out.print(&info, || {
+        format!(
+            "chain id    {}\ngenesis     {}\nheight      {}\ntip         {}\ndifficulty  {}\nmempool     {}\nmining      {}",
+            info.chain_id, info.genesis_hash, info.height, info.tip, info.difficulty, info.mempool, info.mining
+        )
+    });
+    Ok(())
+}
+
+pub async fn chain_block(home: &Home, id: &str, out: Output) -> Result<()> {
+    if id.parse::<u64>().is_err() {
+        id.parse::<Hash>()
+            .with_context(|| format!("{id:?} is neither a block height nor a block hash"))?;
+    }
+    let client = Client::new(home.api_url()?);
+    let block: BlockView = client.get(&format!("/v1/blocks/{id}")).await?;
+    out.print(&block, || {
+        let mut s = format!(
+            "block {} {}\nparent     {}\ntime       {}\ndifficulty {}\nminer      {}\nstate root {}\ntxs        {}",
+            block.header.height,
+            block.hash,
+            block.header.parent,
+            block.header.timestamp_ms,
+            block.header.difficulty,
+            block.header.miner,
+            block.header.state_root,
+            block.txs.len()
+        );
+        for t in &block.txs {
+            s.push_str(&format!("\n  {} {}", t.hash, t.kind.as_deref().unwrap_or(&t.status)));
+        }
+        s
+    });
+    Ok(())
+}
+
+pub async fn chain_tx(home: &Home, hash: &str, out: Output) -> Result<()> {
+    let hash: Hash = hash.parse()?;
+    let client = Client::new(home.api_url()?);
+    let tx: TxView = client.get(&format!("/v1/txs/{hash}")).await?;
+    out.print(&tx, || {
+        let mut s = format!("tx {}\nstatus {}", tx.hash, tx.status);
+        if let (Some(h), Some(b)) = (tx.height, tx.block) {
+            s.push_str(&format!("\nblock  {h} {b}"));
+        }
+        if let Some(k) = &tx.kind {
+            s.push_str(&format!("\nkind   {k}"));
+        }
+        if let Some(from) = tx.sender {
+            s.push_str(&format!("\nfrom   {from}"));
+        }
+        s
+    });
+    Ok(())
+}
+
+pub async fn chain_genesis(home: &Home) -> Result<()> {
+    // The home holds the genesis; a running node would print the same file.
+    print!("{}", home.genesis()?.to_toml());
+    Ok(())
+}
+
+pub async fn id_mine(
+    home: &Home,
+    role: &str,
+    register: bool,
+    threads: Option<usize>,
+    out: Output,
+) -> Result<()> {
+    let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+    let key = home.key()?;
+    let genesis = home.genesis()?;
+    // Fail before spending the work if the registration cannot be sent.
+    let client = if register {
+        let client = Client::new(home.api_url()?);
+        let ids: crate::api::IdentitiesView = client
+            .get(&format!("/v1/identities/{}", key.address()))
+            .await?;
+        let existing = match role {
+            Role::Publisher => ids.publisher,
+            Role::Node => ids.node,
+        };
+        if existing.is_some() {
+            bail!(
+                "{} already has a registered {} identity",
+                key.address(),
+                role.name()
+            );
+        }
+        Some(client)
+    } else {
+        None
+    };
+    let difficulty = role.difficulty(&genesis.pow);
+    let identity = mine_identity_parallel(&key, role, &genesis, threads).await?;
+    let tx = match client {
+        Some(client) => Some(
+            submit(
+                &client,
+                &key,
+                &genesis,
+                TxBody::RegisterIdentity {
+                    identity: identity.clone(),
+                },
+                None,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    out.print(
+        &json!({ "identity": identity, "difficulty": difficulty, "pow_hash": identity.pow_hash(), "registration_tx": tx }),
+        || {
+            let mut s = format!(
+                "{} identity mined: nonce {} (hash {}, difficulty {difficulty})",
+                role.name(),
+                identity.nonce,
+                identity.pow_hash()
+            );
+            if let Some(tx) = tx {
+                s.push_str(&format!("\nregistration submitted: {tx}"));
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
+async fn mine_identity_parallel(
+    key: &SecretKey,
+    role: Role,
+    genesis: &Genesis,
+    threads: Option<usize>,
+) -> Result<Identity> {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tried = Arc::new(AtomicU64::new(0));
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} mining {msg} identity: {pos} hashes ({per_sec})",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(role.name());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let (stop, tried, public_key, params) = (
+            stop.clone(),
+            tried.clone(),
+            key.public_key(),
+            genesis.pow.clone(),
+        );
+        let bar = bar.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            let start = (i as u64) << 56 | (getrandom::u64().unwrap_or(0) >> 8);
+            let mut last = 0;
+            let found = identity::mine(role, public_key, &params, start, &stop, |n| {
+                tried.fetch_add(n - last, Ordering::Relaxed);
+                bar.inc(n - last);
+                last = n;
+            });
+            if found.is_some() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            found
+        }));
+    }
+    let mut identity = None;
+    for w in workers {
+        if let Some(found) = w.await?
+            && identity.is_none()
+        {
+            identity = Some(found);
+        }
+    }
+    bar.finish_and_clear();
+    identity.context("identity mining stopped without a result")
+}

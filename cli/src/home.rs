@@ -1,0 +1,267 @@
+//! A zennet home: the directory holding a user's key, config, genesis, chain
+//! database and the running node's API address.
+//!
+//! ```text
+//! HOME/key            secp256k1 secret key, hex (0600)
+//! HOME/config.toml    node settings
+//! HOME/genesis.toml   the chain this home belongs to
+//! HOME/chain/         chain.db (SQLite) and ethash/ caches
+//! HOME/node.json      written by a running node: its API address and pid
+//! HOME/node.lock      held by a running node
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use zennet_chain::{Genesis, SecretKey};
+
+pub struct Home {
+    dir: PathBuf,
+}
+
+/// Node settings, `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address of the HTTP JSON API. Loopback by default; port 0 picks a
+    /// free port (the chosen one is written to node.json).
+    pub api: String,
+    /// Mining threads used by `node run --mine`.
+    pub mining_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node: NodeConfig {
+                api: "127.0.0.1:0".into(),
+                mining_threads: 1,
+            },
+        }
+    }
+}
+
+/// What a running node publishes in `node.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeFile {
+    pub api: String,
+    pub pid: u32,
+}
+
+impl Home {
+    /// `--home`, else `$ZENNET_HOME`, else `~/.zennet`.
+    pub fn locate(flag: Option<PathBuf>) -> Result<Home> {
+        let dir = match flag {
+            Some(d) => d,
+            None => match std::env::var_os("ZENNET_HOME") {
+                Some(d) => PathBuf::from(d),
+                None => {
+                    let home =
+                        std::env::var_os("HOME").context("HOME is not set; pass --home DIR")?;
+                    PathBuf::from(home).join(".zennet")
+                }
+            },
+        };
+        Ok(Home { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("key")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn genesis_path(&self) -> PathBuf {
+        self.dir.join("genesis.toml")
+    }
+    pub fn chain_dir(&self) -> PathBuf {
+        self.dir.join("chain")
+    }
+    pub fn node_file_path(&self) -> PathBuf {
+        self.dir.join("node.json")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("node.lock")
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.key_path().exists() && self.genesis_path().exists()
+    }
+
+    /// Creates the home. `genesis` builds the genesis from the new key's
+    /// address (the dev preset prefunds it). Everything is written under a
+    /// temporary name and renamed, so an interrupted init leaves no half home.
+    pub fn init(&self, genesis: impl FnOnce(&SecretKey) -> Result<Genesis>) -> Result<SecretKey> {
+        if self.is_initialized() {
+            bail!(
+                "{} is already a zennet home; pick another with --home DIR",
+                self.dir.display()
+            );
+        }
+        let key = SecretKey::generate();
+        let genesis = genesis(&key)?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        let config = toml::to_string_pretty(&Config::default())?;
+        write_atomic(&self.config_path(), config.as_bytes(), 0o600)?;
+        // Genesis, then the key last: a home counts as initialised only when both exist.
+        write_atomic(&self.genesis_path(), genesis.to_toml().as_bytes(), 0o644)?;
+        write_atomic(
+            &self.key_path(),
+            format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+            0o600,
+        )?;
+        Ok(key)
+    }
+
+    pub fn require_initialized(&self) -> Result<()> {
+        if !self.is_initialized() {
+            bail!(
+                "{} is not a zennet home; create it with `zennet --home {} init`",
+                self.dir.display(),
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn key(&self) -> Result<SecretKey> {
+        self.require_initialized()?;
+        let path = self.key_path();
+        let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = hex::decode(text.trim())
+            .with_context(|| format!("{} is not a hex key", path.display()))?;
+        SecretKey::from_bytes(&bytes)
+            .with_context(|| format!("{} holds no valid key", path.display()))
+    }
+
+    pub fn genesis(&self) -> Result<Genesis> {
+        self.require_initialized()?;
+        Ok(Genesis::load(&self.genesis_path())?)
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let path = self.config_path();
+        if !path.exists() {
+            return Ok(Config::default());
+        }
+        let text = fs::read_to_string(&path)?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+    }
+
+    /// Takes the home's node lock; fails if another node runs on this home.
+    pub fn lock_node(&self) -> Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.lock_path())?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(_) => bail!(
+                "a node is already running on {}; stop it first or use another --home",
+                self.dir.display()
+            ),
+        }
+    }
+
+    pub fn write_node_file(&self, node: &NodeFile) -> Result<()> {
+        write_atomic(
+            &self.node_file_path(),
+            &serde_json::to_vec_pretty(node)?,
+            0o600,
+        )
+    }
+
+    pub fn remove_node_file(&self) {
+        let _ = fs::remove_file(self.node_file_path());
+    }
+
+    /// The running node's API base URL.
+    pub fn api_url(&self) -> Result<String> {
+        self.require_initialized()?;
+        let path = self.node_file_path();
+        let text = fs::read_to_string(&path).map_err(|_| {
+            anyhow::anyhow!(
+                "no node is running for {}; start one with `zennet --home {} node run`",
+                self.dir.display(),
+                self.dir.display()
+            )
+        })?;
+        let node: NodeFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        Ok(format!("http://{}", node.api))
+    }
+}
+
+/// Writes `bytes` to a temporary file with `mode`, syncs it, then renames it
+/// over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_private_key_and_refuses_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::locate(Some(dir.path().join("h"))).unwrap();
+        let key = home.init(|k| Ok(Genesis::dev(k.address(), 1))).unwrap();
+        assert_eq!(home.key().unwrap().address(), key.address());
+        let mode = fs::metadata(home.key_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(home.genesis().unwrap().alloc[0].address, key.address());
+        assert!(home.init(|k| Ok(Genesis::dev(k.address(), 1))).is_err());
+        fs::set_permissions(home.key_path(), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(home.key().is_err(), "a world-readable key is refused");
+    }
+
+    #[test]
+    fn second_node_lock_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::locate(Some(dir.path().to_path_buf())).unwrap();
+        let _held = home.lock_node().unwrap();
+        assert!(home.lock_node().is_err());
+    }
+}

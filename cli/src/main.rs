@@ -1,0 +1,178 @@
+//! `zennet`: one client for the Zennet market. See `zennet --help`.
+
+mod api;
+mod client;
+mod commands;
+mod devnet;
+mod home;
+mod node;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "zennet",
+    version,
+    about = "Zennet: a free market of virtual machines and files",
+    long_about = "Zennet: a free market of virtual machines and files.\n\n\
+        Start with `zennet init --genesis dev` then `zennet node run --mine`, \
+        or run `zennet devnet` for a whole local network in one command."
+)]
+struct Cli {
+    /// Home directory (keys, config, chain). Default: $ZENNET_HOME or ~/.zennet
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a home: a new key, config.toml and the chain's genesis.
+    Init {
+        /// `dev` (a local chain prefunding the new key) or a genesis TOML file.
+        #[arg(long, default_value = "dev", value_name = "dev|FILE")]
+        genesis: String,
+    },
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// This home's account: address, balances, transfers.
+    #[command(subcommand)]
+    Wallet(WalletCmd),
+    /// Inspect the chain.
+    #[command(subcommand)]
+    Chain(ChainCmd),
+    /// Mined identities.
+    #[command(subcommand)]
+    Id(IdCmd),
+    /// A whole local network on embedded defaults, mining and transferring.
+    Devnet {
+        /// Stop after this many blocks (default: run until Ctrl-C).
+        #[arg(long)]
+        blocks: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Run the node: chain, HTTP API on loopback, optional miner.
+    Run {
+        /// Mine blocks with this home's key as the miner.
+        #[arg(long)]
+        mine: bool,
+        /// API listen address (default from config.toml: 127.0.0.1, any free port).
+        #[arg(long, value_name = "ADDR")]
+        api: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletCmd {
+    /// Print this home's address.
+    Address,
+    /// Balance of ADDR (default: this home's address).
+    Balance { address: Option<String> },
+    /// Send AMOUNT base units to TO.
+    Send {
+        to: String,
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// Fee per byte (default: the chain's minimum).
+        #[arg(long)]
+        fee_per_byte: Option<u64>,
+        /// Wait until the transaction is mined.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChainCmd {
+    /// Height, tip, difficulty, mempool.
+    Info,
+    /// A block by height or hash.
+    Block { id: String },
+    /// A transaction by hash.
+    Tx { hash: String },
+    /// Print the chain's genesis file (to create another home on this chain).
+    Genesis,
+}
+
+#[derive(Subcommand)]
+enum IdCmd {
+    /// Mine an identity for this home's key and register it on chain.
+    Mine {
+        #[arg(long, value_parser = ["node", "publisher"])]
+        role: String,
+        /// Only mine and print; do not submit the registration.
+        #[arg(long)]
+        no_register: bool,
+        /// Mining threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home_flag = cli.home.clone();
+    let home = home::Home::locate(cli.home)?;
+    let out = commands::Output { json: cli.json };
+    match cli.command {
+        Command::Init { genesis } => commands::init(&home, &genesis, out),
+        Command::Node(NodeCmd::Run { mine, api }) => commands::node_run(home, mine, api).await,
+        Command::Wallet(WalletCmd::Address) => commands::wallet_address(&home, out),
+        Command::Wallet(WalletCmd::Balance { address }) => {
+            commands::wallet_balance(&home, address.as_deref(), out).await
+        }
+        Command::Wallet(WalletCmd::Send {
+            to,
+            amount,
+            fee_per_byte,
+            wait,
+        }) => commands::wallet_send(&home, &to, &amount, fee_per_byte, wait, out).await,
+        Command::Chain(ChainCmd::Info) => commands::chain_info(&home, out).await,
+        Command::Chain(ChainCmd::Block { id }) => commands::chain_block(&home, &id, out).await,
+        Command::Chain(ChainCmd::Tx { hash }) => commands::chain_tx(&home, &hash, out).await,
+        Command::Chain(ChainCmd::Genesis) => commands::chain_genesis(&home).await,
+        Command::Id(IdCmd::Mine {
+            role,
+            no_register,
+            threads,
+        }) => commands::id_mine(&home, &role, !no_register, threads, out).await,
+        Command::Devnet { blocks } => devnet::run(home_flag, blocks, out).await,
+    }
+}

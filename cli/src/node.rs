@@ -1,0 +1,281 @@
+//! The node runtime: the chain behind a lock, the HTTP API, miner threads,
+//! and a reporter that prints each new block with the balances it touched.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use zennet_chain::seal::Ethash;
+use zennet_chain::{Address, Block, Chain, ChainError, Hash, ImportOutcome, SignedTx};
+
+use crate::api;
+use crate::home::{Home, NodeFile};
+
+/// Shared by the API handlers, miners and reporter.
+pub struct Node {
+    chain: Mutex<Chain>,
+    /// Bumped whenever the tip or the mempool changes, so miners rebuild
+    /// their templates and the reporter wakes up.
+    generation: AtomicU64,
+    mining: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+impl Node {
+    pub fn new(chain: Chain) -> Arc<Node> {
+        Arc::new(Node {
+            chain: Mutex::new(chain),
+            generation: AtomicU64::new(0),
+            mining: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    pub fn chain(&self) -> MutexGuard<'_, Chain> {
+        // A panic while holding the lock cannot leave the chain half-updated
+        // (imports are atomic), so a poisoned lock is still usable.
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn submit_tx(&self, tx: SignedTx) -> Result<Hash, ChainError> {
+        let hash = self.chain().submit_tx(tx)?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(%hash, "transaction admitted");
+        Ok(hash)
+    }
+
+    pub fn import_block(&self, block: Block) -> Result<ImportOutcome, ChainError> {
+        let outcome = self.chain().import_block(block, now_ms())?;
+        if !matches!(
+            outcome,
+            ImportOutcome::AlreadyKnown | ImportOutcome::SideChain { .. }
+        ) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(outcome)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn is_mining(&self) -> bool {
+        self.mining.load(Ordering::Relaxed)
+    }
+}
+
+pub struct NodeOptions {
+    pub mine: bool,
+    /// Overrides `config.toml`'s API address.
+    pub api: Option<String>,
+    /// Print each new block and balances to stdout.
+    pub report: bool,
+}
+
+/// A started node; [`NodeHandle::stop`] shuts it down cleanly.
+pub struct NodeHandle {
+    pub node: Arc<Node>,
+    pub api_addr: std::net::SocketAddr,
+    home: Home,
+    miners: Vec<JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+    stop_server: oneshot::Sender<()>,
+    _lock: std::fs::File,
+}
+
+impl NodeHandle {
+    pub async fn start(home: Home, opts: NodeOptions) -> Result<NodeHandle> {
+        let lock = home.lock_node()?;
+        let genesis = home.genesis()?;
+        let key = home.key()?;
+        let config = home.config()?;
+        let chain_dir = home.chain_dir();
+        let chain = tokio::task::spawn_blocking(move || Chain::open(&chain_dir, genesis))
+            .await?
+            .context("cannot open the chain database")?;
+        tracing::info!(
+            height = chain.tip().header.height,
+            tip = %chain.tip().hash,
+            genesis = %chain.genesis_hash(),
+            "chain opened"
+        );
+        let node = Node::new(chain);
+
+        let api = opts.api.unwrap_or(config.node.api.clone());
+        let listener = TcpListener::bind(&api)
+            .await
+            .with_context(|| format!("cannot listen on {api} for the API"))?;
+        let api_addr = listener.local_addr()?;
+        home.write_node_file(&NodeFile {
+            api: api_addr.to_string(),
+            pid: std::process::id(),
+        })?;
+        tracing::info!(%api_addr, "API listening");
+
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = api::router(node.clone());
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+
+        let mut miners = Vec::new();
+        if opts.mine {
+            node.mining.store(true, Ordering::Relaxed);
+            for i in 0..config.node.mining_threads.max(1) {
+                let node = node.clone();
+                let miner = key.address();
+                miners.push(
+                    std::thread::Builder::new()
+                        .name(format!("miner-{i}"))
+                        .spawn(move || mine_loop(&node, miner))?,
+                );
+            }
+            tracing::info!(miner = %key.address(), threads = miners.len(), "mining");
+        }
+        if opts.report {
+            tokio::spawn(report(node.clone(), key.address()));
+        }
+        Ok(NodeHandle {
+            node,
+            api_addr,
+            home,
+            miners,
+            server,
+            stop_server,
+            _lock: lock,
+        })
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.node.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.stop_server.send(());
+        let _ = self.server.await;
+        for m in self.miners {
+            let _ = tokio::task::spawn_blocking(move || m.join()).await;
+        }
+        self.home.remove_node_file();
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Mines on the current tip until shutdown. The template is rebuilt when the
+/// tip or mempool changes, and every second so the timestamp (and with it
+/// the difficulty) stays current.
+fn mine_loop(node: &Node, miner: Address) {
+    const BATCH: u64 = 128;
+    const REFRESH: Duration = Duration::from_secs(1);
+    let never = AtomicBool::new(false);
+    while !node.shutdown.load(Ordering::SeqCst) {
+        let generation = node.generation();
+        let (mut block, ethash): (Block, Arc<Ethash>) = {
+            let chain = node.chain();
+            (chain.template(miner, now_ms()), chain.ethash_handle())
+        };
+        let built = Instant::now();
+        let mut nonce = random_u64();
+        let sealed = loop {
+            if node.shutdown.load(Ordering::SeqCst)
+                || node.generation() != generation
+                || built.elapsed() > REFRESH
+            {
+                break None;
+            }
+            if let Some((n, mix)) = ethash.search(&block.header, nonce, BATCH, &never) {
+                block.header.nonce = n;
+                block.header.mix_digest = mix;
+                break Some(block);
+            }
+            nonce = nonce.wrapping_add(BATCH);
+        };
+        if let Some(block) = sealed {
+            let height = block.header.height;
+            match node.import_block(block) {
+                Ok(ImportOutcome::Extended { hash, .. }) => {
+                    tracing::debug!(height, %hash, "mined block");
+                }
+                Ok(other) => tracing::debug!(?other, "mined block not on the tip"),
+                Err(e) => tracing::warn!(height, error = %e, "own block rejected"),
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| now_ms())
+}
+/// Prints one line per new canonical block: height, hash, transactions,
+/// difficulty, and the balances of this node's account, the block's miner
+/// and every transfer recipient in it.
+async fn report(node: Arc<Node>, me: Address) {
+    let mut printed: Option<u64> = None;
+    while !node.shutdown.load(Ordering::SeqCst) {
+        let lines = {
+            let chain = node.chain();
+            let tip = chain.tip().header.height;
+            // After a reorg the new branch is printed from the fork on.
+            let from = printed.map_or(tip, |p| (p + 1).min(tip));
+            let mut lines = Vec::new();
+            if printed != Some(tip) {
+                for height in from..=tip {
+                    if let Ok(Some(block)) = chain.block_by_height(height) {
+                        lines.push(block_line(&chain, &block, me));
+                    }
+                }
+                printed = Some(tip);
+            }
+            lines
+        };
+        for line in lines {
+            println!("{line}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn block_line(chain: &Chain, block: &zennet_chain::StoredBlock, me: Address) -> String {
+    let mut accounts = vec![me];
+    if block.header.height > 0 && block.header.miner != me {
+        accounts.push(block.header.miner);
+    }
+    for t in &block.txs {
+        if let zennet_chain::StoredTx::Full { tx, .. } = t
+            && let zennet_chain::TxBody::Transfer { to, .. } = &tx.tx.body
+            && !accounts.contains(to)
+        {
+            accounts.push(*to);
+        }
+    }
+    let balances: Vec<String> = accounts
+        .iter()
+        .map(|a| format!("{}={}", short(&a.to_string()), chain.account(a).balance))
+        .collect();
+    format!(
+        "block {:>5} {} txs {} difficulty {} | {}",
+        block.header.height,
+        short(&block.header.hash().to_string()),
+        block.txs.len(),
+        block.header.difficulty,
+        balances.join(" ")
+    )
+}
+
+fn short(hex: &str) -> String {
+    format!("{}…", &hex[..hex.len().min(10)])
+}

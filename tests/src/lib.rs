@@ -1,0 +1,173 @@
+//! Harness for end-to-end tests: builds the real `zennet` binary once and
+//! runs it as separate processes against homes in temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path to the `zennet` binary, built (debug) on first use.
+pub fn zennet_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ZENNET_BIN") {
+            return PathBuf::from(p);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "zennet-cli", "--bin", "zennet"])
+            .current_dir(&workspace)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building zennet failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        target.join("debug").join("zennet")
+    })
+}
+
+/// One zennet home and the node processes run on it.
+pub struct TestHome {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    node: Option<Child>,
+}
+
+impl TestHome {
+    pub fn new() -> TestHome {
+        let temp = tempfile::Builder::new()
+            .prefix("zennet-e2e-")
+            .tempdir()
+            .unwrap();
+        TestHome {
+            dir: temp.path().join("home"),
+            _temp: Some(temp),
+            node: None,
+        }
+    }
+
+    /// Runs `zennet --home DIR ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(zennet_bin())
+            .arg("--home")
+            .arg(&self.dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("zennet runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "zennet {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a `--json` command that must succeed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("JSON output")
+    }
+
+    /// Runs a command that must fail; returns its stderr, which must be one line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "zennet {args:?} should have failed");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "error is not one line: {err:?}"
+        );
+        err
+    }
+
+    /// Starts `zennet node run EXTRA...` in the background and waits for its API.
+    pub fn start_node(&mut self, extra: &[&str]) {
+        assert!(self.node.is_none(), "a node is already running");
+        let _ = std::fs::remove_file(self.dir.join("node.json"));
+        let log = std::fs::File::create(self.dir.join("node.log")).unwrap();
+        let child = Command::new(zennet_bin())
+            .arg("--home")
+            .arg(&self.dir)
+            .args(["node", "run"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.node = Some(child);
+        wait_until(Duration::from_secs(30), "the node API", || {
+            self.dir.join("node.json").exists() && self.run(&["chain", "info"]).status.success()
+        });
+    }
+
+    /// SIGKILLs the node: no cleanup runs.
+    pub fn kill_node(&mut self) {
+        let mut child = self.node.take().expect("a node is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERMs the node and waits for a clean exit.
+    pub fn stop_node(&mut self) {
+        let mut child = self.node.take().expect("a node is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "node exited with {status}");
+    }
+
+    pub fn height(&self) -> u64 {
+        self.json(&["chain", "info"])["height"].as_u64().unwrap()
+    }
+
+    pub fn node_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `cond` until it holds, panicking with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A JSON amount (decimal string) as a number.
+pub fn amount(v: &Value) -> u128 {
+    v.as_str().expect("amounts are strings").parse().unwrap()
+}
