@@ -94,7 +94,7 @@ pub struct StoredBlock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StoredTx {
-    Full { hash: Hash, tx: SignedTx },
+    Full { hash: Hash, tx: Box<SignedTx> },
     Pruned { hash: Hash },
 }
 
@@ -118,7 +118,7 @@ impl StoredBlock {
             .txs
             .into_iter()
             .map(|t| match t {
-                StoredTx::Full { tx, .. } => Some(tx),
+                StoredTx::Full { tx, .. } => Some(*tx),
                 StoredTx::Pruned { .. } => None,
             })
             .collect::<Option<Vec<_>>>()?;

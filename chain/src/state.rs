@@ -31,7 +31,7 @@ pub enum StateKey {
 pub enum StateValue {
     Account(Account),
     Identity(IdentityRecord),
-    Task(TaskRecord),
+    Task(Box<TaskRecord>),
     Channel(Channel),
 }
 
@@ -95,7 +95,7 @@ impl State {
 
     pub fn task(&self, id: &Hash) -> Option<TaskRecord> {
         match self.get(&StateKey::Task(*id)) {
-            Some(StateValue::Task(t)) => Some(t.clone()),
+            Some(StateValue::Task(t)) => Some((**t).clone()),
             _ => None,
         }
     }
@@ -109,7 +109,7 @@ impl State {
 
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
         self.entries.values().filter_map(|v| match v {
-            StateValue::Task(t) => Some(t),
+            StateValue::Task(t) => Some(&**t),
             _ => None,
         })
     }
@@ -214,13 +214,16 @@ impl<'a> Overlay<'a> {
 
     pub fn task(&self, id: &Hash) -> Option<TaskRecord> {
         match self.get(&StateKey::Task(*id)) {
-            Some(StateValue::Task(t)) => Some(t),
+            Some(StateValue::Task(t)) => Some(*t),
             _ => None,
         }
     }
 
     pub fn set_task(&mut self, task: TaskRecord) {
-        self.set(StateKey::Task(task.id), Some(StateValue::Task(task)));
+        self.set(
+            StateKey::Task(task.id),
+            Some(StateValue::Task(Box::new(task))),
+        );
     }
 
     pub fn channel(&self, id: &Hash) -> Option<Channel> {
@@ -245,7 +248,7 @@ impl<'a> Overlay<'a> {
             if let StateKey::Task(id) = key {
                 match value {
                     Some(StateValue::Task(t)) => {
-                        out.insert(*id, t.clone());
+                        out.insert(*id, (**t).clone());
                     }
                     _ => {
                         out.remove(id);

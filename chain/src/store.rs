@@ -186,7 +186,7 @@ impl Store {
             txs.push(match body {
                 Some(b) => StoredTx::Full {
                     hash,
-                    tx: decode(&b, MAX_BLOB, "stored transaction")?,
+                    tx: Box::new(decode(&b, MAX_BLOB, "stored transaction")?),
                 },
                 None => StoredTx::Pruned { hash },
             });

@@ -25,6 +25,9 @@ fn reseal(chain: &Chain, mut block: Block) -> Block {
     block
 }
 
+/// What a rejected block's error must look like.
+type Expect = fn(&BlockError) -> bool;
+
 #[test]
 fn header_and_body_rules_reject_and_leave_the_chain_alone() {
     let mut w = World::new();
@@ -33,7 +36,7 @@ fn header_and_body_rules_reject_and_leave_the_chain_alone() {
     let root = w.chain.state().root();
     let good = sealed_template(&w.chain, w.miner, 0);
     let now = good.header.timestamp_ms;
-    let mut cases: Vec<(&str, Block, fn(&BlockError) -> bool)> = Vec::new();
+    let mut cases: Vec<(&str, Block, Expect)> = Vec::new();
 
     let mut b = good.clone();
     b.header.parent = Hash([1; 32]);

@@ -252,22 +252,22 @@ fn announcement_rules() {
 
     // each field rule
     let base = w.announcement(&alice.address());
-    let field_cases: Vec<Box<dyn Fn(&mut zennet_chain::TaskAnnouncement)>> = vec![
-        Box::new(|a| a.vm.images.clear()),
-        Box::new(|a| a.vm.cores.clear()),
-        Box::new(|a| a.vm.cores[0].cores = 0),
-        Box::new(|a| a.vm.memory_mib_per_core = 0),
-        Box::new(|a| a.min_instances = 0),
-        Box::new(|a| a.max_instances = 0),
-        Box::new(|a| a.endpoint = "not-an-endpoint".into()),
-        Box::new(|a| a.lease_min_secs = a.lease_max_secs + 1),
-        Box::new(|a| a.payout_interval_secs = 0),
-        Box::new(|a| a.acceptance_window = 0),
-        Box::new(|a| a.acceptance_difficulty = 0),
-        Box::new(|a| a.info = "u".repeat(97)),
-        Box::new(|a| a.acceptance_window = 10_001),
-        Box::new(|a| a.prune_height = 1),
-        Box::new(|a| a.prune_height = 1_000_000),
+    let field_cases: Vec<fn(&mut zennet_chain::TaskAnnouncement)> = vec![
+        |a| a.vm.images.clear(),
+        |a| a.vm.cores.clear(),
+        |a| a.vm.cores[0].cores = 0,
+        |a| a.vm.memory_mib_per_core = 0,
+        |a| a.min_instances = 0,
+        |a| a.max_instances = 0,
+        |a| a.endpoint = "not-an-endpoint".into(),
+        |a| a.lease_min_secs = a.lease_max_secs + 1,
+        |a| a.payout_interval_secs = 0,
+        |a| a.acceptance_window = 0,
+        |a| a.acceptance_difficulty = 0,
+        |a| a.info = "u".repeat(97),
+        |a| a.acceptance_window = 10_001,
+        |a| a.prune_height = 1,
+        |a| a.prune_height = 1_000_000,
     ];
     for (i, change) in field_cases.iter().enumerate() {
         let mut a = base.clone();

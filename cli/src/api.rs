@@ -185,7 +185,7 @@ pub fn block_view(stored: StoredBlock) -> BlockView {
                 index: Some(i as u32),
                 sender: sender_of(&tx),
                 kind: Some(tx.tx.body.kind().into()),
-                tx: Some(tx.tx),
+                tx: Some(tx.tx.clone()),
             },
             StoredTx::Pruned { hash: h } => TxView {
                 hash: h,

@@ -146,6 +146,12 @@ impl TestHome {
     }
 }
 
+impl Default for TestHome {
+    fn default() -> TestHome {
+        TestHome::new()
+    }
+}
+
 impl Drop for TestHome {
     fn drop(&mut self) {
         if let Some(mut child) = self.node.take() {

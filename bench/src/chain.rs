@@ -1,0 +1,286 @@
+//! Chain figures: transaction validation vs raw k256 recovery, block import
+//! into SQLite vs raw SQLite inserts, identity mining vs raw keccak256, and
+//! Ethash light verification per header vs the bare `ethash` crate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, VerifyingKey};
+use zennet_chain::crypto::{keccak256, signing_hash};
+use zennet_chain::genesis::Genesis;
+use zennet_chain::identity::{self, Role};
+use zennet_chain::seal::{Ethash, seal};
+use zennet_chain::testkit::fast_genesis;
+use zennet_chain::{Address, Block, Chain, SecretKey, SignedTx, Transaction, TxBody};
+
+use crate::{rate, row, single};
+
+pub fn run(quick: bool) {
+    let budget = if quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(2)
+    };
+    println!("== chain (one core each) ==");
+    let validation = tx_validation(budget);
+    identity_mining(budget);
+    block_import(quick, validation);
+    ethash_verification(budget);
+}
+
+fn tx_validation(budget: Duration) -> f64 {
+    const N: usize = 512;
+    let key = SecretKey::generate();
+    let txs: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            Transaction {
+                chain_id: 98765,
+                nonce: i as u64,
+                fee_per_byte: 1,
+                body: TxBody::Transfer {
+                    to: Address([i as u8; 20]),
+                    amount: 1000 + i as u128,
+                },
+            }
+            .sign(&key)
+            .encode()
+        })
+        .collect();
+    let ours = rate(budget, || {
+        for bytes in &txs {
+            let tx = SignedTx::decode(bytes, 4096).unwrap();
+            std::hint::black_box(tx.verify(98765, 4096).unwrap());
+        }
+        N as u64
+    });
+
+    let raw_key = SigningKey::from_slice(&key.to_bytes()).unwrap();
+    let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = (0..N)
+        .map(|i| {
+            let prehash = signing_hash("bench", 1, &i.to_le_bytes()).0;
+            let (sig, recid) = raw_key.sign_prehash_recoverable(&prehash);
+            (prehash, sig, recid)
+        })
+        .collect();
+    let anchor = rate(budget, || {
+        for (prehash, sig, recid) in &raw {
+            std::hint::black_box(VerifyingKey::recover_from_prehash(prehash, sig, *recid).unwrap());
+        }
+        N as u64
+    });
+    row(
+        "tx validation (decode+hash+recover)",
+        ours,
+        "raw k256 recover",
+        anchor,
+        "tx/s",
+    );
+    ours
+}
+
+fn identity_mining(budget: Duration) {
+    let key = SecretKey::generate();
+    let mut params = Genesis::dev(Address::ZERO, 0).pow;
+    params.node_identity_difficulty = u64::MAX;
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(budget);
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let start = Instant::now();
+    let mut tried = 0;
+    identity::mine(Role::Node, key.public_key(), &params, 0, &stop, |n| {
+        tried = n
+    });
+    let ours = tried as f64 / start.elapsed().as_secs_f64();
+    timer.join().unwrap();
+
+    let mut input = [7u8; 32];
+    let anchor = rate(budget, || {
+        for _ in 0..4096 {
+            input = keccak256(&input).0;
+        }
+        4096
+    });
+    std::hint::black_box(input);
+    row(
+        "identity mining",
+        ours,
+        "raw keccak256 (32 B)",
+        anchor,
+        "H/s",
+    );
+}
+
+fn block_import(quick: bool, validation: f64) {
+    let (blocks, per_block) = if quick { (4, 200) } else { (20, 1000) };
+    let senders: Vec<SecretKey> = (0..per_block / 10).map(|_| SecretKey::generate()).collect();
+    let funded: Vec<(Address, u128)> = senders.iter().map(|k| (k.address(), 1u128 << 80)).collect();
+    let genesis = fast_genesis(&funded);
+    let mut source = Chain::in_memory(genesis.clone()).unwrap();
+    let miner = SecretKey::generate().address();
+    let mut built: Vec<Block> = Vec::new();
+    for b in 0..blocks {
+        for (s, key) in senders.iter().enumerate() {
+            for i in 0..10u64 {
+                let tx = Transaction {
+                    chain_id: genesis.chain_id,
+                    nonce: (b * 10) as u64 + i,
+                    fee_per_byte: 1,
+                    body: TxBody::Transfer {
+                        to: Address([(s % 200) as u8; 20]),
+                        amount: 1 + i as u128,
+                    },
+                }
+                .sign(key);
+                source.submit_tx(tx).unwrap();
+            }
+        }
+        let tip = source.tip().header.timestamp_ms;
+        let mut block = source.template(miner, tip + 2000);
+        assert!(seal(
+            source.ethash(),
+            &mut block,
+            0,
+            &AtomicBool::new(false)
+        ));
+        source.import_block(block.clone(), u64::MAX / 2).unwrap();
+        assert_eq!(block.txs.len(), per_block);
+        built.push(block);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = Chain::open(dir.path(), genesis).unwrap();
+    let start = Instant::now();
+    for b in &built {
+        target.import_block(b.clone(), u64::MAX / 2).unwrap();
+    }
+    let ours = (blocks * per_block) as f64 / start.elapsed().as_secs_f64();
+
+    let anchor = raw_sqlite_rows_per_sec(if quick { 10_000 } else { 50_000 });
+    row(
+        &format!("block import to SQLite ({per_block} tx/block)"),
+        ours,
+        "raw SQLite 1000-row txns",
+        anchor,
+        "tx/s",
+    );
+    // Import verifies every signature, so validation bounds it.
+    row(
+        "block import to SQLite",
+        ours,
+        "tx validation alone",
+        validation,
+        "tx/s",
+    );
+}
+
+/// The SQLite anchor: WAL, 1,000-row transactions into a table with a
+/// random 32-byte hash primary key.
+fn raw_sqlite_rows_per_sec(rows: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = rusqlite::Connection::open(dir.path().join("anchor.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute_batch("CREATE TABLE t (hash BLOB PRIMARY KEY, body BLOB NOT NULL)")
+        .unwrap();
+    let body = vec![0u8; 130];
+    let mut seed = [1u8; 32];
+    let start = Instant::now();
+    for _ in 0..rows / 1000 {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO t (hash, body) VALUES (?1, ?2)")
+                .unwrap();
+            for _ in 0..1000 {
+                seed = keccak256(&seed).0;
+                stmt.execute(rusqlite::params![&seed[..], &body]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    rows as f64 / start.elapsed().as_secs_f64()
+}
+
+fn ethash_verification(budget: Duration) {
+    let genesis = Genesis::dev(Address::ZERO, 0);
+    let ethash = Ethash::new(genesis.ethash.clone(), None);
+    let mut block = Chain::in_memory(fast_genesis(&[]))
+        .unwrap()
+        .template(Address::ZERO, 1);
+    block.header.difficulty = 1;
+    let never = AtomicBool::new(false);
+    let (nonce, mix) = ethash.search(&block.header, 0, 1, &never).unwrap();
+    block.header.nonce = nonce;
+    block.header.mix_digest = mix;
+    let header = block.header.clone();
+    ethash.verify(&header).unwrap();
+    let ours = rate(budget, || {
+        ethash.verify(std::hint::black_box(&header)).unwrap();
+        1
+    });
+
+    let cache = ethash.cache(0);
+    let size = ethash.dataset_size(0);
+    let seal_hash = header.seal_hash();
+    let anchor = rate(budget, || {
+        std::hint::black_box(ethash::hashimoto_light(
+            ethereum_types::H256::from(seal_hash.0),
+            ethereum_types::H64::from(nonce.to_be_bytes()),
+            size,
+            &cache,
+        ));
+        1
+    });
+    row(
+        "ethash light verify per header (dev, 1 MiB)",
+        1e3 / ours,
+        "bare hashimoto_light",
+        1e3 / anchor,
+        "ms",
+    );
+
+    // A header that fails the pre-check costs two hashes, not a light run.
+    let mut bad = header.clone();
+    bad.difficulty = u64::MAX;
+    let rejected = rate(budget, || {
+        std::hint::black_box(ethash.verify(&bad).is_err());
+        1
+    });
+    single(
+        "ethash pre-check rejection per header",
+        1e6 / rejected,
+        "µs",
+    );
+
+    // Mainnet-sized epoch-0 cache (16 MiB), as the anchor table quotes.
+    let mut big = vec![0u8; ethash::get_cache_size(0)];
+    let started = Instant::now();
+    ethash::make_cache(&mut big, ethash::get_seedhash(0));
+    let built_in = started.elapsed();
+    let full = ethash::get_full_size(0);
+    let mainnet = rate(budget, || {
+        std::hint::black_box(ethash::hashimoto_light(
+            ethereum_types::H256::from(seal_hash.0),
+            ethereum_types::H64::from(nonce.to_be_bytes()),
+            full,
+            &big,
+        ));
+        1
+    });
+    single(
+        "ethash light hash, 16 MiB epoch-0 cache",
+        1e3 / mainnet,
+        "ms",
+    );
+    single(
+        "ethash 16 MiB cache build",
+        built_in.as_secs_f64() * 1e3,
+        "ms",
+    );
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit, property and end-to-end tests,
+# and a bounded run of each fuzz target. Installs what the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
+
+echo "== fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== tests"
+cargo test --workspace
+
+echo "== fuzz (${FUZZ_SECONDS:=20}s per target)"
+# cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable
+# toolchain accept them.
+for target in decode_tx decode_block; do
+  (cd chain/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --fuzz-dir . -- \
+      -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1)
+done
+echo "all tests passed"
