@@ -11,7 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== tests"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$log")
+failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$log")
 
 echo "== fuzz (${FUZZ_SECONDS:=20}s per target)"
 # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable
@@ -20,4 +24,4 @@ for target in decode_tx decode_block; do
   (cd chain/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --fuzz-dir . -- \
       -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1)
 done
-echo "all tests passed"
+echo "tests: $passed passed, $failed failed"
