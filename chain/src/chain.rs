@@ -232,6 +232,79 @@ impl Chain {
         }))
     }
 
+    /// A stored header by hash (any branch), unless known invalid.
+    pub fn header(&self, hash: &Hash) -> Result<Option<Header>> {
+        Ok(self
+            .store
+            .block_meta(hash)?
+            .filter(|m| m.status != BlockStatus::Invalid)
+            .map(|m| m.header))
+    }
+
+    /// Header rules that need only the parent: height, timestamp, difficulty,
+    /// extra data and the Ethash seal. Lets a syncing node check a chain of
+    /// headers before downloading any body.
+    pub fn verify_header(
+        &self,
+        header: &Header,
+        parent: &Header,
+        now_ms: u64,
+    ) -> Result<(), BlockError> {
+        if header.parent != parent.hash() {
+            return Err(BlockError::UnknownParent(header.parent));
+        }
+        self.check_header(header, parent, now_ms)
+    }
+
+    /// Canonical hashes from the tip back to genesis, dense near the tip and
+    /// doubling the step after ten: a peer finds our fork point from it.
+    pub fn locator(&self) -> Result<Vec<Hash>> {
+        let mut out = Vec::new();
+        let mut height = self.tip.header.height;
+        let mut step = 1u64;
+        loop {
+            if let Some(h) = self.store.canonical_hash(height)? {
+                out.push(h);
+            }
+            if height == 0 {
+                break;
+            }
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            height = height.saturating_sub(step);
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` canonical headers after the newest locator hash that is
+    /// on our canonical chain (after genesis if none is).
+    pub fn headers_after(&self, locator: &[Hash], max: usize) -> Result<Vec<Header>> {
+        let mut start = 1;
+        for hash in locator {
+            if let Some(meta) = self.store.block_meta(hash)?
+                && meta.status == BlockStatus::Canonical
+            {
+                start = meta.header.height + 1;
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for height in start..=self.tip.header.height {
+            if out.len() >= max {
+                break;
+            }
+            match self.store.canonical_hash(height)? {
+                Some(h) => match self.store.block_meta(&h)? {
+                    Some(meta) => out.push(meta.header),
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks a transaction and admits it to the mempool.
     pub fn submit_tx(&mut self, tx: SignedTx) -> Result<Hash> {
         let vtx = tx.verify(

@@ -82,6 +82,23 @@ pub struct IdentitiesView {
     pub node: Option<IdentityRecord>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub peer_id: String,
+    /// The node's chain address (its p2p key is its chain key).
+    pub address: Address,
+    /// Multiaddrs ending in /p2p/PEER_ID, ready for `--bootstrap`.
+    pub listen: Vec<String>,
+    pub peers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub address: Option<Address>,
+    pub remote_addr: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -91,6 +108,8 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/genesis", get(genesis))
+        .route("/v1/node", get(node_info))
+        .route("/v1/peers", get(peers))
         .route("/v1/blocks/{id}", get(block))
         .route("/v1/txs", post(submit))
         .route("/v1/txs/{hash}", get(tx))
@@ -152,6 +171,41 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<Info> {
         mempool: chain.mempool().len(),
         mining: node.is_mining(),
     }))
+}
+
+fn net(node: &Node) -> Result<&zennet_net::NetHandle, ApiError> {
+    node.net()
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "networking is off".into()))
+}
+
+fn net_error(e: zennet_net::NetError) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> ApiResult<NodeInfo> {
+    let net = net(&node)?;
+    let listen = net.listen_addrs().await.map_err(net_error)?;
+    let peers = net.peers().await.map_err(net_error)?;
+    Ok(Json(NodeInfo {
+        peer_id: net.local_peer_id.to_string(),
+        address: zennet_net::peer_address(&net.local_peer_id).expect("our own key is secp256k1"),
+        listen: listen.iter().map(ToString::to_string).collect(),
+        peers: peers.len(),
+    }))
+}
+
+async fn peers(State(node): State<Arc<Node>>) -> ApiResult<Vec<PeerView>> {
+    let peers = net(&node)?.peers().await.map_err(net_error)?;
+    Ok(Json(
+        peers
+            .into_iter()
+            .map(|p| PeerView {
+                peer_id: p.peer_id,
+                address: p.address,
+                remote_addr: p.remote_addr,
+            })
+            .collect(),
+    ))
 }
 
 async fn genesis(State(node): State<Arc<Node>>) -> String {

@@ -13,7 +13,7 @@ use zennet_chain::codec::amount_str::parse_amount;
 use zennet_chain::identity::{self, Identity, Role};
 use zennet_chain::{Address, Genesis, Hash, SecretKey, Transaction, TxBody};
 
-use crate::api::{AccountView, BlockView, Info, SubmitTx, Submitted, TxView};
+use crate::api::{AccountView, BlockView, Info, NodeInfo, PeerView, SubmitTx, Submitted, TxView};
 use crate::client::Client;
 use crate::home::Home;
 use crate::node::{NodeHandle, NodeOptions, now_ms};
@@ -71,19 +71,67 @@ pub fn init(home: &Home, genesis_arg: &str, out: Output) -> Result<()> {
     Ok(())
 }
 
-pub async fn node_run(home: Home, mine: bool, api: Option<String>) -> Result<()> {
+pub async fn node_run(
+    home: Home,
+    mine: bool,
+    api: Option<String>,
+    listen: Vec<zennet_net::Multiaddr>,
+    bootstrap: Vec<zennet_net::Multiaddr>,
+) -> Result<()> {
     home.require_initialized()?;
     let handle = NodeHandle::start(
         home,
         NodeOptions {
             mine,
             api,
+            listen,
+            bootstrap,
             report: true,
         },
     )
     .await?;
     wait_for_signal().await;
     handle.stop().await
+}
+
+pub async fn node_info(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let info: NodeInfo = client.get("/v1/node").await?;
+    out.print(&info, || {
+        let mut s = format!(
+            "peer id {}
+address {}
+peers   {}",
+            info.peer_id, info.address, info.peers
+        );
+        for a in &info.listen {
+            s.push_str(&format!(
+                "
+listen  {a}"
+            ));
+        }
+        s
+    });
+    Ok(())
+}
+
+pub async fn node_peers(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let peers: Vec<PeerView> = client.get("/v1/peers").await?;
+    out.print(&peers, || {
+        peers
+            .iter()
+            .map(|p| {
+                let address = p
+                    .address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into());
+                format!("{} {} {}", p.peer_id, address, p.remote_addr)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
 }
 
 pub async fn wait_for_signal() {

@@ -33,6 +33,8 @@ pub async fn run(home_dir: Option<PathBuf>, blocks: Option<u64>, out: Output) ->
         NodeOptions {
             mine: true,
             api: None,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: vec![],
             report: !out.json,
         },
     )

@@ -38,6 +38,22 @@ pub struct NodeConfig {
     pub api: String,
     /// Mining threads used by `node run --mine`.
     pub mining_threads: usize,
+    /// libp2p listen multiaddrs (port 0 picks a free port).
+    #[serde(default = "default_p2p_listen")]
+    pub p2p_listen: Vec<String>,
+    /// Peers to join at start, as multiaddrs ending in /p2p/PEER_ID.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    #[serde(default = "default_max_peers")]
+    pub max_peers: u32,
+}
+
+fn default_p2p_listen() -> Vec<String> {
+    vec!["/ip4/0.0.0.0/tcp/0".into()]
+}
+
+fn default_max_peers() -> u32 {
+    50
 }
 
 impl Default for Config {
@@ -46,6 +62,9 @@ impl Default for Config {
             node: NodeConfig {
                 api: "127.0.0.1:0".into(),
                 mining_threads: 1,
+                p2p_listen: default_p2p_listen(),
+                bootstrap: vec![],
+                max_peers: default_max_peers(),
             },
         }
     }

@@ -6,6 +6,7 @@ mod commands;
 mod devnet;
 mod home;
 mod node;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -69,7 +70,17 @@ enum NodeCmd {
         /// API listen address (default from config.toml: 127.0.0.1, any free port).
         #[arg(long, value_name = "ADDR")]
         api: Option<String>,
+        /// p2p listen multiaddr (default from config.toml: /ip4/0.0.0.0/tcp/0).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<zennet_net::Multiaddr>,
+        /// A peer to join, e.g. /ip4/127.0.0.1/tcp/4001/p2p/16Uiu2... (repeatable).
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<zennet_net::Multiaddr>,
     },
+    /// This node's peer id and listen addresses.
+    Info,
+    /// Connected peers.
+    Peers,
 }
 
 #[derive(Subcommand)]
@@ -153,7 +164,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = commands::Output { json: cli.json };
     match cli.command {
         Command::Init { genesis } => commands::init(&home, &genesis, out),
-        Command::Node(NodeCmd::Run { mine, api }) => commands::node_run(home, mine, api).await,
+        Command::Node(NodeCmd::Run {
+            mine,
+            api,
+            listen,
+            bootstrap,
+        }) => commands::node_run(home, mine, api, listen, bootstrap).await,
+        Command::Node(NodeCmd::Info) => commands::node_info(&home, out).await,
+        Command::Node(NodeCmd::Peers) => commands::node_peers(&home, out).await,
         Command::Wallet(WalletCmd::Address) => commands::wallet_address(&home, out),
         Command::Wallet(WalletCmd::Balance { address }) => {
             commands::wallet_balance(&home, address.as_deref(), out).await

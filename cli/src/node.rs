@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use zennet_chain::seal::Ethash;
 use zennet_chain::{Address, Block, Chain, ChainError, Hash, ImportOutcome, SignedTx};
+use zennet_net::{Multiaddr, NetConfig, NetHandle, Network};
 
 use crate::api;
 use crate::home::{Home, NodeFile};
@@ -23,16 +24,25 @@ pub struct Node {
     generation: AtomicU64,
     mining: AtomicBool,
     shutdown: AtomicBool,
+    net: Option<NetHandle>,
+    /// One chain sync at a time.
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
 
 impl Node {
-    pub fn new(chain: Chain) -> Arc<Node> {
+    pub fn new(chain: Chain, net: Option<NetHandle>) -> Arc<Node> {
         Arc::new(Node {
             chain: Mutex::new(chain),
             generation: AtomicU64::new(0),
             mining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            net,
+            sync_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    pub fn net(&self) -> Option<&NetHandle> {
+        self.net.as_ref()
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -41,13 +51,26 @@ impl Node {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Admits a transaction submitted here and gossips it.
     pub fn submit_tx(&self, tx: SignedTx) -> Result<Hash, ChainError> {
+        let bytes = tx.encode();
+        let hash = self.submit_remote_tx(tx)?;
+        if let Some(net) = &self.net {
+            net.publish_tx(bytes);
+        }
+        Ok(hash)
+    }
+
+    /// Admits a transaction that arrived by gossip (which propagates it).
+    pub fn submit_remote_tx(&self, tx: SignedTx) -> Result<Hash, ChainError> {
         let hash = self.chain().submit_tx(tx)?;
         self.generation.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(%hash, "transaction admitted");
         Ok(hash)
     }
 
+    /// Imports a block from anywhere; wakes miners and the reporter when the
+    /// tip moved.
     pub fn import_block(&self, block: Block) -> Result<ImportOutcome, ChainError> {
         let outcome = self.chain().import_block(block, now_ms())?;
         if !matches!(
@@ -55,6 +78,16 @@ impl Node {
             ImportOutcome::AlreadyKnown | ImportOutcome::SideChain { .. }
         ) {
             self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(outcome)
+    }
+
+    /// Imports a block mined here and gossips it if it became the tip.
+    fn import_mined_block(&self, block: Block) -> Result<ImportOutcome, ChainError> {
+        let bytes = block.encode();
+        let outcome = self.import_block(block)?;
+        if let (Some(net), ImportOutcome::Extended { .. }) = (&self.net, &outcome) {
+            net.publish_block(bytes);
         }
         Ok(outcome)
     }
@@ -72,6 +105,10 @@ pub struct NodeOptions {
     pub mine: bool,
     /// Overrides `config.toml`'s API address.
     pub api: Option<String>,
+    /// Overrides `config.toml`'s p2p listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Added to `config.toml`'s bootstrap addresses.
+    pub bootstrap: Vec<Multiaddr>,
     /// Print each new block and balances to stdout.
     pub report: bool,
 }
@@ -103,7 +140,9 @@ impl NodeHandle {
             genesis = %chain.genesis_hash(),
             "chain opened"
         );
-        let node = Node::new(chain);
+        let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
+        let node = Node::new(chain, Some(net.clone()));
+        tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 
         let api = opts.api.unwrap_or(config.node.api.clone());
         let listener = TcpListener::bind(&api)
@@ -168,6 +207,43 @@ impl NodeHandle {
     }
 }
 
+async fn start_network(
+    config: &crate::home::Config,
+    opts: &NodeOptions,
+    key: &zennet_chain::SecretKey,
+    genesis: Hash,
+) -> Result<(
+    NetHandle,
+    tokio::sync::mpsc::UnboundedReceiver<zennet_net::NetEvent>,
+)> {
+    let parse = |list: &[String]| -> Result<Vec<Multiaddr>> {
+        list.iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("{a:?} in config.toml is not a multiaddr"))
+            })
+            .collect()
+    };
+    let listen = if opts.listen.is_empty() {
+        parse(&config.node.p2p_listen)?
+    } else {
+        opts.listen.clone()
+    };
+    let mut bootstrap = parse(&config.node.bootstrap)?;
+    bootstrap.extend(opts.bootstrap.iter().cloned());
+    let (net, events) = Network::start(NetConfig {
+        secret: key.clone(),
+        genesis,
+        listen,
+        bootstrap,
+        max_peers: config.node.max_peers,
+    })
+    .await
+    .context("cannot start networking")?;
+    tracing::info!(peer_id = %net.local_peer_id, "p2p identity");
+    Ok((net, events))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -206,7 +282,7 @@ fn mine_loop(node: &Node, miner: Address) {
         };
         if let Some(block) = sealed {
             let height = block.header.height;
-            match node.import_block(block) {
+            match node.import_mined_block(block) {
                 Ok(ImportOutcome::Extended { hash, .. }) => {
                     tracing::debug!(height, %hash, "mined block");
                 }

@@ -1,5 +1,63 @@
-//! Zennet networking — not built yet.
+//! Zennet networking on libp2p: TCP + noise + yamux, identify, Kademlia
+//! discovery from bootstrap addresses, gossipsub topics for blocks and
+//! transactions (validated by the node before they propagate), a
+//! request-response protocol for header-first chain sync, connection limits,
+//! and banning of peers that send invalid data.
 //!
-//! This crate will hold the libp2p swarm: gossip of blocks and transactions,
-//! header-first chain sync, Kademlia discovery and the file network's chunk
-//! exchange (see DESIGN.md, "Workspace"). Until then a node runs alone.
+//! One task owns the swarm ([`Network::start`]); the node talks to it through
+//! a typed [`NetHandle`] and receives [`NetEvent`]s. The libp2p identity is
+//! the node's chain key (secp256k1), so every peer id maps to a chain address
+//! ([`peer_address`]).
+
+mod protocol;
+mod service;
+
+pub use libp2p::gossipsub::MessageId;
+pub use libp2p::{Multiaddr, PeerId};
+pub use protocol::{
+    MAX_BLOCKS, MAX_HEADERS, Status, SyncRequest, SyncResponse, hash_bytes, parse_hashes,
+};
+pub use service::{NetConfig, NetError, NetEvent, NetHandle, Network, PeerInfo, Verdict};
+
+use zennet_chain::{Address, PublicKey, SecretKey};
+
+/// The libp2p keypair for a chain key.
+pub fn keypair(secret: &SecretKey) -> libp2p::identity::Keypair {
+    let mut bytes = secret.to_bytes();
+    let sk = libp2p::identity::secp256k1::SecretKey::try_from_bytes(&mut bytes)
+        .expect("a valid chain key is a valid secp256k1 key");
+    libp2p::identity::secp256k1::Keypair::from(sk).into()
+}
+
+pub fn peer_id(secret: &SecretKey) -> PeerId {
+    keypair(secret).public().to_peer_id()
+}
+
+/// The chain address behind a peer id (secp256k1 peers only).
+pub fn peer_address(peer: &PeerId) -> Option<Address> {
+    let public =
+        libp2p::identity::PublicKey::try_decode_protobuf(peer_public_key_bytes(peer)?).ok()?;
+    let secp = public.try_into_secp256k1().ok()?;
+    PublicKey::from_slice(&secp.to_bytes()).ok()?.address().ok()
+}
+
+/// Small keys are inlined in the peer id with the identity multihash.
+fn peer_public_key_bytes(peer: &PeerId) -> Option<&[u8]> {
+    let mh = peer.as_ref();
+    (mh.code() == 0).then(|| mh.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_maps_back_to_the_chain_address() {
+        let key = SecretKey::generate();
+        assert_eq!(peer_address(&peer_id(&key)), Some(key.address()));
+        let ed = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert_eq!(peer_address(&ed), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! The chain sync request-response protocol. Payloads (headers, blocks,
+//! hashes) are borsh bytes carried as CBOR byte strings (`serde_bytes`), not
+//! as arrays of integers, which keeps them compact and fast to decode.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use zennet_chain::Hash;
+
+pub const SYNC_PROTOCOL: &str = "/zennet/sync/1";
+
+/// Most headers one response carries.
+pub const MAX_HEADERS: u32 = 512;
+/// Most blocks one request may ask for.
+pub const MAX_BLOCKS: usize = 64;
+/// Upper bound on a response: `MAX_BLOCKS` full blocks.
+pub const MAX_RESPONSE_BYTES: u64 = 80 << 20;
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// The peer's chain: genesis, tip and total difficulty.
+    Status,
+    /// Canonical headers after the newest `locator` hash the peer knows.
+    /// The locator lists our canonical hashes from the tip back to genesis
+    /// with growing gaps, so the fork point is found in one round trip.
+    Headers { locator: Vec<ByteBuf>, max: u32 },
+    /// Full blocks by hash (at most [`MAX_BLOCKS`]).
+    Blocks { hashes: Vec<ByteBuf> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    Status(Status),
+    /// Borsh-encoded headers, oldest first.
+    Headers(Vec<ByteBuf>),
+    /// Borsh-encoded blocks in the order asked (missing ones left out).
+    Blocks(Vec<ByteBuf>),
+    /// The request could not be served.
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub genesis: ByteBuf,
+    pub height: u64,
+    pub tip: ByteBuf,
+    /// u128, big-endian.
+    pub total_difficulty: ByteBuf,
+}
+
+impl Status {
+    pub fn new(genesis: Hash, height: u64, tip: Hash, total_difficulty: u128) -> Status {
+        Status {
+            genesis: ByteBuf::from(genesis.0.to_vec()),
+            height,
+            tip: ByteBuf::from(tip.0.to_vec()),
+            total_difficulty: ByteBuf::from(total_difficulty.to_be_bytes().to_vec()),
+        }
+    }
+
+    pub fn genesis(&self) -> Option<Hash> {
+        Hash::from_slice(&self.genesis).ok()
+    }
+
+    pub fn tip(&self) -> Option<Hash> {
+        Hash::from_slice(&self.tip).ok()
+    }
+
+    pub fn total_difficulty(&self) -> Option<u128> {
+        let arr: [u8; 16] = self.total_difficulty.as_slice().try_into().ok()?;
+        Some(u128::from_be_bytes(arr))
+    }
+}
+
+pub fn hash_bytes(h: &Hash) -> ByteBuf {
+    ByteBuf::from(h.0.to_vec())
+}
+
+/// Hashes from a request, refusing any that is not 32 bytes.
+pub fn parse_hashes(list: &[ByteBuf]) -> Option<Vec<Hash>> {
+    list.iter().map(|b| Hash::from_slice(b).ok()).collect()
+}
