@@ -21,6 +21,7 @@ use crate::node::{Node, now_ms};
 
 /// How often to compare chains with a peer even without news.
 const RESYNC: Duration = Duration::from_secs(10);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(node: Arc<Node>, net: NetHandle, mut events: UnboundedReceiver<NetEvent>) {
     let mut resync = tokio::time::interval(RESYNC);
@@ -197,7 +198,11 @@ pub fn spawn_sync(node: &Arc<Node>, net: &NetHandle, peer: PeerId) {
 async fn sync_with(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> Result<()> {
     let _one_at_a_time = node.sync_lock.lock().await;
     loop {
-        let status = match net.request(peer, SyncRequest::Status).await? {
+        // A peer that does not answer must not hold the sync lock for long.
+        let status = tokio::time::timeout(STATUS_TIMEOUT, net.request(peer, SyncRequest::Status))
+            .await
+            .map_err(|_| anyhow!("no status answer within {STATUS_TIMEOUT:?}"))?;
+        let status = match status? {
             SyncResponse::Status(s) => s,
             other => bail!("unexpected answer to status: {other:?}"),
         };

@@ -137,6 +137,37 @@ impl TestHome {
         assert!(status.success(), "node exited with {status}");
     }
 
+    /// The node's first listen multiaddr (with /p2p/), for `--bootstrap`.
+    pub fn p2p_addr(&self) -> String {
+        self.json(&["node", "info"])["listen"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// (height, tip, state root) as the node reports them.
+    pub fn tip(&self) -> (u64, String, String) {
+        let info = self.json(&["chain", "info"]);
+        (
+            info["height"].as_u64().unwrap(),
+            info["tip"].as_str().unwrap().to_string(),
+            info["state_root"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Opens the home's chain database directly (the node must be stopped).
+    pub fn open_chain(&self) -> zennet_chain::Chain {
+        let genesis = zennet_chain::Genesis::load(&self.dir.join("genesis.toml")).unwrap();
+        zennet_chain::Chain::open(&self.dir.join("chain"), genesis).expect("chain database opens")
+    }
+
+    pub fn address(&self) -> String {
+        self.json(&["wallet", "address"])["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn height(&self) -> u64 {
         self.json(&["chain", "info"])["height"].as_u64().unwrap()
     }
@@ -159,6 +190,44 @@ impl Drop for TestHome {
             let _ = child.wait();
         }
     }
+}
+
+/// A dev chain tuned for tests: ~150 ms blocks, funding `funded`.
+pub fn fast_genesis(funded: zennet_chain::Address) -> zennet_chain::Genesis {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut g = zennet_chain::Genesis::dev(funded, now);
+    g.name = format!("zennet-test-{now}");
+    g.consensus.block_time_ms = 150;
+    g.consensus.initial_difficulty = 40;
+    g.consensus.min_difficulty = 1;
+    g.consensus.difficulty_divisor = 8;
+    g
+}
+
+/// Homes on one fast test chain: the first is funded, the rest join with
+/// `init --genesis FILE` (own keys, not funded).
+pub fn homes_on_one_chain(n: usize) -> Vec<TestHome> {
+    let first = TestHome::new();
+    let address = first.json(&["init"])["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first home has never run a node, so its genesis can still be replaced.
+    let genesis = fast_genesis(address).to_toml();
+    std::fs::write(first.dir.join("genesis.toml"), &genesis).unwrap();
+    let file = first.dir.parent().unwrap().join("genesis.toml");
+    std::fs::write(&file, &genesis).unwrap();
+    let mut homes = vec![first];
+    for _ in 1..n {
+        let h = TestHome::new();
+        h.ok(&["init", "--genesis", file.to_str().unwrap()]);
+        homes.push(h);
+    }
+    homes
 }
 
 /// Polls `cond` until it holds, panicking with `what` after `timeout`.
