@@ -221,7 +221,7 @@ fn ethash_verification(budget: Duration) {
     let header = block.header.clone();
     ethash.verify(&header).unwrap();
     let ours = rate(budget, || {
-        ethash.verify(std::hint::black_box(&header)).unwrap();
+        ethash.verify_seal(std::hint::black_box(&header)).unwrap();
         1
     });
 
@@ -249,7 +249,7 @@ fn ethash_verification(budget: Duration) {
     let mut bad = header.clone();
     bad.difficulty = u64::MAX;
     let rejected = rate(budget, || {
-        std::hint::black_box(ethash.verify(&bad).is_err());
+        std::hint::black_box(ethash.verify_seal(&bad).is_err());
         1
     });
     single(

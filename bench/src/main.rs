@@ -1,9 +1,10 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `cargo run --release -p zennet-bench -- [chain] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net] [--quick]`.
 
 mod chain;
+mod net;
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,12 @@ fn main() {
         known = true;
         chain::run(quick);
     }
+    if all || suites.contains(&"net") {
+        known = true;
+        net::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain");
+        eprintln!("unknown suite {suites:?}; available: chain, net");
         std::process::exit(2);
     }
 }

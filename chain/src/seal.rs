@@ -24,11 +24,15 @@ use crate::pow;
 
 /// Caches kept in memory: the current epoch and its neighbours.
 const CACHES_IN_MEMORY: usize = 3;
+/// Headers whose seal was recently verified: sync checks a header chain
+/// first and imports the blocks right after, and should not pay twice.
+const VERIFIED_MEMORY: usize = 4096;
 
 pub struct Ethash {
     params: EthashParams,
     dir: Option<PathBuf>,
     caches: Mutex<BTreeMap<u64, Arc<Vec<u8>>>>,
+    verified: Mutex<std::collections::HashSet<Hash>>,
 }
 
 impl Ethash {
@@ -38,6 +42,7 @@ impl Ethash {
             params,
             dir,
             caches: Mutex::new(BTreeMap::new()),
+            verified: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -89,6 +94,23 @@ impl Ethash {
 
     /// Checks the header's seal: pre-check, then the light computation.
     pub fn verify(&self, header: &Header) -> Result<(), BlockError> {
+        // The full header hash covers the seal, so a hit means this exact
+        // header already passed.
+        let id = header.hash();
+        if self.verified.lock().expect("verified lock").contains(&id) {
+            return Ok(());
+        }
+        self.verify_seal(header)?;
+        let mut verified = self.verified.lock().expect("verified lock");
+        if verified.len() >= VERIFIED_MEMORY {
+            verified.clear();
+        }
+        verified.insert(id);
+        Ok(())
+    }
+
+    /// The seal check itself, without the memory of verified headers.
+    pub fn verify_seal(&self, header: &Header) -> Result<(), BlockError> {
         let seal_hash = header.seal_hash();
         let quick = quick_result(&seal_hash, header.nonce, &header.mix_digest);
         if !pow::meets(&quick, header.difficulty) {
