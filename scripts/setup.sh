@@ -13,6 +13,24 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# What the VM runtime and its tests need (images/HOST-PACKAGES lists them).
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+missing=()
+for p in $(grep -v '^#' "$(dirname "$0")/../images/HOST-PACKAGES"); do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $SUDO apt-get install -y -qq "${missing[@]}"; then
+    # Some machines carry a backported qemu-utils that conflicts with the
+    # distribution's QEMU: align it to the QEMU being installed.
+    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" "qemu-utils=$ver"
+  fi
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (stable) with rustup first" >&2
   exit 1
