@@ -1,0 +1,427 @@
+//! The QEMU backend: a q35 guest booted straight into the image's PVH
+//! `vmlinux`, confined before it runs.
+//!
+//! Launch order, all before `exec`: a new session (so the agent's death or
+//! signals do not reach the VM), join the VM's cgroup, raise RLIMIT_MEMLOCK
+//! when guest memory is to be locked, lower priority, drop to an
+//! unprivileged uid/gid with no supplementary groups. QEMU then enables its
+//! seccomp sandbox. It never sees a path it could not open itself: every
+//! file it needs is opened by the agent and handed over as a file
+//! descriptor — the kernel and initramfs as `/proc/self/fd/N`, the QMP
+//! socket as a listening fd, the serial console as its stdout — so the VM
+//! directories can stay private to the agent (0700).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+use crate::cgroup::{Limits, VmCgroup};
+use crate::qmp::Qmp;
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Host-wide settings of the QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    /// Unprivileged identity QEMU runs as.
+    pub uid: u32,
+    pub gid: u32,
+    /// Scheduling niceness of VM processes.
+    pub nice: i32,
+}
+
+impl Default for QemuConfig {
+    fn default() -> QemuConfig {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            uid: 65534, // nobody
+            gid: 65534, // nogroup
+            nice: 5,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub id: String,
+    pub cores: u32,
+    /// CPU time granted, in cores; at most `cores` (e.g. 0.5 for half a core).
+    pub cpu_quota: f64,
+    pub mem_mib: u64,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub kernel_args: Vec<String>,
+    /// Size of the VM's scratch disk (a fresh qcow2 per launch).
+    pub scratch_gib: u32,
+    /// The persistent volume kept by the node across launches, and its size.
+    pub persistent: Option<(PathBuf, u32)>,
+    /// Loopback port forwarded to the guest's sshd.
+    pub ssh_port: u16,
+}
+
+/// A launched QEMU process: enough to find it again after an agent restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmProcess {
+    pub pid: u32,
+    pub run_dir: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub serial_log: PathBuf,
+}
+
+/// Starts the VM and returns once QMP answers.
+pub async fn launch(
+    config: &QemuConfig,
+    spec: &VmSpec,
+    run_dir: &Path,
+) -> Result<(VmProcess, Qmp), AgentError> {
+    make_private_dir(run_dir)?;
+    let qmp_dir = run_dir.join("qmp");
+    make_private_dir(&qmp_dir)?;
+    let qmp_socket = qmp_dir.join("qmp.sock");
+    let _ = fs::remove_file(&qmp_socket);
+    let listener = UnixListener::bind(&qmp_socket)
+        .map_err(|e| AgentError::Launch(format!("cannot create {}: {e}", qmp_socket.display())))?;
+
+    let kernel = open_read(&spec.kernel)?;
+    let initramfs = open_read(&spec.initramfs)?;
+    let scratch_path = run_dir.join("scratch.qcow2");
+    create_scratch(&scratch_path, spec.scratch_gib)?;
+    let scratch = open_vm_disk(&scratch_path, config)?;
+    let persistent = match &spec.persistent {
+        Some((path, gib)) => Some(open_persistent(path, *gib, config)?),
+        None => None,
+    };
+    let serial_log = run_dir.join("serial.log");
+    let serial = File::create(&serial_log)?;
+
+    let limits = Limits::for_vm(spec.cpu_quota.min(spec.cores as f64), spec.mem_mib);
+    let cgroup = VmCgroup::create(&spec.id, &limits)?;
+    let memlock = memlock_hard_limit(spec.mem_mib).map(|hard| (memlock_bytes(spec.mem_mib), hard));
+    let lock_memory = memlock.is_some();
+    if !lock_memory {
+        tracing::info!(vm = %spec.id, "RLIMIT_MEMLOCK too low to lock guest memory; running without mem-lock");
+    }
+
+    let mut fds = Fds::default();
+    let kernel_fd = fds.pass(&kernel);
+    let initramfs_fd = fds.pass(&initramfs);
+    let scratch_fd = fds.pass(&scratch);
+    let persistent_fd = persistent.as_ref().map(|f| fds.pass(f));
+    let qmp_fd = fds.pass(&listener);
+
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("zennet-{},process=zennet-{}", spec.id, spec.id),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-machine".into(),
+        format!("q35,accel={}", config.accel.name()),
+        "-cpu".into(),
+        match config.accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-smp".into(),
+        spec.cores.to_string(),
+        "-m".into(),
+        format!("{}M", spec.mem_mib),
+        "-kernel".into(),
+        format!("/proc/self/fd/{kernel_fd}"),
+        "-initrd".into(),
+        format!("/proc/self/fd/{initramfs_fd}"),
+        "-append".into(),
+        spec.kernel_args.join(" "),
+        "-drive".into(),
+        format!("file=/proc/self/fd/{scratch_fd},if=none,id=scratch,format=qcow2,discard=unmap"),
+        "-device".into(),
+        "virtio-blk-pci,drive=scratch".into(),
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0".into(),
+        // Entropy, so the guest's host key generation does not stall.
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={qmp_fd},server=on,wait=off"),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+    ];
+    if let Some(fd) = persistent_fd {
+        args.extend([
+            "-drive".into(),
+            format!("file=/proc/self/fd/{fd},if=none,id=data,format=raw"),
+            "-device".into(),
+            "virtio-blk-pci,drive=data,serial=zennet-data".into(),
+        ]);
+    }
+    if lock_memory {
+        args.extend(["-overcommit".into(), "mem-lock=on".into()]);
+    }
+
+    let procs_files: Vec<std::ffi::CString> = cgroup
+        .procs_files()
+        .iter()
+        .map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .expect("no NUL in cgroup paths")
+        })
+        .collect();
+    let (uid, gid, nice) = (config.uid, config.gid, config.nice);
+    let pass_fds = fds.0.clone();
+    let mut command = Command::new(&config.binary);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(serial.try_clone()?))
+        .stderr(Stdio::from(serial));
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (setsid, open/write/close, setrlimit, setpriority, fcntl, setgroups,
+    // setgid, setuid, prctl) on data prepared before fork.
+    unsafe {
+        command.pre_exec(move || confine(&procs_files, &pass_fds, memlock, nice, uid, gid));
+    }
+    let child = command.spawn().map_err(|e| {
+        AgentError::Launch(format!("cannot start {}: {e}", config.binary.display()))
+    })?;
+    let pid = child.id();
+    // The VM outlives this handle; recovery finds it by pid.
+    drop(child);
+    drop(listener);
+
+    let qmp = match Qmp::connect(&qmp_socket, Duration::from_secs(15)).await {
+        Ok(q) => q,
+        Err(e) => {
+            let log = fs::read_to_string(&serial_log).unwrap_or_default();
+            let _ = cgroup.remove();
+            return Err(AgentError::Launch(format!(
+                "QEMU did not come up: {e}; its output: {}",
+                log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            )));
+        }
+    };
+    tracing::info!(vm = %spec.id, pid, accel = config.accel.name(), "VM launched");
+    Ok((
+        VmProcess {
+            pid,
+            run_dir: run_dir.to_path_buf(),
+            qmp_socket,
+            serial_log,
+        },
+        qmp,
+    ))
+}
+
+/// Whether `pid` is still the QEMU process of `vm_id`.
+pub fn is_alive(pid: u32, vm_id: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let needle = format!("zennet-{vm_id},");
+            c.split(|b| *b == 0)
+                .any(|arg| arg.starts_with(needle.as_bytes()))
+        })
+        .unwrap_or(false)
+}
+
+/// Stops a VM: QMP quit, then SIGKILL after `grace`, then removes its cgroup.
+pub async fn shutdown(vm_id: &str, pid: u32, qmp: Option<&Qmp>, grace: Duration) {
+    if let Some(q) = qmp {
+        let _ = q.quit().await;
+    }
+    let started = std::time::Instant::now();
+    while is_alive(pid, vm_id) && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if is_alive(pid, vm_id) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        tracing::warn!(vm = %vm_id, pid, "QEMU did not quit; killed");
+    }
+    // Reap if it was our child; harmless otherwise.
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    if let Err(e) = VmCgroup::load(vm_id).remove() {
+        tracing::warn!(vm = %vm_id, error = %e, "cannot remove cgroup");
+    }
+}
+
+/// File descriptors to keep open across exec.
+#[derive(Default)]
+struct Fds(Vec<RawFd>);
+
+impl Fds {
+    fn pass(&mut self, f: &impl AsRawFd) -> RawFd {
+        let fd = f.as_raw_fd();
+        self.0.push(fd);
+        fd
+    }
+}
+
+fn confine(
+    procs_files: &[std::ffi::CString],
+    pass_fds: &[RawFd],
+    memlock: Option<(u64, u64)>,
+    nice: i32,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setsid, setuid};
+    setsid().map_err(std::io::Error::from)?;
+    // Join the cgroup: write our pid to each controller's procs file.
+    // No allocation here: the parent is multi-threaded, so the allocator's
+    // lock may be held by a thread that does not exist in this child.
+    let mut digits = [0u8; 20];
+    let pid = format_pid(std::process::id(), &mut digits);
+    for f in procs_files {
+        // SAFETY: a NUL-terminated path prepared before fork; plain syscalls.
+        let fd = unsafe { libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = unsafe { libc::write(fd, pid.as_ptr().cast(), pid.len()) };
+        unsafe { libc::close(fd) };
+        if written < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if let Some((soft, hard)) = memlock {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK, soft, hard)
+            .map_err(std::io::Error::from)?;
+    }
+    // SAFETY: setpriority has no memory-safety preconditions.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    for &fd in pass_fds {
+        // SAFETY: fcntl on an fd we own; clearing FD_CLOEXEC keeps it across exec.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    setgroups(&[]).map_err(std::io::Error::from)?;
+    setgid(Gid::from_raw(gid)).map_err(std::io::Error::from)?;
+    setuid(Uid::from_raw(uid)).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+fn format_pid(pid: u32, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = pid;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), AgentError> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+fn open_read(path: &Path) -> Result<File, AgentError> {
+    File::open(path).map_err(|e| AgentError::Launch(format!("cannot open {}: {e}", path.display())))
+}
+
+fn create_scratch(path: &Path, gib: u32) -> Result<(), AgentError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(format!("{gib}G"))
+        .output()
+        .map_err(|e| {
+            AgentError::Launch(format!("cannot run qemu-img (install qemu-utils): {e}"))
+        })?;
+    if !out.status.success() {
+        return Err(AgentError::Launch(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a disk read-write for the VM's uid: QEMU reopens it through
+/// /proc/self/fd, which checks the file's own permissions.
+fn open_vm_disk(path: &Path, config: &QemuConfig) -> Result<File, AgentError> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    std::os::unix::fs::fchown(&f, Some(config.uid), Some(config.gid))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// The persistent volume: created sparse on first use, kept afterwards.
+fn open_persistent(path: &Path, gib: u32, config: &QemuConfig) -> Result<File, AgentError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let size = (gib as u64) << 30;
+    if f.metadata()?.len() < size {
+        f.set_len(size)?;
+    }
+    drop(f);
+    open_vm_disk(path, config)
+}
+
+/// Locking guest RAM needs RLIMIT_MEMLOCK above it. The child raises its
+/// soft limit up to the hard one; raising the hard limit would need
+/// CAP_SYS_RESOURCE, which even root lacks in many containers.
+fn memlock_hard_limit(mem_mib: u64) -> Option<u64> {
+    let need = memlock_bytes(mem_mib);
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .ok()
+        .map(|(_, hard)| hard)
+        .filter(|hard| *hard >= need)
+}
+
+fn memlock_bytes(mem_mib: u64) -> u64 {
+    (mem_mib + 64) << 20
+}
