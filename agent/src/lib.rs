@@ -2,13 +2,26 @@
 //!
 //! * [`cgroup`]: per-VM control groups (CPU quota and cpuset, shares,
 //!   memory limit, pids, block I/O) on cgroup v1 and v2 hosts.
+//! * [`qemu`] + [`qmp`]: the QEMU backend (q35, PVH direct boot, fd-passed
+//!   files, unprivileged uid, seccomp) and its QMP control.
+//! * [`xen`]: `xl` configuration for Xen hosts (generated and unit-tested;
+//!   it has not run on Xen here).
+//! * [`accel`]: KVM-or-TCG decision by a canary guest, cached per host.
+//! * [`service`]: the agent itself — start/stop/pause VMs, per-second
+//!   metering into SQLite ([`store`]), recovery after a restart.
 //!
-//! Still to come (see DESIGN.md, "Provider agent"): bench, market policy,
-//! the QEMU and Xen runtimes, metering, the payee and recovery.
+//! Still to come (see DESIGN.md, "Provider agent"): the hardware bench,
+//! market policy and the payee.
 
+pub mod accel;
 pub mod cgroup;
 pub mod qemu;
 pub mod qmp;
+pub mod service;
+pub mod store;
+pub mod xen;
+
+pub use service::{Agent, AgentConfig, StartVm, VmInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -18,6 +31,14 @@ pub enum AgentError {
     Qmp(String),
     #[error("VM launch: {0}")]
     Launch(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("agent database: {0}")]
+    Store(String),
+    #[error("agent database is inconsistent: {0}")]
+    Corrupt(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -118,6 +118,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tasks", get(tasks))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/channels/{id}", get(channel))
+        .route("/v1/agent/vms", get(agent_vms).post(agent_start))
+        .route("/v1/agent/vms/{id}/stop", post(agent_stop))
         .with_state(node)
 }
 
@@ -171,6 +173,45 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<Info> {
         mempool: chain.mempool().len(),
         mining: node.is_mining(),
     }))
+}
+
+fn agent(node: &Node) -> Result<&Arc<zennet_agent::Agent>, ApiError> {
+    node.agent().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not a provider; restart it with `zennet node run --provide`".into(),
+        )
+    })
+}
+
+impl From<zennet_agent::AgentError> for ApiError {
+    fn from(e: zennet_agent::AgentError) -> ApiError {
+        use zennet_agent::AgentError as E;
+        let status = match e {
+            E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn agent_vms(State(node): State<Arc<Node>>) -> ApiResult<Vec<zennet_agent::VmInfo>> {
+    Ok(Json(agent(&node)?.list().await?))
+}
+
+async fn agent_start(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<zennet_agent::StartVm>,
+) -> ApiResult<zennet_agent::VmInfo> {
+    Ok(Json(agent(&node)?.start(req).await?))
+}
+
+async fn agent_stop(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_agent::VmInfo> {
+    Ok(Json(agent(&node)?.stop(&id).await?))
 }
 
 fn net(node: &Node) -> Result<&zennet_net::NetHandle, ApiError> {

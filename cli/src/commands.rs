@@ -77,6 +77,7 @@ pub async fn node_run(
     api: Option<String>,
     listen: Vec<zennet_net::Multiaddr>,
     bootstrap: Vec<zennet_net::Multiaddr>,
+    provide: bool,
 ) -> Result<()> {
     home.require_initialized()?;
     let handle = NodeHandle::start(
@@ -87,11 +88,112 @@ pub async fn node_run(
             listen,
             bootstrap,
             report: true,
+            provide,
         },
     )
     .await?;
     wait_for_signal().await;
     handle.stop().await
+}
+
+pub async fn image_build(home: &Home, out: Output) -> Result<()> {
+    home.require_initialized()?;
+    let dir = home.images_dir();
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("building zennet-tiny from Debian packages");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let image = tokio::task::spawn_blocking(move || {
+        zennet_images::build(&zennet_images::default_recipe(), &dir)
+    })
+    .await??;
+    bar.finish_and_clear();
+    print_image(&image, out);
+    Ok(())
+}
+
+pub fn image_list(home: &Home, out: Output) -> Result<()> {
+    let images = zennet_images::list(&home.images_dir())?;
+    if out.json {
+        let manifests: Vec<_> = images.iter().map(|i| &i.manifest).collect();
+        out.print(&manifests, String::new);
+    } else if images.is_empty() {
+        println!("no images; build one with `zennet image build`");
+    } else {
+        for i in &images {
+            print_image(i, out);
+        }
+    }
+    Ok(())
+}
+
+fn print_image(image: &zennet_images::Image, out: Output) {
+    let m = &image.manifest;
+    let size: u64 = m.files.iter().map(|f| f.size).sum();
+    out.print(m, || {
+        format!(
+            "{} {} kernel {} ({} MiB)",
+            m.id,
+            m.hash,
+            m.kernel_release,
+            size >> 20
+        )
+    });
+}
+
+/// Reads an OpenSSH public key file, refusing private keys.
+pub fn read_public_key(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = text.trim();
+    if key.contains("PRIVATE KEY") {
+        bail!("{} is a private key; pass the .pub file", path.display());
+    }
+    if !key.starts_with("ssh-") && !key.starts_with("ecdsa-") {
+        bail!("{} is not an OpenSSH public key", path.display());
+    }
+    Ok(key.to_string())
+}
+
+pub async fn agent_vm_start(home: &Home, req: zennet_agent::StartVm, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let vm: zennet_agent::VmInfo = client.post("/v1/agent/vms", &req).await?;
+    out.print(&vm, || format!("{} ssh port {}", vm.id, vm.ssh_port));
+    Ok(())
+}
+
+pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let vms: Vec<zennet_agent::VmInfo> = client.get("/v1/agent/vms").await?;
+    out.print(&vms, || {
+        vms.iter()
+            .map(|v| {
+                format!(
+                    "{} {:?} port {} cores {} quota {} mem {} MiB | cpu {:.1}s mem {:.1} GiB·h disk r/w {}/{} B",
+                    v.id,
+                    v.state,
+                    v.ssh_port,
+                    v.cores,
+                    v.cpu_quota,
+                    v.mem_mib,
+                    v.usage.cpu_ns as f64 / 1e9,
+                    v.usage.memory_byte_seconds / 3600.0 / (1u64 << 30) as f64,
+                    v.usage.disk_read_bytes,
+                    v.usage.disk_write_bytes
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn agent_vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let vm: zennet_agent::VmInfo = client
+        .post(&format!("/v1/agent/vms/{id}/stop"), &())
+        .await?;
+    out.print(&vm, || format!("{} stopped", vm.id));
+    Ok(())
 }
 
 pub async fn node_info(home: &Home, out: Output) -> Result<()> {

@@ -35,6 +35,7 @@ pub async fn run(home_dir: Option<PathBuf>, blocks: Option<u64>, out: Output) ->
             api: None,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
+            provide: false,
             report: !out.json,
         },
     )

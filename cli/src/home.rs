@@ -113,6 +113,12 @@ impl Home {
     pub fn node_file_path(&self) -> PathBuf {
         self.dir.join("node.json")
     }
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join("node.lock")
     }

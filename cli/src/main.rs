@@ -52,12 +52,62 @@ enum Command {
     /// Mined identities.
     #[command(subcommand)]
     Id(IdCmd),
+    /// VM images built from Debian packages.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// The provider agent of a running `node run --provide`.
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// A whole local network on embedded defaults, mining and transferring.
     Devnet {
         /// Stop after this many blocks (default: run until Ctrl-C).
         #[arg(long)]
         blocks: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the default image (zennet-tiny) into this home; cached.
+    Build,
+    /// Images built in this home.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Virtual machines run by this node.
+    #[command(subcommand)]
+    Vm(AgentVmCmd),
+}
+
+#[derive(Subcommand)]
+enum AgentVmCmd {
+    /// Start a VM; prints its id and local ssh port.
+    Start {
+        #[arg(long, default_value = zennet_images::DEFAULT_IMAGE_ID)]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        cores: u32,
+        #[arg(long, default_value_t = 256)]
+        mem_mib: u64,
+        /// CPU time in cores (default: --cores), e.g. 0.5.
+        #[arg(long)]
+        cpu_quota: Option<f64>,
+        /// Attach the persistent volume of this name (created on first use).
+        #[arg(long)]
+        volume: Option<String>,
+        /// Size of a new persistent volume.
+        #[arg(long, requires = "volume")]
+        disk_gib: Option<u32>,
+        /// OpenSSH public key file allowed to log in as root.
+        #[arg(long, value_name = "FILE")]
+        authorized_key: PathBuf,
+    },
+    /// VMs with their state and metered usage.
+    List,
+    /// Stop a VM (its persistent volume is kept).
+    Stop { id: String },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +126,9 @@ enum NodeCmd {
         /// A peer to join, e.g. /ip4/127.0.0.1/tcp/4001/p2p/16Uiu2... (repeatable).
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<zennet_net::Multiaddr>,
+        /// Run the provider agent: VMs under cgroups (needs root and an image).
+        #[arg(long)]
+        provide: bool,
     },
     /// This node's peer id and listen addresses.
     Info,
@@ -169,7 +222,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             listen,
             bootstrap,
-        }) => commands::node_run(home, mine, api, listen, bootstrap).await,
+            provide,
+        }) => commands::node_run(home, mine, api, listen, bootstrap, provide).await,
+        Command::Image(ImageCmd::Build) => commands::image_build(&home, out).await,
+        Command::Image(ImageCmd::List) => commands::image_list(&home, out),
+        Command::Agent(AgentCmd::Vm(AgentVmCmd::Start {
+            image,
+            cores,
+            mem_mib,
+            cpu_quota,
+            volume,
+            disk_gib,
+            authorized_key,
+        })) => {
+            let req = zennet_agent::StartVm {
+                image,
+                cores,
+                cpu_quota,
+                mem_mib,
+                volume,
+                volume_gib: disk_gib,
+                authorized_key: commands::read_public_key(&authorized_key)?,
+            };
+            commands::agent_vm_start(&home, req, out).await
+        }
+        Command::Agent(AgentCmd::Vm(AgentVmCmd::List)) => commands::agent_vm_list(&home, out).await,
+        Command::Agent(AgentCmd::Vm(AgentVmCmd::Stop { id })) => {
+            commands::agent_vm_stop(&home, &id, out).await
+        }
         Command::Node(NodeCmd::Info) => commands::node_info(&home, out).await,
         Command::Node(NodeCmd::Peers) => commands::node_peers(&home, out).await,
         Command::Wallet(WalletCmd::Address) => commands::wallet_address(&home, out),

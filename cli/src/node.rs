@@ -25,6 +25,7 @@ pub struct Node {
     mining: AtomicBool,
     shutdown: AtomicBool,
     net: Option<NetHandle>,
+    agent: std::sync::OnceLock<Arc<zennet_agent::Agent>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
@@ -37,12 +38,17 @@ impl Node {
             mining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             net,
+            agent: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn net(&self) -> Option<&NetHandle> {
         self.net.as_ref()
+    }
+
+    pub fn agent(&self) -> Option<&Arc<zennet_agent::Agent>> {
+        self.agent.get()
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -111,6 +117,8 @@ pub struct NodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// Print each new block and balances to stdout.
     pub report: bool,
+    /// Run the provider agent (VMs) in this node.
+    pub provide: bool,
 }
 
 /// A started node; [`NodeHandle::stop`] shuts it down cleanly.
@@ -140,8 +148,18 @@ impl NodeHandle {
             genesis = %chain.genesis_hash(),
             "chain opened"
         );
+        // The agent comes up (and re-attaches its VMs) before the API
+        // announces the node.
+        let agent = match opts.provide {
+            true => Some(start_agent(&home).await?),
+            false => None,
+        };
         let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
         let node = Node::new(chain, Some(net.clone()));
+        if let Some(agent) = agent {
+            tokio::spawn(agent.clone().meter());
+            let _ = node.agent.set(agent);
+        }
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 
         let api = opts.api.unwrap_or(config.node.api.clone());
@@ -204,6 +222,45 @@ impl NodeHandle {
         self.home.remove_node_file();
         tracing::info!("node stopped");
         Ok(())
+    }
+}
+
+/// The provider agent: VMs from this home's images, run under QEMU with the
+/// accelerator the host really supports.
+async fn start_agent(home: &Home) -> Result<Arc<zennet_agent::Agent>> {
+    let images_dir = home.images_dir();
+    let image =
+        zennet_images::load(&images_dir, zennet_images::DEFAULT_IMAGE_ID).with_context(|| {
+            format!(
+                "--provide needs the default image; build it with `zennet --home {} image build`",
+                home.dir().display()
+            )
+        })?;
+    let mut qemu = zennet_agent::qemu::QemuConfig::default();
+    let cache = accel_cache_file(home);
+    let (binary, kernel, initramfs) = (qemu.binary.clone(), image.kernel(), image.initramfs());
+    qemu.accel = tokio::task::spawn_blocking(move || {
+        zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
+    })
+    .await?;
+    tracing::info!(accel = qemu.accel.name(), "provider agent");
+    let agent = zennet_agent::Agent::open(zennet_agent::AgentConfig {
+        dir: home.agent_dir(),
+        images_dir,
+        qemu,
+    })
+    .await
+    .context("cannot start the provider agent")?;
+    Ok(agent)
+}
+
+/// The accelerator verdict belongs to the host, not to one home.
+fn accel_cache_file(home: &Home) -> std::path::PathBuf {
+    let host = std::path::Path::new("/var/cache/zennet");
+    if std::fs::create_dir_all(host).is_ok() {
+        host.join("accel.json")
+    } else {
+        home.agent_dir().join("accel.json")
     }
 }
 
