@@ -5,6 +5,7 @@
 
 mod chain;
 mod net;
+mod vm;
 
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,12 @@ fn main() {
         known = true;
         net::run(quick);
     }
+    if all || suites.contains(&"vm") {
+        known = true;
+        vm::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net");
+        eprintln!("unknown suite {suites:?}; available: chain, net, vm");
         std::process::exit(2);
     }
 }
