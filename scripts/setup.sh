@@ -19,6 +19,10 @@ missing=()
 for p in $(grep -v '^#' "$(dirname "$0")/../images/HOST-PACKAGES"); do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Images are built from .deb files apt downloads, so its lists must exist.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && [ ${#missing[@]} -eq 0 ]; then
+  $SUDO apt-get update -qq
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
