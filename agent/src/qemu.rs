@@ -53,6 +53,9 @@ pub struct QemuConfig {
     pub gid: u32,
     /// Scheduling niceness of VM processes.
     pub nice: i32,
+    /// Block I/O ceiling per VM disk in bytes/s (QEMU's own throttling,
+    /// which works on any host filesystem, unlike per-device cgroup limits).
+    pub disk_bps: Option<u64>,
 }
 
 impl Default for QemuConfig {
@@ -63,6 +66,7 @@ impl Default for QemuConfig {
             uid: 65534, // nobody
             gid: 65534, // nogroup
             nice: 5,
+            disk_bps: None,
         }
     }
 }
@@ -136,61 +140,18 @@ pub async fn launch(
     let persistent_fd = persistent.as_ref().map(|f| fds.pass(f));
     let qmp_fd = fds.pass(&listener);
 
-    let mut args: Vec<String> = vec![
-        "-name".into(),
-        format!("zennet-{},process=zennet-{}", spec.id, spec.id),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-display".into(),
-        "none".into(),
-        "-machine".into(),
-        format!("q35,accel={}", config.accel.name()),
-        "-cpu".into(),
-        match config.accel {
-            Accel::Kvm => "host".into(),
-            Accel::Tcg => "max".into(),
+    let args = qemu_args(
+        config,
+        spec,
+        &PassedFds {
+            kernel: kernel_fd,
+            initramfs: initramfs_fd,
+            scratch: scratch_fd,
+            persistent: persistent_fd,
+            qmp: qmp_fd,
         },
-        "-smp".into(),
-        spec.cores.to_string(),
-        "-m".into(),
-        format!("{}M", spec.mem_mib),
-        "-kernel".into(),
-        format!("/proc/self/fd/{kernel_fd}"),
-        "-initrd".into(),
-        format!("/proc/self/fd/{initramfs_fd}"),
-        "-append".into(),
-        spec.kernel_args.join(" "),
-        "-drive".into(),
-        format!("file=/proc/self/fd/{scratch_fd},if=none,id=scratch,format=qcow2,discard=unmap"),
-        "-device".into(),
-        "virtio-blk-pci,drive=scratch".into(),
-        "-netdev".into(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port),
-        "-device".into(),
-        "virtio-net-pci,netdev=net0".into(),
-        // Entropy, so the guest's host key generation does not stall.
-        "-device".into(),
-        "virtio-rng-pci".into(),
-        "-serial".into(),
-        "stdio".into(),
-        "-chardev".into(),
-        format!("socket,id=qmp,fd={qmp_fd},server=on,wait=off"),
-        "-mon".into(),
-        "chardev=qmp,mode=control".into(),
-        "-sandbox".into(),
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-    ];
-    if let Some(fd) = persistent_fd {
-        args.extend([
-            "-drive".into(),
-            format!("file=/proc/self/fd/{fd},if=none,id=data,format=raw"),
-            "-device".into(),
-            "virtio-blk-pci,drive=data,serial=zennet-data".into(),
-        ]);
-    }
-    if lock_memory {
-        args.extend(["-overcommit".into(), "mem-lock=on".into()]);
-    }
+        lock_memory,
+    );
 
     let procs_files: Vec<std::ffi::CString> = cgroup
         .procs_files()
@@ -243,6 +204,87 @@ pub async fn launch(
         },
         qmp,
     ))
+}
+
+/// Descriptors handed to QEMU, by role.
+struct PassedFds {
+    kernel: RawFd,
+    initramfs: RawFd,
+    scratch: RawFd,
+    persistent: Option<RawFd>,
+    qmp: RawFd,
+}
+
+/// The QEMU command line for `spec`.
+fn qemu_args(
+    config: &QemuConfig,
+    spec: &VmSpec,
+    fds: &PassedFds,
+    lock_memory: bool,
+) -> Vec<String> {
+    let throttle = config
+        .disk_bps
+        .map(|bps| format!(",throttling.bps-total={bps}"))
+        .unwrap_or_default();
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("zennet-{},process=zennet-{}", spec.id, spec.id),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-machine".into(),
+        format!("q35,accel={}", config.accel.name()),
+        "-cpu".into(),
+        match config.accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-smp".into(),
+        spec.cores.to_string(),
+        "-m".into(),
+        format!("{}M", spec.mem_mib),
+        "-kernel".into(),
+        format!("/proc/self/fd/{}", fds.kernel),
+        "-initrd".into(),
+        format!("/proc/self/fd/{}", fds.initramfs),
+        "-append".into(),
+        spec.kernel_args.join(" "),
+        "-drive".into(),
+        format!(
+            "file=/proc/self/fd/{},if=none,id=scratch,format=qcow2,discard=unmap{throttle}",
+            fds.scratch
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=scratch".into(),
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0".into(),
+        // Entropy, so the guest's host key generation does not stall.
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+    ];
+    if let Some(fd) = fds.persistent {
+        args.extend([
+            "-drive".into(),
+            format!("file=/proc/self/fd/{fd},if=none,id=data,format=raw{throttle}"),
+            "-device".into(),
+            "virtio-blk-pci,drive=data,serial=zennet-data".into(),
+        ]);
+    }
+    if lock_memory {
+        args.extend(["-overcommit".into(), "mem-lock=on".into()]);
+    }
+    args
 }
 
 /// Whether `pid` is still the QEMU process of `vm_id`.
@@ -424,4 +466,55 @@ fn memlock_hard_limit(mem_mib: u64) -> Option<u64> {
 
 fn memlock_bytes(mem_mib: u64) -> u64 {
     (mem_mib + 64) << 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_confines_and_wires_everything() {
+        let spec = VmSpec {
+            id: "v1".into(),
+            cores: 2,
+            cpu_quota: 1.0,
+            mem_mib: 512,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            kernel_args: vec!["console=ttyS0".into(), "zennet.authorized_key=QQ==".into()],
+            scratch_gib: 1,
+            persistent: Some(("/vol".into(), 1)),
+            ssh_port: 2200,
+        };
+        let config = QemuConfig {
+            disk_bps: Some(50_000_000),
+            ..QemuConfig::default()
+        };
+        let fds = PassedFds {
+            kernel: 10,
+            initramfs: 11,
+            scratch: 12,
+            persistent: Some(13),
+            qmp: 14,
+        };
+        let args = qemu_args(&config, &spec, &fds, true).join(" ");
+        for expected in [
+            "-nodefaults -no-user-config",
+            "-machine q35,accel=tcg",
+            "-smp 2 -m 512M",
+            "-kernel /proc/self/fd/10 -initrd /proc/self/fd/11",
+            "-append console=ttyS0 zennet.authorized_key=QQ==",
+            "file=/proc/self/fd/12,if=none,id=scratch,format=qcow2,discard=unmap,throttling.bps-total=50000000",
+            "file=/proc/self/fd/13,if=none,id=data,format=raw,throttling.bps-total=50000000",
+            "serial=zennet-data",
+            "hostfwd=tcp:127.0.0.1:2200-:22",
+            "socket,id=qmp,fd=14,server=on,wait=off",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-overcommit mem-lock=on",
+        ] {
+            assert!(args.contains(expected), "missing {expected:?} in {args}");
+        }
+        let no_lock = qemu_args(&QemuConfig::default(), &spec, &fds, false).join(" ");
+        assert!(!no_lock.contains("mem-lock") && !no_lock.contains("throttling"));
+    }
 }
