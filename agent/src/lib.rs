@@ -9,12 +9,14 @@
 //! * [`accel`]: KVM-or-TCG decision by a canary guest, cached per host.
 //! * [`service`]: the agent itself — start/stop/pause VMs, per-second
 //!   metering into SQLite ([`store`]), recovery after a restart.
+//! * [`hwbench`]: the hardware benchmark behind `zennet bench` and the
+//!   capacity profile (compute units per core).
 //!
-//! Still to come (see DESIGN.md, "Provider agent"): the hardware bench,
-//! market policy and the payee.
+//! Still to come (see DESIGN.md, "Provider agent"): market policy and the payee.
 
 pub mod accel;
 pub mod cgroup;
+pub mod hwbench;
 pub mod qemu;
 pub mod qmp;
 pub mod service;

@@ -314,13 +314,28 @@ pub async fn shutdown(vm_id: &str, pid: u32, qmp: Option<&Qmp>, grace: Duration)
         );
         tracing::warn!(vm = %vm_id, pid, "QEMU did not quit; killed");
     }
-    // Reap if it was our child; harmless otherwise.
-    let _ = nix::sys::wait::waitpid(
-        nix::unistd::Pid::from_raw(pid as i32),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
+    reap(pid).await;
     if let Err(e) = VmCgroup::load(vm_id).remove() {
         tracing::warn!(vm = %vm_id, error = %e, "cannot remove cgroup");
+    }
+}
+
+/// Collects the exit status if the VM was launched by this process (after
+/// an agent restart it is not our child, and there is nothing to collect),
+/// so no zombie is left behind.
+pub async fn reap(pid: u32) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let started = std::time::Instant::now();
+    loop {
+        match waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::StillAlive) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
     }
 }
 

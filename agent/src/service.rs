@@ -281,7 +281,9 @@ impl Agent {
             store.put_usage(id, &u, now_ms())?;
         }
         for id in &dead {
-            live.remove(id);
+            if let Some(vm) = live.remove(id) {
+                qemu::reap(vm.pid).await;
+            }
         }
         drop(live);
         for id in dead {

@@ -4,6 +4,7 @@
 //! Run with `scripts/bench.sh [chain|net] [--quick]`.
 
 mod chain;
+mod host;
 mod net;
 mod vm;
 
@@ -30,12 +31,16 @@ fn main() {
         known = true;
         net::run(quick);
     }
+    if all || suites.contains(&"host") {
+        known = true;
+        host::run(quick);
+    }
     if all || suites.contains(&"vm") {
         known = true;
         vm::run(quick);
     }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net, vm");
+        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm");
         std::process::exit(2);
     }
 }

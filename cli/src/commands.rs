@@ -96,6 +96,83 @@ pub async fn node_run(
     handle.stop().await
 }
 
+pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
+    home.require_initialized()?;
+    // The VM part needs the image and the privileges to confine QEMU.
+    let vm = match zennet_images::load(&home.images_dir(), zennet_images::DEFAULT_IMAGE_ID) {
+        Ok(image) if nix_is_root() => {
+            let mut qemu = zennet_agent::qemu::QemuConfig::default();
+            let cache = crate::node::accel_cache_file(home);
+            let (binary, kernel, initramfs) =
+                (qemu.binary.clone(), image.kernel(), image.initramfs());
+            qemu.accel = tokio::task::spawn_blocking(move || {
+                zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
+            })
+            .await?;
+            Some(zennet_agent::hwbench::VmBench { qemu, image })
+        }
+        _ => {
+            eprintln!("note: no VM figures (needs root and `zennet image build`)");
+            None
+        }
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("zennet-bench-")
+        .tempdir_in(home.dir())?;
+    let opts = zennet_agent::hwbench::BenchOptions {
+        quick,
+        scratch_dir: scratch.path().to_path_buf(),
+        vm,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let progress_bar = bar.clone();
+    let mut progress = move |step: &str| progress_bar.set_message(step.to_string());
+    let profile = zennet_agent::hwbench::run(&opts, &mut progress).await?;
+    bar.finish_and_clear();
+    let path = home.dir().join("capacity.json");
+    crate::home::write_atomic(&path, &serde_json::to_vec_pretty(&profile)?, 0o644)?;
+    out.print(&profile, || {
+        let mut s = format!(
+            "compute units: {:.2} per core, {:.2} total ({} cores)\ncpu: {:.0} events/s one thread, {:.0} all threads",
+            profile.compute_units_per_core,
+            profile.compute_units_total,
+            profile.cores,
+            profile.cpu.single_thread_events_per_sec,
+            profile.cpu.all_threads_events_per_sec
+        );
+        let m = &profile.memory;
+        s.push_str(&format!("\nmemory: {:.1} GB/s read, {:.1} GB/s write", m.read_gb_per_sec, m.write_gb_per_sec));
+        if let Some(d) = &profile.disk {
+            s.push_str(&format!(
+                "\ndisk: {:.0} MB/s write, {:.0} MB/s read, {:.0} IOPS 4K random",
+                d.sequential_write_mb_per_sec, d.sequential_read_mb_per_sec, d.random_read_4k_iops
+            ));
+        }
+        if let Some(v) = &profile.vm {
+            s.push_str(&format!(
+                "\nvm ({}): ready in {} ms, efficiency {:.2}",
+                v.accel.name(),
+                v.launch_to_ready_ms,
+                v.efficiency
+            ));
+        }
+        s.push_str(&format!("\ngpus: {}", profile.gpus.len()));
+        for n in &profile.notes {
+            s.push_str(&format!("\nnote: {n}"));
+        }
+        s.push_str(&format!("\nsaved {}", path.display()));
+        s
+    });
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
 pub async fn image_build(home: &Home, out: Output) -> Result<()> {
     home.require_initialized()?;
     let dir = home.images_dir();

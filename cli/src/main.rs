@@ -52,6 +52,13 @@ enum Command {
     /// Mined identities.
     #[command(subcommand)]
     Id(IdCmd),
+    /// Benchmark this machine (CPU, memory, disk, GPUs, a VM) and save its
+    /// capacity profile in the home.
+    Bench {
+        /// Shorter measurements.
+        #[arg(long)]
+        quick: bool,
+    },
     /// VM images built from Debian packages.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -185,8 +192,13 @@ enum IdCmd {
 
 fn main() {
     let cli = Cli::parse();
+    // Long-running services narrate at info; one-shot commands keep quiet.
+    let default_level = match cli.command {
+        Command::Node(NodeCmd::Run { .. }) | Command::Devnet { .. } => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -224,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             provide,
         }) => commands::node_run(home, mine, api, listen, bootstrap, provide).await,
+        Command::Bench { quick } => commands::bench(&home, quick, out).await,
         Command::Image(ImageCmd::Build) => commands::image_build(&home, out).await,
         Command::Image(ImageCmd::List) => commands::image_list(&home, out),
         Command::Agent(AgentCmd::Vm(AgentVmCmd::Start {

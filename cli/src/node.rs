@@ -255,7 +255,7 @@ async fn start_agent(home: &Home) -> Result<Arc<zennet_agent::Agent>> {
 }
 
 /// The accelerator verdict belongs to the host, not to one home.
-fn accel_cache_file(home: &Home) -> std::path::PathBuf {
+pub fn accel_cache_file(home: &Home) -> std::path::PathBuf {
     let host = std::path::Path::new("/var/cache/zennet");
     if std::fs::create_dir_all(host).is_ok() {
         host.join("accel.json")
