@@ -113,7 +113,8 @@ impl TestHome {
             .spawn()
             .unwrap();
         self.node = Some(child);
-        wait_until(Duration::from_secs(30), "the node API", || {
+        // A first --provide start on a host probes KVM with a canary (up to 25 s).
+        wait_until(Duration::from_secs(90), "the node API", || {
             self.dir.join("node.json").exists() && self.run(&["chain", "info"]).status.success()
         });
     }
