@@ -100,17 +100,10 @@ pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
     home.require_initialized()?;
     // The VM part needs the image and the privileges to confine QEMU.
     let vm = match zennet_images::load(&home.images_dir(), zennet_images::DEFAULT_IMAGE_ID) {
-        Ok(image) if nix_is_root() => {
-            let mut qemu = zennet_agent::qemu::QemuConfig::default();
-            let cache = crate::node::accel_cache_file(home);
-            let (binary, kernel, initramfs) =
-                (qemu.binary.clone(), image.kernel(), image.initramfs());
-            qemu.accel = tokio::task::spawn_blocking(move || {
-                zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
-            })
-            .await?;
-            Some(zennet_agent::hwbench::VmBench { qemu, image })
-        }
+        Ok(image) if nix_is_root() => Some(zennet_agent::hwbench::VmBench {
+            qemu: crate::node::qemu_config(home, &image).await?,
+            image,
+        }),
         _ => {
             eprintln!("note: no VM figures (needs root and `zennet image build`)");
             None

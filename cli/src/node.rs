@@ -236,13 +236,7 @@ async fn start_agent(home: &Home) -> Result<Arc<zennet_agent::Agent>> {
                 home.dir().display()
             )
         })?;
-    let mut qemu = zennet_agent::qemu::QemuConfig::default();
-    let cache = accel_cache_file(home);
-    let (binary, kernel, initramfs) = (qemu.binary.clone(), image.kernel(), image.initramfs());
-    qemu.accel = tokio::task::spawn_blocking(move || {
-        zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
-    })
-    .await?;
+    let qemu = qemu_config(home, &image).await?;
     tracing::info!(accel = qemu.accel.name(), "provider agent");
     let agent = zennet_agent::Agent::open(zennet_agent::AgentConfig {
         dir: home.agent_dir(),
@@ -254,8 +248,24 @@ async fn start_agent(home: &Home) -> Result<Arc<zennet_agent::Agent>> {
     Ok(agent)
 }
 
+/// QEMU settings with the accelerator this host really supports (probed
+/// once with the image as canary, then cached).
+pub async fn qemu_config(
+    home: &Home,
+    image: &zennet_images::Image,
+) -> Result<zennet_agent::qemu::QemuConfig> {
+    let mut qemu = zennet_agent::qemu::QemuConfig::default();
+    let cache = accel_cache_file(home);
+    let (binary, kernel, initramfs) = (qemu.binary.clone(), image.kernel(), image.initramfs());
+    qemu.accel = tokio::task::spawn_blocking(move || {
+        zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
+    })
+    .await?;
+    Ok(qemu)
+}
+
 /// The accelerator verdict belongs to the host, not to one home.
-pub fn accel_cache_file(home: &Home) -> std::path::PathBuf {
+fn accel_cache_file(home: &Home) -> std::path::PathBuf {
     let host = std::path::Path::new("/var/cache/zennet");
     if std::fs::create_dir_all(host).is_ok() {
         host.join("accel.json")
