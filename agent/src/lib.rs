@@ -17,10 +17,12 @@
 pub mod accel;
 pub mod cgroup;
 pub mod hwbench;
+pub mod market;
 pub mod qemu;
 pub mod qmp;
 pub mod service;
 pub mod store;
+pub mod tunnel;
 pub mod xen;
 
 pub use service::{Agent, AgentConfig, StartVm, VmInfo};

@@ -18,6 +18,7 @@ pub mod error;
 pub mod execute;
 pub mod genesis;
 pub mod identity;
+pub mod ledger;
 pub mod mempool;
 pub mod pow;
 pub mod seal;
@@ -33,6 +34,7 @@ pub use crypto::{Address, Hash, PublicKey, SecretKey, Signature};
 pub use error::{BlockError, ChainError, MempoolError, TxError};
 pub use genesis::Genesis;
 pub use identity::{Identity, Role};
+pub use ledger::Ledger;
 pub use task::{TaskAcceptance, TaskAnnouncement, TaskRecord};
 pub use tx::{Amount, SignedTx, Transaction, TxBody, VerifiedTx};
 

@@ -1,5 +1,11 @@
-//! Zennet publisher — not built yet.
+//! Zennet publisher side, plus the protocol both sides speak.
 //!
-//! This crate will hold the publisher side: task announcements, the SSH
-//! server nodes dial into, VM handles and the payer (see DESIGN.md,
-//! "Publisher").
+//! * [`wire`]: the `zennet-pay` frames (length-prefixed borsh) and the
+//!   shared price formula.
+//! * [`sshkey`]: Ed25519 SSH keys on disk (0600) and their on-chain
+//!   fingerprints.
+//! * [`server`]: the russh SSH server nodes dial into; only keys named by
+//!   an on-chain acceptance get in.
+pub mod server;
+pub mod sshkey;
+pub mod wire;

@@ -1,0 +1,29 @@
+//! What a market participant (publisher or provider) needs from its node:
+//! read the state at the tip and submit transactions signed with the
+//! node's key. The node runtime implements it over its chain; the
+//! publisher's payer and the provider's payee only see this trait.
+
+use crate::channel::Channel;
+use crate::crypto::{Address, Hash};
+use crate::error::ChainError;
+use crate::task::TaskRecord;
+use crate::tx::{Amount, TxBody};
+
+pub trait Ledger: Send + Sync + 'static {
+    fn chain_id(&self) -> u64;
+    /// The account this node signs with.
+    fn address(&self) -> Address;
+    fn height(&self) -> u64;
+    fn balance(&self, address: &Address) -> Amount;
+    fn task(&self, id: &Hash) -> Option<TaskRecord>;
+    /// Every task still in the state (not yet pruned).
+    fn tasks(&self) -> Vec<TaskRecord>;
+    fn channel(&self, id: &Hash) -> Option<Channel>;
+    /// Signs `body` at this account's next nonce, admits it to the mempool
+    /// and gossips it; returns the transaction hash.
+    fn submit(&self, body: TxBody) -> Result<Hash, ChainError>;
+    /// Height of the canonical block that holds `tx`, if any.
+    fn included_at(&self, tx: &Hash) -> Option<u64>;
+    /// Whether `tx` is still waiting in this node's mempool.
+    fn pending(&self, tx: &Hash) -> bool;
+}
