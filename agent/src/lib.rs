@@ -18,6 +18,7 @@ pub mod accel;
 pub mod cgroup;
 pub mod hwbench;
 pub mod market;
+pub mod provider;
 pub mod qemu;
 pub mod qmp;
 pub mod service;

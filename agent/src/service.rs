@@ -183,6 +183,44 @@ impl Agent {
         self.info(id).await
     }
 
+    /// Waits until the guest prints its ready marker on the serial console
+    /// (sshd is up) and returns the SSH host key it announced, if any.
+    pub async fn wait_ready(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, AgentError> {
+        let record = self
+            .store()
+            .get(id)?
+            .ok_or_else(|| AgentError::NotFound(format!("no VM {id}")))?;
+        let log = record
+            .process
+            .map(|p| p.serial_log)
+            .ok_or_else(|| not_running(id))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(zennet_images::READY_MARKER) {
+                let host_key = text.lines().find_map(|l| {
+                    l.trim()
+                        .strip_prefix(zennet_images::HOST_KEY_MARKER)
+                        .map(|k| k.trim().to_string())
+                });
+                return Ok(host_key);
+            }
+            if Instant::now() > deadline {
+                return Err(AgentError::Launch(format!(
+                    "VM {id} printed no {} within {}s (serial log {})",
+                    zennet_images::READY_MARKER,
+                    timeout.as_secs(),
+                    log.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Pauses the guest's vCPUs (QMP stop); it keeps its memory.
     pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
         {

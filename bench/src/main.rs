@@ -1,10 +1,11 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|market] [--quick]`.
 
 mod chain;
 mod host;
+mod market;
 mod net;
 mod vm;
 
@@ -39,8 +40,12 @@ fn main() {
         known = true;
         vm::run(quick);
     }
+    if all || suites.contains(&"market") {
+        known = true;
+        market::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm");
+        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market");
         std::process::exit(2);
     }
 }

@@ -6,11 +6,15 @@
 use crate::channel::Channel;
 use crate::crypto::{Address, Hash};
 use crate::error::ChainError;
+use crate::genesis::Genesis;
 use crate::task::TaskRecord;
 use crate::tx::{Amount, TxBody};
 
 pub trait Ledger: Send + Sync + 'static {
-    fn chain_id(&self) -> u64;
+    fn genesis(&self) -> Genesis;
+    fn chain_id(&self) -> u64 {
+        self.genesis().chain_id
+    }
     /// The account this node signs with.
     fn address(&self) -> Address;
     fn height(&self) -> u64;

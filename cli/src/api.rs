@@ -120,6 +120,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/channels/{id}", get(channel))
         .route("/v1/agent/vms", get(agent_vms).post(agent_start))
         .route("/v1/agent/vms/{id}/stop", post(agent_stop))
+        .route("/v1/agent/tasks", get(provider_tasks))
+        .route("/v1/agent/contracts", get(provider_contracts))
+        .route("/v1/agent/tasks/{id}/accept", post(provider_accept))
+        .route("/v1/agent/tasks/{id}/reject", post(provider_reject))
+        .route("/v1/publisher", get(publisher_info))
+        .route(
+            "/v1/publisher/tasks",
+            get(publisher_tasks).post(publisher_announce),
+        )
+        .route("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel))
+        .route("/v1/publisher/tasks/{id}/pay", post(publisher_pay))
+        .route("/v1/publisher/vms", get(publisher_vms))
+        .route("/v1/publisher/vms/{id}", get(publisher_vm))
+        .route("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm))
         .with_state(node)
 }
 
@@ -383,4 +397,154 @@ async fn channel(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiRe
         .channel(&id)
         .map(Json)
         .ok_or_else(|| not_found(format!("no open channel {id}")))
+}
+
+// Provider market.
+
+fn provider(node: &Node) -> Result<&Arc<zennet_agent::provider::Provider>, ApiError> {
+    node.provider().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not a provider; restart it with `zennet node run --provide`".into(),
+        )
+    })
+}
+
+fn parse_hash(id: &str) -> Result<Hash, ApiError> {
+    id.parse()
+        .map_err(|e: ChainError| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn provider_tasks(
+    State(node): State<Arc<Node>>,
+) -> ApiResult<Vec<zennet_agent::provider::TaskVerdict>> {
+    Ok(Json(provider(&node)?.tasks()?))
+}
+
+async fn provider_contracts(
+    State(node): State<Arc<Node>>,
+) -> ApiResult<Vec<zennet_agent::provider::Contract>> {
+    Ok(Json(provider(&node)?.contracts()?))
+}
+
+async fn provider_accept(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_agent::provider::Contract> {
+    Ok(Json(provider(&node)?.accept(&parse_hash(&id)?).await?))
+}
+
+async fn provider_reject(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Submitted> {
+    let task = parse_hash(&id)?;
+    provider(&node)?.reject(&task)?;
+    Ok(Json(Submitted { hash: task }))
+}
+
+// Publisher.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublisherInfo {
+    pub endpoint: String,
+    pub host_key_fingerprint: Hash,
+    /// Private key `zennet vm ssh` logs into VMs with.
+    pub vm_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnounceTask {
+    /// The task file's TOML text.
+    pub toml: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPaying {
+    pub paying: Option<bool>,
+    pub storage: Option<bool>,
+}
+
+fn publisher(node: &Node) -> Result<&Arc<zennet_publisher::Publisher>, ApiError> {
+    node.publisher().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not a publisher; restart it with `zennet node run --publish`".into(),
+        )
+    })
+}
+
+impl From<zennet_publisher::PublisherError> for ApiError {
+    fn from(e: zennet_publisher::PublisherError) -> ApiError {
+        use zennet_publisher::PublisherError as E;
+        let status = match e {
+            E::Invalid(_) | E::Chain(_) => StatusCode::BAD_REQUEST,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn publisher_info(State(node): State<Arc<Node>>) -> ApiResult<PublisherInfo> {
+    let p = publisher(&node)?;
+    Ok(Json(PublisherInfo {
+        endpoint: p.endpoint().to_string(),
+        host_key_fingerprint: p.host_key_fingerprint(),
+        vm_key: p.vm_key_path().display().to_string(),
+    }))
+}
+
+async fn publisher_announce(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<AnnounceTask>,
+) -> ApiResult<Submitted> {
+    let file = zennet_publisher::taskfile::TaskFile::parse(&req.toml)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let hash = publisher(&node)?.announce(file).await?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn publisher_tasks(
+    State(node): State<Arc<Node>>,
+) -> ApiResult<Vec<zennet_publisher::TaskView>> {
+    Ok(Json(publisher(&node)?.tasks()?))
+}
+
+async fn publisher_cancel(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Submitted> {
+    let hash = publisher(&node)?.cancel(&parse_hash(&id)?)?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn publisher_pay(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Json(req): Json<SetPaying>,
+) -> ApiResult<zennet_publisher::store::TaskRow> {
+    Ok(Json(publisher(&node)?.set_paying(
+        &parse_hash(&id)?,
+        req.paying,
+        req.storage,
+    )?))
+}
+
+async fn publisher_vms(State(node): State<Arc<Node>>) -> ApiResult<Vec<zennet_publisher::VmView>> {
+    Ok(Json(publisher(&node)?.vms()?))
+}
+
+async fn publisher_vm(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_publisher::VmView> {
+    Ok(Json(publisher(&node)?.vm(&id)?))
+}
+
+async fn publisher_stop_vm(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_publisher::VmView> {
+    Ok(Json(publisher(&node)?.stop_vm(&id)?))
 }

@@ -78,6 +78,7 @@ pub async fn node_run(
     listen: Vec<zennet_net::Multiaddr>,
     bootstrap: Vec<zennet_net::Multiaddr>,
     provide: bool,
+    publish: bool,
 ) -> Result<()> {
     home.require_initialized()?;
     let handle = NodeHandle::start(
@@ -89,6 +90,7 @@ pub async fn node_run(
             bootstrap,
             report: true,
             provide,
+            publish,
         },
     )
     .await?;

@@ -28,6 +28,46 @@ pub struct Home {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
+    /// Publisher side (`node run --publish`).
+    #[serde(default)]
+    pub publisher: PublisherSection,
+    /// Provider side (`node run --provide`): which tasks to accept.
+    #[serde(default)]
+    pub market: zennet_agent::market::MarketPolicy,
+    /// Provider side: what this machine offers. Unset fields come from
+    /// `capacity.json` (`zennet bench`), else from the host.
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublisherSection {
+    /// Where the SSH server nodes dial into listens.
+    pub ssh_listen: String,
+    /// `host:port` written into announcements (default: the listen address).
+    pub endpoint: Option<String>,
+}
+
+impl Default for PublisherSection {
+    fn default() -> Self {
+        PublisherSection {
+            ssh_listen: "127.0.0.1:7522".into(),
+            endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSection {
+    pub cores: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+    /// Compute units per core (1 CU = 1000 prime events/s, see `zennet bench`).
+    pub compute_per_core: Option<u32>,
+    /// Seconds a VM stays paused for lack of payment before it is terminated.
+    pub grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +106,9 @@ impl Default for Config {
                 bootstrap: vec![],
                 max_peers: default_max_peers(),
             },
+            publisher: PublisherSection::default(),
+            market: Default::default(),
+            provider: ProviderSection::default(),
         }
     }
 }

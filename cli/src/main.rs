@@ -5,8 +5,10 @@ mod client;
 mod commands;
 mod devnet;
 mod home;
+mod market;
 mod node;
 mod sync;
+mod trade;
 
 use std::path::PathBuf;
 
@@ -65,12 +67,65 @@ enum Command {
     /// The provider agent of a running `node run --provide`.
     #[command(subcommand)]
     Agent(AgentCmd),
-    /// A whole local network on embedded defaults, mining and transferring.
+    /// Publisher side: announce tasks and manage them (`node run --publish`).
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Publisher side: the VMs nodes run for your tasks, through the tunnel.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// A whole local market on embedded defaults: a miner, N providers and a
+    /// publisher running a real job in VMs, paid through payment channels.
     Devnet {
-        /// Stop after this many blocks (default: run until Ctrl-C).
+        /// Provider nodes (one VM each).
+        #[arg(long, default_value_t = 2)]
+        providers: u32,
+        /// The job: count primes below this number, split across the VMs.
+        #[arg(long, default_value_t = 30_000)]
+        primes_below: u64,
+        /// Keep the temporary homes (printed) instead of deleting them.
         #[arg(long)]
-        blocks: Option<u64>,
+        keep: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Announce the task described by a TOML file (see README).
+    Announce { file: PathBuf },
+    /// Tasks this publisher announced.
+    List,
+    /// A task as the chain has it.
+    Show { id: String },
+    /// Cancel on chain; every VM of the task stops and its channel closes.
+    Cancel { id: String },
+    /// Switch payment for a task off or on (and for its persistent storage).
+    Pay {
+        id: String,
+        #[arg(long, value_parser = ["on", "off"])]
+        compute: Option<String>,
+        #[arg(long, value_parser = ["on", "off"])]
+        storage: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// VMs of this publisher's tasks, with their tunnel ports and payments.
+    List,
+    /// Log into a VM with OpenSSH through the tunnel (extra args: a command).
+    Ssh {
+        id: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a VM: `zennet vm exec ID -- CMD...`.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// End a VM's contract: its node stops it and closes the channel.
+    Stop { id: String },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +141,14 @@ enum AgentCmd {
     /// Virtual machines run by this node.
     #[command(subcommand)]
     Vm(AgentVmCmd),
+    /// Contracts: accepted tasks, their VMs and payments.
+    Status,
+    /// Tasks on chain and whether the market policy would take them.
+    Tasks,
+    /// Accept a task by hand.
+    Accept { id: String },
+    /// Never accept a task.
+    Reject { id: String },
 }
 
 #[derive(Subcommand)]
@@ -133,9 +196,13 @@ enum NodeCmd {
         /// A peer to join, e.g. /ip4/127.0.0.1/tcp/4001/p2p/16Uiu2... (repeatable).
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<zennet_net::Multiaddr>,
-        /// Run the provider agent: VMs under cgroups (needs root and an image).
+        /// Run the provider agent: VMs under cgroups (needs root and an image),
+        /// accepting tasks per config.toml's [market] policy.
         #[arg(long)]
         provide: bool,
+        /// Run the publisher: the SSH server nodes dial into, and the payer.
+        #[arg(long)]
+        publish: bool,
     },
     /// This node's peer id and listen addresses.
     Info,
@@ -235,7 +302,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             bootstrap,
             provide,
-        }) => commands::node_run(home, mine, api, listen, bootstrap, provide).await,
+            publish,
+        }) => commands::node_run(home, mine, api, listen, bootstrap, provide, publish).await,
         Command::Bench { quick } => commands::bench(&home, quick, out).await,
         Command::Image(ImageCmd::Build) => commands::image_build(&home, out).await,
         Command::Image(ImageCmd::List) => commands::image_list(&home, out),
@@ -284,6 +352,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_register,
             threads,
         }) => commands::id_mine(&home, &role, !no_register, threads, out).await,
-        Command::Devnet { blocks } => devnet::run(home_flag, blocks, out).await,
+        Command::Agent(AgentCmd::Status) => trade::agent_contracts(&home, out).await,
+        Command::Agent(AgentCmd::Tasks) => trade::agent_tasks(&home, out).await,
+        Command::Agent(AgentCmd::Accept { id }) => trade::agent_accept(&home, &id, out).await,
+        Command::Agent(AgentCmd::Reject { id }) => trade::agent_reject(&home, &id, out).await,
+        Command::Task(TaskCmd::Announce { file }) => trade::task_announce(&home, &file, out).await,
+        Command::Task(TaskCmd::List) => trade::task_list(&home, out).await,
+        Command::Task(TaskCmd::Show { id }) => trade::task_show(&home, &id, out).await,
+        Command::Task(TaskCmd::Cancel { id }) => trade::task_cancel(&home, &id, out).await,
+        Command::Task(TaskCmd::Pay {
+            id,
+            compute,
+            storage,
+        }) => {
+            let on = |v: Option<String>| v.map(|v| v == "on");
+            trade::task_pay(&home, &id, on(compute), on(storage), out).await
+        }
+        Command::Vm(VmCmd::List) => trade::vm_list(&home, out).await,
+        Command::Vm(VmCmd::Ssh { id, command }) => trade::vm_ssh(&home, &id, &command).await,
+        Command::Vm(VmCmd::Exec { id, command }) => trade::vm_exec(&home, &id, &command).await,
+        Command::Vm(VmCmd::Stop { id }) => trade::vm_stop(&home, &id, out).await,
+        Command::Devnet {
+            providers,
+            primes_below,
+            keep,
+        } => devnet::run(home_flag, providers, primes_below, keep, out).await,
     }
 }

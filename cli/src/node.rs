@@ -26,6 +26,8 @@ pub struct Node {
     shutdown: AtomicBool,
     net: Option<NetHandle>,
     agent: std::sync::OnceLock<Arc<zennet_agent::Agent>>,
+    publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
+    provider: std::sync::OnceLock<Arc<zennet_agent::provider::Provider>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
@@ -39,6 +41,8 @@ impl Node {
             shutdown: AtomicBool::new(false),
             net,
             agent: std::sync::OnceLock::new(),
+            publisher: std::sync::OnceLock::new(),
+            provider: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -49,6 +53,14 @@ impl Node {
 
     pub fn agent(&self) -> Option<&Arc<zennet_agent::Agent>> {
         self.agent.get()
+    }
+
+    pub fn publisher(&self) -> Option<&Arc<zennet_publisher::Publisher>> {
+        self.publisher.get()
+    }
+
+    pub fn provider(&self) -> Option<&Arc<zennet_agent::provider::Provider>> {
+        self.provider.get()
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -117,14 +129,15 @@ pub struct NodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// Print each new block and balances to stdout.
     pub report: bool,
-    /// Run the provider agent (VMs) in this node.
+    /// Run the provider agent (VMs, market, contracts) in this node.
     pub provide: bool,
+    /// Run the publisher (SSH server, payer) in this node.
+    pub publish: bool,
 }
 
 /// A started node; [`NodeHandle::stop`] shuts it down cleanly.
 pub struct NodeHandle {
     pub node: Arc<Node>,
-    pub api_addr: std::net::SocketAddr,
     home: Home,
     miners: Vec<JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
@@ -156,9 +169,17 @@ impl NodeHandle {
         };
         let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
         let node = Node::new(chain, Some(net.clone()));
+        let ledger = crate::market::NodeLedger::new(node.clone(), key.clone());
         if let Some(agent) = agent {
             tokio::spawn(agent.clone().meter());
-            let _ = node.agent.set(agent);
+            let _ = node.agent.set(agent.clone());
+            let provider = crate::market::start_provider(&home, agent, ledger.clone()).await?;
+            let _ = node.provider.set(provider);
+        }
+        if opts.publish {
+            let publisher = crate::market::start_publisher(&home, ledger.clone()).await?;
+            tracing::info!(endpoint = publisher.endpoint(), host_key = %publisher.host_key_fingerprint(), "publisher");
+            let _ = node.publisher.set(publisher);
         }
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 
@@ -203,7 +224,6 @@ impl NodeHandle {
         }
         Ok(NodeHandle {
             node,
-            api_addr,
             home,
             miners,
             server,

@@ -176,6 +176,43 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     borsh::from_slice(&body).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// A `zennet-pay` stream whose receiving side is cancel-safe: a reader
+/// task owns the read half, so `recv` can sit in a `select!` next to
+/// timers without losing half a frame.
+pub struct PayStream {
+    frames: tokio::sync::mpsc::Receiver<Result<Frame, WireError>>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+impl PayStream {
+    pub fn new<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> PayStream {
+        let (mut reader, writer) = tokio::io::split(stream);
+        let (tx, frames) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut reader).await;
+                let stop = frame.is_err();
+                if tx.send(frame).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        PayStream {
+            frames,
+            writer: Box::new(writer),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), WireError> {
+        write_frame(&mut self.writer, frame).await
+    }
+
+    /// The next frame; cancel-safe.
+    pub async fn recv(&mut self) -> Result<Frame, WireError> {
+        self.frames.recv().await.unwrap_or(Err(WireError::Closed))
+    }
+}
+
 /// Wraps an amount for JSON views.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct AmountView(#[serde(with = "amount_str")] pub Amount);

@@ -1,0 +1,340 @@
+//! Market figures: the tunnel that carries a VM's traffic between node and
+//! publisher, and the payment-channel vouchers that pay for it.
+//!
+//! * Tunnel throughput: bytes written into the publisher-side forwarded
+//!   port travel our russh server → the agent's russh client (the
+//!   [`Tunnel`]) → a local TCP sink that counts and discards them. Anchor:
+//!   OpenSSH (`ssh -L` to a private `sshd`) on loopback, the same byte count
+//!   into the same kind of sink; raw loopback TCP is printed for context.
+//!   The clock stops only once the sink has counted every byte.
+//! * Voucher check (payee side): `Channel::check_voucher`, which hashes the
+//!   voucher, recovers its signer and compares it with the payer, over
+//!   vouchers of rising seq/cumulative. Anchor: raw k256
+//!   `recover_from_prehash` (like for like); raw `verify_prehash` is printed
+//!   for context.
+//! * Voucher signing (payer side): `Voucher::sign` vs raw k256
+//!   `sign_prehash_recoverable`.
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use k256::ecdsa::signature::hazmat::PrehashVerifier;
+use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, VerifyingKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use zennet_agent::tunnel::Tunnel;
+use zennet_chain::{Address, Channel, Hash, SecretKey, SignedVoucher, Voucher};
+use zennet_publisher::server::{Gate, SshServer};
+use zennet_publisher::sshkey;
+
+use crate::{rate, row, single};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+pub fn run(quick: bool) {
+    println!("== market: tunnel and vouchers ==");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(tunnel(if quick { 64 << 20 } else { 512 << 20 }));
+    vouchers(Duration::from_secs(if quick { 1 } else { 3 }));
+}
+
+async fn tunnel(bytes: u64) {
+    let mib = bytes >> 20;
+    let raw = {
+        let (port, mut done) = sink(bytes).await;
+        push(port, &mut done, bytes).await
+    };
+    let ours = through_russh(bytes).await;
+    if !Path::new(SSHD).exists() {
+        single(
+            &format!("tunnel throughput, russh ({mib} MiB)"),
+            ours,
+            "MB/s",
+        );
+        println!(
+            "  (anchor skipped: OpenSSH's {SSHD} is missing; it comes with openssh-server, which scripts/bench.sh installs)"
+        );
+    } else {
+        let anchor = through_openssh(bytes).await;
+        row(
+            &format!("tunnel throughput, russh ({mib} MiB)"),
+            ours,
+            "OpenSSH ssh -L",
+            anchor,
+            "MB/s",
+        );
+    }
+    single("  raw loopback TCP, no SSH", raw, "MB/s");
+}
+
+/// A listener that reads and discards each connection, reporting its byte
+/// count at EOF (or once `expected` bytes arrived).
+async fn sink(expected: u64) -> (u16, mpsc::UnboundedReceiver<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut total = 0u64;
+                while total < expected {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n as u64,
+                    }
+                }
+                let _ = tx.send(total);
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Writes `bytes` into `port`; MB/s once the sink behind it (`done`)
+/// counted them all.
+async fn push(port: u16, done: &mut mpsc::UnboundedReceiver<u64>, bytes: u64) -> f64 {
+    let chunk = vec![0x5au8; 256 << 10];
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.set_nodelay(true);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    s.shutdown().await.unwrap();
+    let counted = tokio::time::timeout(Duration::from_secs(300), async {
+        // Probe connections (readiness checks) arrive empty; skip them.
+        loop {
+            match done.recv().await.expect("sink alive") {
+                0 => continue,
+                n => break n,
+            }
+        }
+    })
+    .await
+    .expect("the sink received the bytes in time");
+    let elapsed = started.elapsed();
+    assert_eq!(counted, bytes, "the sink counted every byte");
+    bytes as f64 / elapsed.as_secs_f64() / 1e6
+}
+
+struct OneKey(Hash);
+impl Gate for OneKey {
+    fn admits(&self, key: &Hash) -> bool {
+        *key == self.0
+    }
+}
+
+async fn through_russh(bytes: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let host_fp = sshkey::fingerprint(host.public_key());
+    let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
+    let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate).await.unwrap();
+    let tunnel = Tunnel::dial(
+        &server.local_addr.to_string(),
+        host_fp,
+        node,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await
+    .expect("tunnel dials");
+    let (sink_port, mut done) = sink(bytes).await;
+    let port = tunnel.forward(sink_port, 0).await.expect("remote forward");
+    let mbs = push(port, &mut done, bytes).await;
+    tunnel.close().await;
+    mbs
+}
+
+async fn through_openssh(bytes: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sshkey::load_or_create(&d.join("host")).unwrap();
+    let client = sshkey::load_or_create(&d.join("client")).unwrap();
+    let authorized = d.join("authorized_keys");
+    std::fs::write(
+        &authorized,
+        format!("{}\n", sshkey::public_line(client.public_key())),
+    )
+    .unwrap();
+    let config = d.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "HostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\n\
+             ListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nAllowTcpForwarding yes\n",
+            d.join("host").display(),
+            authorized.display()
+        ),
+    )
+    .unwrap();
+    // sshd insists on its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let sshd_port = free_port();
+    let sshd_log = d.join("sshd.log");
+    let _sshd = Proc(
+        Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .args(["-p", &sshd_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&sshd_log).unwrap())
+            .spawn()
+            .expect("sshd starts"),
+    );
+    wait_accepts(sshd_port, &sshd_log).await;
+
+    let (sink_port, mut done) = sink(bytes).await;
+    let local = free_port();
+    let ssh_log = d.join("ssh.log");
+    let _ssh = Proc(
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-N", "-T", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ExitOnForwardFailure=yes"])
+            .args(["-L", &format!("{local}:127.0.0.1:{sink_port}")])
+            .arg("-i")
+            .arg(d.join("client"))
+            .args(["-p", &sshd_port.to_string(), "root@127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&ssh_log).unwrap())
+            .spawn()
+            .expect("ssh starts"),
+    );
+    wait_accepts(local, &ssh_log).await;
+    push(local, &mut done, bytes).await
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_accepts(port: u16, log: &Path) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "port {port} never opened: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vouchers(budget: Duration) {
+    const N: u64 = 1_000;
+    const CHAIN_ID: u64 = 7;
+    let payer = SecretKey::generate();
+    let channel = Channel {
+        id: Hash([3; 32]),
+        payer: payer.address(),
+        payee: Address([4; 20]),
+        deposit: u128::MAX,
+        claimed: 0,
+        last_seq: 0,
+        expiry_height: u64::MAX,
+        settle_at: None,
+    };
+    let voucher = |seq: u64| Voucher {
+        chain_id: CHAIN_ID,
+        channel: channel.id,
+        seq,
+        cumulative: seq as u128 * 1_000_000,
+    };
+    let signed: Vec<SignedVoucher> = (1..=N).map(|i| voucher(i).sign(&payer)).collect();
+    let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = signed
+        .iter()
+        .map(|v| {
+            let sig = EcdsaSignature::from_slice(&v.signature.0[..64]).unwrap();
+            let recid = RecoveryId::from_byte(v.signature.0[64]).unwrap();
+            (v.voucher.signing_hash().0, sig, recid)
+        })
+        .collect();
+    let raw_key = SigningKey::from_slice(&payer.to_bytes()).unwrap();
+    let vk = *raw_key.verifying_key();
+
+    // Payee: each voucher is checked against the channel, which then
+    // remembers it as the highest seen.
+    let ours = rate(budget, || {
+        let mut c = channel.clone();
+        for v in &signed {
+            c.check_voucher(v, CHAIN_ID, 1_000)
+                .expect("a valid voucher");
+            c.last_seq = v.voucher.seq;
+            c.claimed = v.voucher.cumulative;
+        }
+        N
+    });
+    let anchor = rate(budget, || {
+        for (prehash, sig, recid) in &raw {
+            let key = VerifyingKey::recover_from_prehash(prehash, sig, *recid).unwrap();
+            assert!(key == vk);
+        }
+        N
+    });
+    row(
+        "voucher check (hash+recover+check_voucher)",
+        ours,
+        "k256 recover_from_prehash",
+        anchor,
+        "ops/s",
+    );
+    let verify = rate(budget, || {
+        for (prehash, sig, _) in &raw {
+            vk.verify_prehash(prehash, sig).unwrap();
+        }
+        N
+    });
+    single("  raw k256 verify_prehash (known key)", verify, "sigs/s");
+
+    // Payer: a voucher for each new cumulative amount.
+    let mut seq = 0;
+    let ours = rate(budget, || {
+        for _ in 0..N {
+            seq += 1;
+            std::hint::black_box(voucher(seq).sign(&payer));
+        }
+        N
+    });
+    let anchor = rate(budget, || {
+        for (prehash, _, _) in &raw {
+            std::hint::black_box(raw_key.sign_prehash_recoverable(prehash));
+        }
+        N
+    });
+    row(
+        "voucher signing (encode+hash+sign)",
+        ours,
+        "k256 sign_prehash_recoverable",
+        anchor,
+        "ops/s",
+    );
+}

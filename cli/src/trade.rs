@@ -1,0 +1,270 @@
+//! Market commands: `task …` and `vm …` (publisher side), `agent
+//! tasks|contracts|accept|reject` (provider side). All go through the
+//! running node's API.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use zennet_agent::provider::{Contract, TaskVerdict};
+use zennet_chain::Hash;
+use zennet_publisher::{TaskView, VmView};
+
+use crate::api::{AnnounceTask, PublisherInfo, SetPaying, Submitted};
+use crate::client::Client;
+use crate::commands::Output;
+use crate::home::Home;
+
+pub async fn task_announce(home: &Home, file: &Path, out: Output) -> Result<()> {
+    let toml = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read task file {}", file.display()))?;
+    // Parse here too, so a bad file fails before the node is asked.
+    zennet_publisher::taskfile::TaskFile::parse(&toml)?;
+    let client = Client::new(home.api_url()?);
+    let s: Submitted = client
+        .post("/v1/publisher/tasks", &AnnounceTask { toml })
+        .await?;
+    out.print(&s, || format!("task {} announced", s.hash));
+    Ok(())
+}
+
+pub async fn task_list(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let tasks: Vec<TaskView> = client.get("/v1/publisher/tasks").await?;
+    out.print(&tasks, || {
+        tasks
+            .iter()
+            .map(|t| {
+                let state = match &t.record {
+                    None => "pruned".to_string(),
+                    Some(r) if r.cancelled_at.is_some() => "cancelled".into(),
+                    Some(r) => format!(
+                        "{}/{} accepted",
+                        r.acceptances.len(),
+                        r.announcement.max_instances
+                    ),
+                };
+                format!(
+                    "{} {state} paying={} storage_paid={}",
+                    t.id, t.paying, t.storage_paid
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn task_show(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let task: zennet_chain::TaskRecord = client.get(&format!("/v1/tasks/{id}")).await?;
+    out.print(&task, || {
+        serde_json::to_string_pretty(&task).expect("serialisable")
+    });
+    Ok(())
+}
+
+pub async fn task_cancel(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let s: Submitted = client
+        .post(&format!("/v1/publisher/tasks/{id}/cancel"), &())
+        .await?;
+    out.print(&s, || format!("cancel submitted in {}", s.hash));
+    Ok(())
+}
+
+pub async fn task_pay(
+    home: &Home,
+    id: &str,
+    paying: Option<bool>,
+    storage: Option<bool>,
+    out: Output,
+) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let row: zennet_publisher::store::TaskRow = client
+        .post(
+            &format!("/v1/publisher/tasks/{id}/pay"),
+            &SetPaying { paying, storage },
+        )
+        .await?;
+    out.print(&row, || {
+        format!(
+            "task {} paying={} storage_paid={}",
+            row.task, row.paying, row.storage_paid
+        )
+    });
+    Ok(())
+}
+
+pub async fn vm_list(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let vms: Vec<VmView> = client.get("/v1/publisher/vms").await?;
+    out.print(&vms, || {
+        vms.iter()
+            .map(|v| {
+                format!(
+                    "{} task {} node {} {:?}{} port {} paid {} of {} reported",
+                    short(&v.id),
+                    short(&v.task),
+                    v.node,
+                    v.phase,
+                    if v.connected { "" } else { " (not connected)" },
+                    v.ssh_port.map_or("-".into(), |p| p.to_string()),
+                    v.paid,
+                    v.reported
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let vm: VmView = client
+        .post(&format!("/v1/publisher/vms/{id}/stop"), &())
+        .await?;
+    out.print(&vm, || format!("VM {} is being stopped", vm.id));
+    Ok(())
+}
+
+/// `vm ssh ID [-- CMD]`: the stock OpenSSH client through the tunnel,
+/// pinned to the host key the VM announced.
+pub async fn vm_ssh(home: &Home, id: &str, command: &[String]) -> Result<()> {
+    let status = ssh_command(home, id, command)
+        .await?
+        .status()
+        .context("cannot run ssh")?;
+    std::process::exit(status.code().unwrap_or(255));
+}
+
+/// `vm exec ID -- CMD`: runs CMD in the VM, prints its output, exits with
+/// its status.
+pub async fn vm_exec(home: &Home, id: &str, command: &[String]) -> Result<()> {
+    if command.is_empty() {
+        bail!("give the command after --, e.g. `zennet vm exec {id} -- uname -a`");
+    }
+    vm_ssh(home, id, command).await
+}
+
+async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::process::Command> {
+    let client = Client::new(home.api_url()?);
+    let info: PublisherInfo = client.get("/v1/publisher").await?;
+    let vm: VmView = client.get(&format!("/v1/publisher/vms/{id}")).await?;
+    let Some(port) = vm.ssh_port.filter(|_| vm.connected) else {
+        bail!(
+            "VM {} is not reachable now (its node is not connected)",
+            vm.id
+        );
+    };
+    // One file per VM: execs into several VMs may run at once.
+    let known_hosts = home
+        .dir()
+        .join("publisher")
+        .join(format!("known_hosts-{}", short(&vm.id)));
+    let pinned = match &vm.host_key {
+        Some(key) => {
+            crate::home::write_atomic(
+                &known_hosts,
+                format!("[127.0.0.1]:{port} {key}\n").as_bytes(),
+                0o600,
+            )?;
+            true
+        }
+        None => false,
+    };
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ])
+    .arg("-i")
+    .arg(&info.vm_key)
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+    .args([
+        "-o",
+        if pinned {
+            "StrictHostKeyChecking=yes"
+        } else {
+            "StrictHostKeyChecking=accept-new"
+        },
+    ])
+    .args(["-p", &port.to_string(), "root@127.0.0.1"]);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    Ok(cmd)
+}
+
+pub async fn agent_tasks(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let tasks: Vec<TaskVerdict> = client.get("/v1/agent/tasks").await?;
+    out.print(&tasks, || {
+        tasks
+            .iter()
+            .map(|t| {
+                let c = t
+                    .contract
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" [{:?}]", c.phase));
+                format!("{} from {}: {}{c}", t.task, t.publisher, t.verdict)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn agent_contracts(home: &Home, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let contracts: Vec<Contract> = client.get("/v1/agent/contracts").await?;
+    out.print(&contracts, || {
+        contracts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {:?} vm {} accrued {} paid {}{}",
+                    short(&c.task),
+                    c.phase,
+                    c.vm.as_deref().unwrap_or("-"),
+                    c.accrued,
+                    c.paid,
+                    c.end_reason
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(" ({r})"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn agent_accept(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let c: Contract = client
+        .post(&format!("/v1/agent/tasks/{id}/accept"), &())
+        .await?;
+    out.print(&c, || {
+        format!("accepted task {} in {}", c.task, c.acceptance_tx)
+    });
+    Ok(())
+}
+
+pub async fn agent_reject(home: &Home, id: &str, out: Output) -> Result<()> {
+    let client = Client::new(home.api_url()?);
+    let s: Submitted = client
+        .post(&format!("/v1/agent/tasks/{id}/reject"), &())
+        .await?;
+    out.print(&s, || format!("task {} will not be accepted", s.hash));
+    Ok(())
+}
+
+fn short(h: &Hash) -> String {
+    h.to_string()[..14].to_string()
+}

@@ -1,0 +1,161 @@
+//! The publisher's SQLite: its tasks (with payment switches) and one
+//! contract per (task, node) — channel, last voucher, what the node
+//! reported. The voucher's seq and cumulative are written before the
+//! voucher leaves, so a restart never reuses a seq.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use zennet_chain::codec::amount_str;
+use zennet_chain::{Address, Amount, Hash};
+
+use crate::wire::{Usage, VmPhase};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub task: Hash,
+    /// Vouchers are sent only while this is on.
+    pub paying: bool,
+    /// Whether the persistent volume is paid for.
+    pub storage_paid: bool,
+    pub announced_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContractRow {
+    pub task: Hash,
+    pub node: Address,
+    pub acceptance: Hash,
+    pub channel: Option<Hash>,
+    #[serde(with = "amount_str")]
+    pub deposit: Amount,
+    pub seq: u64,
+    #[serde(with = "amount_str")]
+    pub paid: Amount,
+    /// The last voucher sent (borsh), so a reconnecting node can have it again.
+    #[serde(skip)]
+    pub voucher: Option<Vec<u8>>,
+    #[serde(with = "amount_str")]
+    pub reported: Amount,
+    pub usage: Usage,
+    pub phase: VmPhase,
+    pub host_key: Option<String>,
+    pub boot_ms: u64,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub end_reason: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("publisher database: {0}")]
+pub struct StoreError(String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tasks (
+                task TEXT PRIMARY KEY, paying INTEGER NOT NULL, storage_paid INTEGER NOT NULL,
+                announced_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS contracts (
+                task TEXT NOT NULL, node TEXT NOT NULL, body TEXT NOT NULL, voucher BLOB,
+                PRIMARY KEY (task, node));",
+        )?;
+        Ok(Store { conn })
+    }
+
+    pub fn put_task(&self, t: &TaskRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tasks VALUES (?1, ?2, ?3, ?4)",
+            params![
+                t.task.to_string(),
+                t.paying,
+                t.storage_paid,
+                t.announced_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn task(&self, task: &Hash) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT paying, storage_paid, announced_ms FROM tasks WHERE task = ?1",
+                [task.to_string()],
+                |r| {
+                    Ok(TaskRow {
+                        task: *task,
+                        paying: r.get(0)?,
+                        storage_paid: r.get(1)?,
+                        announced_ms: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT task FROM tasks ORDER BY announced_ms")?;
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let hash: Hash = id.parse().map_err(|e| StoreError(format!("{e}")))?;
+            out.extend(self.task(&hash)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_contract(&self, c: &ContractRow) -> Result<(), StoreError> {
+        let body = serde_json::to_string(c).map_err(|e| StoreError(e.to_string()))?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO contracts VALUES (?1, ?2, ?3, ?4)",
+            params![c.task.to_string(), c.node.to_string(), body, c.voucher],
+        )?;
+        Ok(())
+    }
+
+    pub fn contract(&self, task: &Hash, node: &Address) -> Result<Option<ContractRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT body, voucher FROM contracts WHERE task = ?1 AND node = ?2",
+                [task.to_string(), node.to_string()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+            )
+            .optional()?
+            .map(parse_contract)
+            .transpose()
+    }
+
+    pub fn contracts(&self) -> Result<Vec<ContractRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT body, voucher FROM contracts")?;
+        let rows: Vec<(String, Option<Vec<u8>>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(parse_contract).collect()
+    }
+}
+
+fn parse_contract((body, voucher): (String, Option<Vec<u8>>)) -> Result<ContractRow, StoreError> {
+    let mut c: ContractRow =
+        serde_json::from_str(&body).map_err(|e| StoreError(format!("contract row: {e}")))?;
+    c.voucher = voucher;
+    Ok(c)
+}
