@@ -555,7 +555,7 @@ impl Provider {
         })
         .await
         .map_err(retry)?;
-        let terms = loop {
+        let terms = {
             match tokio::time::timeout(Duration::from_secs(180), pay.recv()).await {
                 Err(_) => {
                     return Err(Session::Retry(
@@ -563,7 +563,7 @@ impl Provider {
                     ));
                 }
                 Ok(Err(e)) => return Err(retry(e)),
-                Ok(Ok(Frame::Terms(t))) => break t,
+                Ok(Ok(Frame::Terms(t))) => t,
                 Ok(Ok(Frame::Bye { reason })) => {
                     if c.vm.is_some() || c.voucher.is_some() {
                         self.finish(c, Phase::Ended, &reason, None)

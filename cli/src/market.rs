@@ -156,7 +156,7 @@ fn machine(home: &Home, over: &crate::home::ProviderSection) -> Result<Machine> 
         .unwrap_or(1);
     let host_mem = meminfo_total_mib().unwrap_or(1024);
     let disk_gib = nix::sys::statvfs::statvfs(&home.agent_dir())
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >> 30)
+        .map(|s| (s.blocks_available() * s.fragment_size()) >> 30)
         .unwrap_or(8);
     Ok(Machine {
         cores: over

@@ -113,19 +113,3 @@ fn second_node_on_the_same_home_is_refused() {
     assert!(err.contains("already running"), "{err}");
     home.stop_node();
 }
-
-#[test]
-fn devnet_mines_and_transfers() {
-    let home = TestHome::new();
-    let out = home.run(&["devnet", "--blocks", "6", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(summary["blocks_mined"].as_u64().unwrap() >= 6);
-    let sent = amount(&summary["sent"]);
-    assert!(sent >= 1000, "devnet sent nothing");
-    assert_eq!(amount(&summary["received"]), sent);
-}

@@ -1,0 +1,519 @@
+//! The market end to end, with real processes, real VMs (TCG here), the
+//! real SSH tunnel and payments settled on chain: the devnet command, a
+//! publisher that stops paying, `kill -9` of a provider mid-task, prepay,
+//! two publishers on one node, cancel, a stranger's SSH key and a
+//! publisher whose host key does not match its announcement.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use zennet_tests::{TestHome, amount, homes_on_one_chain, wait_until};
+
+/// A market on one fast chain: a miner, then publishers, then providers
+/// (each with the image built and a node identity).
+struct Market {
+    miner: TestHome,
+    publishers: Vec<TestHome>,
+    providers: Vec<TestHome>,
+    image_hash: String,
+}
+
+impl Market {
+    fn start(
+        publishers: usize,
+        providers: usize,
+        provider_config: &[(&str, &str, &str)],
+    ) -> Market {
+        let mut homes = homes_on_one_chain(1 + publishers + providers);
+        let mut miner = homes.remove(0);
+        let mut pubs: Vec<TestHome> = homes.drain(..publishers).collect();
+        let mut provs: Vec<TestHome> = homes;
+        miner.start_node(&["--mine", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let boot = miner.p2p_addr();
+        for p in &mut pubs {
+            set_config(p, "publisher", "ssh_listen", "\"127.0.0.1:0\"");
+            p.start_node(&[
+                "--publish",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot,
+            ]);
+            fund(&miner, p, "100000000000000");
+            p.ok(&["id", "mine", "--role", "publisher", "--threads", "1"]);
+        }
+        let mut image_hash = String::new();
+        for p in &mut provs {
+            image_hash = p.json(&["image", "build"])["hash"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            for (table, key, value) in provider_config {
+                set_config(p, table, key, value);
+            }
+            p.start_node(&[
+                "--provide",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot,
+            ]);
+            fund(&miner, p, "1000000000");
+            p.ok(&["id", "mine", "--role", "node", "--threads", "1"]);
+        }
+        for h in pubs.iter().chain(provs.iter()) {
+            let addr = h.address();
+            wait_until(Duration::from_secs(60), "identity registration", || {
+                api_get(&miner, &format!("/v1/identities/{addr}"))
+                    .is_some_and(|v| !v["publisher"].is_null() || !v["node"].is_null())
+            });
+        }
+        Market {
+            miner,
+            publishers: pubs,
+            providers: provs,
+            image_hash,
+        }
+    }
+
+    /// Announces a task from `publisher` and waits until it is mined.
+    fn announce(&self, publisher: usize, instances: u32, interval: i32, extra: &str) -> String {
+        let p = &self.publishers[publisher];
+        let file = p.dir.join(format!("task-{}.toml", rand_suffix()));
+        std::fs::write(
+            &file,
+            format!(
+                r#"images = [{{ id = "zennet-tiny", hash = "{hash}" }}]
+cores = [1]
+memory_mib_per_core = 192
+min_instances = 1
+max_instances = {instances}
+lease_max_secs = 1800
+payout_interval_secs = {interval}
+acceptance_window = 400
+acceptance_difficulty = 500
+{extra}
+[rates]
+per_compute_unit_second = "1000"
+per_memory_gib_hour = "3600000"
+base_per_second = "10"
+"#,
+                hash = self.image_hash
+            ),
+        )
+        .unwrap();
+        let task = p.json(&["task", "announce", file.to_str().unwrap()])["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        wait_until(
+            Duration::from_secs(60),
+            "the announcement to be mined",
+            || p.run(&["task", "show", &task]).status.success(),
+        );
+        task
+    }
+}
+
+/// Sets `[table] key = value` (TOML value syntax) in a home's config.toml.
+fn set_config(home: &TestHome, table: &str, key: &str, value: &str) {
+    let path = home.dir.join("config.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let parsed: toml::Table = format!("v = {value}").parse().unwrap();
+    config
+        .entry(table)
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap()
+        .insert(key.into(), parsed["v"].clone());
+    std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
+}
+
+fn fund(miner: &TestHome, to: &TestHome, sum: &str) {
+    miner.ok(&["wallet", "send", &to.address(), sum, "--wait"]);
+    // The funded node must have synced the block before it spends.
+    wait_until(
+        Duration::from_secs(30),
+        "the funds to reach the node",
+        || amount(&to.json(&["wallet", "balance"])["balance"]) > 0,
+    );
+}
+
+/// GET on a home's node API.
+fn api_get(home: &TestHome, path: &str) -> Option<Value> {
+    let node: Value =
+        serde_json::from_slice(&std::fs::read(home.dir.join("node.json")).ok()?).ok()?;
+    let url = format!("http://{}{path}", node["api"].as_str()?);
+    let resp = reqwest::blocking::get(url).ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().ok()
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn vms_of(publisher: &TestHome, task: &str) -> Vec<Value> {
+    publisher
+        .json(&["vm", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["task"] == task)
+        .cloned()
+        .collect()
+}
+
+fn contract(provider: &TestHome, task: &str) -> Option<Value> {
+    provider
+        .json(&["agent", "status"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["task"] == task)
+        .cloned()
+}
+
+/// Waits until `task` has `n` connected, running VMs at `publisher`.
+fn wait_running(publisher: &TestHome, task: &str, n: usize) -> Vec<Value> {
+    wait_until(
+        Duration::from_secs(240),
+        "VMs running behind their tunnels",
+        || {
+            vms_of(publisher, task)
+                .iter()
+                .filter(|v| {
+                    v["connected"] == true && v["phase"] == "running" && !v["ssh_port"].is_null()
+                })
+                .count()
+                == n
+        },
+    );
+    vms_of(publisher, task)
+}
+
+fn channel_closed(miner: &TestHome, channel: &str) -> bool {
+    api_get(miner, &format!("/v1/channels/{channel}")).is_none()
+}
+
+/// Sum of claims and closes paid out of `channel` on chain: the last
+/// cumulative the payee submitted.
+fn claimed_on_chain(provider: &TestHome, c: &Value) -> u128 {
+    let mut claimed = 0;
+    let txs = c["claim_txs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&c["close_tx"]));
+    for tx in txs.filter(|t| !t.is_null()) {
+        let v = provider.json(&["chain", "tx", tx.as_str().unwrap()]);
+        let body = &v["tx"]["body"];
+        let kind = body["type"].as_str().unwrap_or_default();
+        let voucher = &body["voucher"];
+        if (kind == "channel_claim" || kind == "channel_close") && !voucher.is_null() {
+            claimed = claimed.max(amount(&voucher["voucher"]["cumulative"]));
+        }
+    }
+    claimed
+}
+
+#[test]
+fn devnet_runs_a_paid_job_and_balances_reconcile() {
+    let home = TestHome::new();
+    let out = home.run(&["devnet", "--providers", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["job"]["answer"], s["job"]["expected"]);
+    assert_eq!(s["job"]["expected"], 3245);
+    assert_eq!(s["balances_reconcile"], true);
+    let providers = s["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), 2);
+    let mut paid_total = 0;
+    for p in providers {
+        let paid = amount(&p["paid"]);
+        assert!(paid > 0, "provider was not paid: {p}");
+        assert_eq!(amount(&p["claimed_on_chain"]), paid);
+        assert!(p["vm_boot_ms"].as_u64().unwrap() > 0);
+        assert!(p["usage"]["cpu_ms"].as_u64().unwrap() > 0);
+        let a = &p["account"];
+        assert_eq!(
+            amount(&a["after"]) + amount(&a["fees"]),
+            amount(&a["before"]) + paid
+        );
+        paid_total += paid;
+    }
+    let p = &s["publisher"];
+    assert_eq!(
+        amount(&p["after"]) + paid_total + amount(&p["fees"]),
+        amount(&p["before"])
+    );
+}
+
+/// Postpay contract: an SSH key named by no acceptance is refused; the
+/// provider survives `kill -9` (tunnel back, billing resumes, no voucher
+/// lost); a publisher that stops paying gets its VM paused within two
+/// payout intervals and terminated after the grace period, and the node
+/// is paid on chain for everything vouched.
+#[test]
+fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
+    let mut m = Market::start(1, 1, &[("provider", "grace_secs", "6")]);
+    let task = m.announce(0, 1, 2, "");
+    let vms = wait_running(&m.publishers[0], &task, 1);
+    let vm_id = vms[0]["id"].as_str().unwrap().to_string();
+    let publisher = &m.publishers[0];
+    let uname = publisher.ok(&["vm", "exec", &vm_id, "--", "uname -r"]);
+    assert!(uname.contains("cloud-amd64"), "{uname}");
+
+    // A key that no acceptance names does not get through the SSH server.
+    let stranger = m.publishers[0].dir.join("stranger");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&stranger)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let endpoint = api_get(publisher, "/v1/publisher").unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = endpoint.rsplit(':').next().unwrap();
+    let out = ssh_with(&stranger, port, "zennet");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    // kill -9 of the provider mid-task.
+    wait_until(Duration::from_secs(30), "a first voucher", || {
+        contract(&m.providers[0], &task).is_some_and(|c| amount(&c["paid"]) > 0)
+    });
+    m.providers[0].kill_node();
+    let paid_before = amount(&vms_of(publisher, &task)[0]["paid"]);
+    m.providers[0].start_node(&[
+        "--provide",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &m.miner.p2p_addr(),
+    ]);
+    wait_until(
+        Duration::from_secs(90),
+        "the tunnel back and billing resumed",
+        || {
+            let v = &vms_of(publisher, &task)[0];
+            v["connected"] == true && amount(&v["paid"]) > paid_before
+        },
+    );
+    assert!(
+        publisher
+            .ok(&["vm", "exec", &vm_id, "--", "echo back"])
+            .contains("back")
+    );
+    // The node holds what the publisher last sent.
+    wait_until(
+        Duration::from_secs(10),
+        "the node to hold the last voucher",
+        || {
+            let c = contract(&m.providers[0], &task).unwrap();
+            let v = &vms_of(publisher, &task)[0];
+            amount(&c["paid"]) == amount(&v["paid"])
+        },
+    );
+
+    // The publisher stops paying: paused within two payout intervals…
+    publisher.ok(&["task", "pay", &task, "--compute", "off"]);
+    let stopped = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "the VM to be paused", || {
+        contract(&m.providers[0], &task).is_some_and(|c| c["phase"] == "paused")
+    });
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2 * 2 + 3),
+        "paused after {:?}",
+        stopped.elapsed()
+    );
+    let c = contract(&m.providers[0], &task).unwrap();
+    let vm = c["vm"].as_str().unwrap().to_string();
+    let info = m.providers[0].json(&["agent", "vm", "list"]);
+    let local = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == vm)
+        .unwrap();
+    assert_eq!(local["state"], "paused");
+    // …and terminated after the grace period, paid on chain for everything vouched.
+    wait_until(
+        Duration::from_secs(60),
+        "termination and the channel closed",
+        || {
+            contract(&m.providers[0], &task).is_some_and(|c| {
+                c["phase"] == "ended"
+                    && !c["close_tx"].is_null()
+                    && channel_closed(&m.miner, c["channel"].as_str().unwrap())
+            })
+        },
+    );
+    let c = contract(&m.providers[0], &task).unwrap();
+    assert!(c["end_reason"].as_str().unwrap().contains("unpaid"), "{c}");
+    let vouched = amount(&vms_of(publisher, &task)[0]["paid"]);
+    assert_eq!(amount(&c["paid"]), vouched);
+    assert_eq!(claimed_on_chain(&m.providers[0], &c), vouched);
+    let local = m.providers[0].json(&["agent", "vm", "list"]);
+    assert_eq!(
+        local
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == vm)
+            .unwrap()["state"],
+        "stopped"
+    );
+}
+
+/// Prepay, two publishers' tasks side by side on one node (separate
+/// cgroups and channels), cancel stopping only its own VM, and a
+/// publisher whose host key no longer matches its announcement.
+#[test]
+fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
+    // Accepting by hand here, so the test decides what the node takes.
+    let mut m = Market::start(2, 1, &[("market", "auto_accept", "false")]);
+    let prepaid = m.announce(0, 1, -4, "");
+    let postpaid = m.announce(1, 1, 2, "");
+    let verdicts = m.providers[0].json(&["agent", "tasks"]);
+    assert!(
+        verdicts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["task"] == prepaid && t["verdict"] == "acceptable"),
+        "{verdicts}"
+    );
+    m.providers[0].ok(&["agent", "accept", &prepaid]);
+    m.providers[0].ok(&["agent", "accept", &postpaid]);
+    let a = wait_running(&m.publishers[0], &prepaid, 1);
+    let b = wait_running(&m.publishers[1], &postpaid, 1);
+    let provider = &m.providers[0];
+
+    // Prepay: the node was paid ahead before the VM ran, and stays ahead.
+    let c = contract(provider, &prepaid).unwrap();
+    assert!(amount(&c["paid"]) >= amount(&c["accrued"]), "{c}");
+    assert!(amount(&c["voucher"]["voucher"]["cumulative"]) > 0);
+
+    // Two contracts, two channels, two VMs in two cgroups.
+    let d = contract(provider, &postpaid).unwrap();
+    assert_ne!(c["channel"], d["channel"]);
+    let vms = provider.json(&["agent", "vm", "list"]);
+    let pids: Vec<(String, u64)> = [&c, &d]
+        .iter()
+        .map(|k| {
+            let v = vms
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["id"] == k["vm"])
+                .unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (id, pid) in &pids {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cg.contains(&format!("zennet/{id}")), "{cg}");
+    }
+    for (publisher, vm) in [(&m.publishers[0], &a[0]), (&m.publishers[1], &b[0])] {
+        let id = vm["id"].as_str().unwrap();
+        assert!(
+            publisher
+                .ok(&["vm", "exec", id, "--", "echo hi"])
+                .contains("hi")
+        );
+    }
+
+    // Cancel the prepaid task: its VM stops and its channel closes; the other runs on.
+    m.publishers[0].ok(&["task", "cancel", &prepaid]);
+    wait_until(
+        Duration::from_secs(60),
+        "the cancelled contract to close",
+        || {
+            contract(provider, &prepaid).is_some_and(|c| {
+                c["phase"] == "ended" && channel_closed(&m.miner, c["channel"].as_str().unwrap())
+            })
+        },
+    );
+    let c = contract(provider, &prepaid).unwrap();
+    assert_eq!(claimed_on_chain(provider, &c), amount(&c["paid"]));
+    assert_eq!(contract(provider, &postpaid).unwrap()["phase"], "running");
+    let id = b[0]["id"].as_str().unwrap();
+    assert!(
+        m.publishers[1]
+            .ok(&["vm", "exec", id, "--", "echo still"])
+            .contains("still")
+    );
+
+    // A publisher whose SSH host key changed since it announced: the node
+    // refuses to talk to it and gives the task up without starting a VM.
+    let endpoint = api_get(&m.publishers[0], "/v1/publisher").unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    set_config(
+        &m.publishers[0],
+        "publisher",
+        "ssh_listen",
+        &format!("{endpoint:?}"),
+    );
+    let task = m.announce(0, 1, 2, "");
+    m.publishers[0].stop_node();
+    std::fs::remove_file(m.publishers[0].dir.join("publisher/host_key")).unwrap();
+    let boot = m.miner.p2p_addr();
+    m.publishers[0].start_node(&[
+        "--publish",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &boot,
+    ]);
+    let provider = &m.providers[0];
+    provider.ok(&["agent", "accept", &task]);
+    wait_until(
+        Duration::from_secs(90),
+        "the node to give up on the task",
+        || contract(provider, &task).is_some_and(|c| c["phase"] == "failed"),
+    );
+    let c = contract(provider, &task).unwrap();
+    assert!(
+        c["end_reason"].as_str().unwrap().contains("host key"),
+        "{c}"
+    );
+    assert!(c["vm"].is_null(), "no VM was started for an impostor");
+}
+
+fn ssh_with(key: &Path, port: &str, user: &str) -> std::process::Output {
+    Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-N", "-i"])
+        .arg(key)
+        .args(["-p", port, &format!("{user}@127.0.0.1")])
+        .output()
+        .unwrap()
+}
