@@ -72,6 +72,11 @@ impl Tunnel {
             inactivity_timeout: Some(Duration::from_secs(120)),
             keepalive_interval: Some(Duration::from_secs(15)),
             nodelay: true,
+            // Bigger than the defaults (2 MiB, 32 KiB): fewer window
+            // adjustments and packets for bulk traffic through the forward.
+            window_size: 16 << 20,
+            maximum_packet_size: 65535,
+            preferred: zennet_publisher::server::preferred(),
             ..Default::default()
         });
         let connect = tokio::time::timeout(
@@ -205,16 +210,64 @@ impl client::Handler for ClientHandler {
         reply.accept().await;
         let traffic = self.traffic.clone();
         tokio::spawn(async move {
-            let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)).await else {
+            let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)).await else {
                 let _ = channel.close().await;
                 return;
             };
             let _ = tcp.set_nodelay(true);
             let mut stream = channel.into_stream();
-            if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-                traffic.fetch_add(a + b, Ordering::Relaxed);
-            }
+            let mut tcp = Counted { inner: tcp, bytes: traffic };
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
         });
         Ok(())
+    }
+}
+
+/// Counts bytes both ways as they pass, so metering sees a long-lived
+/// session's traffic while it runs, not only when it closes.
+struct Counted {
+    inner: TcpStream,
+    bytes: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            self.bytes.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

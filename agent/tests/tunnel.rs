@@ -86,6 +86,8 @@ async fn tunnel_admits_only_the_accepted_key_and_forwards_to_the_vm() {
     assert_eq!(conn.forwards.ports(), vec![port]);
     assert_eq!(echo_through(port).await, b"through the tunnel");
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both directions are metered (18 bytes each way).
+    assert_eq!(tunnel.traffic_bytes(), 36);
 
     // Any other key is refused at authentication.
     let err = Tunnel::dial(&endpoint, host_fp, stranger, Arc::new(AtomicU64::new(0)))
