@@ -503,6 +503,13 @@ impl Provider {
                     let _ = self.finish(c, Phase::Failed, &reason, None).await;
                     return;
                 }
+                Err(Session::Retry(reason)) if self.over_without_publisher(&c) => {
+                    tracing::info!(%task, %reason, "task over while the publisher is unreachable; closing");
+                    let _ = self
+                        .finish(c, Phase::Ended, "task cancelled or lease over", None)
+                        .await;
+                    return;
+                }
                 Err(Session::Retry(reason)) => {
                     tracing::warn!(%task, %reason, retry_in = ?backoff, "publisher session lost");
                     tokio::time::sleep(backoff).await;
@@ -510,6 +517,19 @@ impl Provider {
                 }
             }
         }
+    }
+
+    /// A contract can end without the publisher: its task was cancelled
+    /// (or pruned) on chain, or its lease ran out.
+    fn over_without_publisher(&self, c: &Contract) -> bool {
+        let lease_over = c
+            .started_ms
+            .is_some_and(|s| now_ms() >= s + c.lease_secs as u64 * 1000);
+        let cancelled = self
+            .ledger
+            .task(&c.task)
+            .is_none_or(|t| t.cancelled_at.is_some());
+        c.phase != Phase::Accepting && (lease_over || cancelled)
     }
 
     /// One connection to the publisher, from dial to disconnect or end.
@@ -614,8 +634,7 @@ impl Provider {
                         cores: c.cores as u32,
                         cpu_quota: None,
                         mem_mib: c.memory_mib,
-                        volume: (c.storage_gib > 0)
-                            .then(|| format!("task-{}", &task.to_string()[2..14])),
+                        volume: (c.storage_gib > 0).then(|| volume_name(&task)),
                         volume_gib: (c.storage_gib > 0).then_some(c.storage_gib),
                         authorized_key: terms.vm_key.clone(),
                     })
@@ -713,6 +732,11 @@ impl Provider {
                         }
                     }
                     Ok(Frame::Bye { reason }) => return Ok(reason),
+                    Ok(Frame::Terms(t)) if t.storage_paid != c.storage_paid => {
+                        tracing::info!(task = %c.task, storage_paid = t.storage_paid, "publisher changed storage payment");
+                        c.storage_paid = t.storage_paid;
+                        self.save(c).map_err(retry)?;
+                    }
                     Ok(other) => tracing::debug!(?other, "ignored frame"),
                     Err(e) => return Err(retry(e)),
                 },
@@ -929,6 +953,16 @@ impl Provider {
         c.phase = phase;
         c.end_reason = Some(reason.to_string());
         self.save(&c)?;
+        // A volume nobody pays for is not kept.
+        if c.storage_gib > 0 && !c.storage_paid {
+            let name = volume_name(&c.task);
+            match self.agent.remove_volume(&name) {
+                Ok(()) => tracing::info!(task = %c.task, volume = %name, "unpaid volume removed"),
+                Err(e) => {
+                    tracing::warn!(task = %c.task, error = %e, "could not remove the unpaid volume")
+                }
+            }
+        }
         if let Some(channel) = c.channel
             && let Some(ch) = self.ledger.channel(&channel)
         {
@@ -961,6 +995,11 @@ enum Session {
 
 fn retry(e: impl std::fmt::Display) -> Session {
     Session::Retry(e.to_string())
+}
+
+/// The persistent volume a task's VM keeps on this node.
+fn volume_name(task: &Hash) -> String {
+    format!("task-{}", &task.to_string()[2..14])
 }
 
 fn store_err(e: rusqlite::Error) -> AgentError {

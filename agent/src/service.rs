@@ -221,6 +221,21 @@ impl Agent {
         }
     }
 
+    /// Deletes a persistent volume that no running VM holds.
+    pub fn remove_volume(&self, name: &str) -> Result<(), AgentError> {
+        if self.volume_in_use(name)? {
+            return Err(AgentError::Invalid(format!(
+                "volume {name} is attached to a running VM"
+            )));
+        }
+        let path = self.config.dir.join("volumes").join(format!("{name}.img"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Pauses the guest's vCPUs (QMP stop); it keeps its memory.
     pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
         {

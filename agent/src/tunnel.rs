@@ -216,7 +216,10 @@ impl client::Handler for ClientHandler {
             };
             let _ = tcp.set_nodelay(true);
             let mut stream = channel.into_stream();
-            let mut tcp = Counted { inner: tcp, bytes: traffic };
+            let mut tcp = Counted {
+                inner: tcp,
+                bytes: traffic,
+            };
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
         });
         Ok(())

@@ -445,15 +445,16 @@ impl Publisher {
         let channel = c.channel.expect("set above");
         self.wait_channel(&channel).await?;
         let task_row = self.own_task(&task)?;
-        pay.send(&Frame::Terms(Terms {
+        let mut terms = Terms {
             channel,
             payout_interval_secs: interval,
             lease_secs,
             vm_key: self.vm_key_line.clone(),
             storage_paid: task_row.storage_paid,
-        }))
-        .await
-        .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+        };
+        pay.send(&Frame::Terms(terms.clone()))
+            .await
+            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
         if let Some(v) = &c.voucher {
             // A reconnecting node gets the last voucher again.
             let v: SignedVoucher =
@@ -508,10 +509,25 @@ impl Publisher {
                     self.store().put_contract(&c)?;
                     tracing::info!(%task, %node, phase = ?c.phase, "VM status");
                 }
-                Ok(Frame::Usage(r)) => {
-                    let paying = self.own_task(&task)?.paying;
+                Ok(Frame::Usage(mut r)) => {
+                    let row = self.own_task(&task)?;
+                    if row.storage_paid != terms.storage_paid {
+                        // The node stops (or starts) billing the volume.
+                        terms.storage_paid = row.storage_paid;
+                        pay.send(&Frame::Terms(terms.clone()))
+                            .await
+                            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+                    }
+                    if !row.storage_paid {
+                        let storage = wire::Usage {
+                            storage_gib_secs: r.usage.storage_gib_secs,
+                            ..Default::default()
+                        };
+                        let cost = wire::price(&a.rates, acceptance.compute_score, &storage);
+                        r.accrued = r.accrued.saturating_sub(cost);
+                    }
                     if let Some(v) =
-                        self.answer_usage(&mut c, &r, paying, ending, per_sec, interval)?
+                        self.answer_usage(&mut c, &r, row.paying, ending, per_sec, interval)?
                     {
                         pay.send(&Frame::Voucher(v))
                             .await

@@ -389,7 +389,7 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
     // Accepting by hand here, so the test decides what the node takes.
     let mut m = Market::start(2, 1, &[("market", "auto_accept", "false")]);
     let prepaid = m.announce(0, 1, -4, "");
-    let postpaid = m.announce(1, 1, 2, "");
+    let postpaid = m.announce(1, 1, 2, "persistent_storage_gib = 1");
     let verdicts = m.providers[0].json(&["agent", "tasks"]);
     assert!(
         verdicts
@@ -462,6 +462,31 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
             .ok(&["vm", "exec", id, "--", "echo still"])
             .contains("still")
     );
+
+    // The publisher stops paying for storage: the node stops billing it and
+    // does not keep the volume when the contract ends.
+    let volume = provider
+        .dir
+        .join("agent/volumes")
+        .join(format!("task-{}.img", &postpaid[2..14]));
+    assert!(volume.exists(), "the task's volume is attached");
+    m.publishers[1].ok(&["task", "pay", &postpaid, "--storage", "off"]);
+    wait_until(
+        Duration::from_secs(20),
+        "the node to stop billing storage",
+        || contract(provider, &postpaid).is_some_and(|c| c["storage_paid"] == false),
+    );
+    m.publishers[1].ok(&["task", "cancel", &postpaid]);
+    wait_until(
+        Duration::from_secs(60),
+        "the storage-less contract to close",
+        || {
+            contract(provider, &postpaid).is_some_and(|c| {
+                c["phase"] == "ended" && channel_closed(&m.miner, c["channel"].as_str().unwrap())
+            })
+        },
+    );
+    assert!(!volume.exists(), "an unpaid volume is not kept");
 
     // A publisher whose SSH host key changed since it announced: the node
     // refuses to talk to it and gives the task up without starting a VM.
