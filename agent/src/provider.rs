@@ -742,6 +742,14 @@ impl Provider {
                 },
                 _ = tick.tick() => {}
             }
+            if let Ok(info) = self.agent.info(vm_id).await
+                && !matches!(
+                    info.state,
+                    crate::store::VmState::Running | crate::store::VmState::Paused
+                )
+            {
+                return Ok(format!("the VM stopped ({:?})", info.state));
+            }
             let usage = self.usage(c, vm_id, traffic).await;
             c.accrued = wire::price(&c.rates, c.compute_score, &usage);
             c.usage = usage;

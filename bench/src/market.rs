@@ -14,6 +14,9 @@
 //!   for context.
 //! * Voucher signing (payer side): `Voucher::sign` vs raw k256
 //!   `sign_prehash_recoverable`.
+//! * The whole market: `zennet devnet --providers 2` (the `zennet` binary
+//!   built beside this one), from the announcement being mined to every VM
+//!   answering through its tunnel, beside the VM boot time inside it.
 
 use std::net::TcpListener as StdListener;
 use std::path::Path;
@@ -41,6 +44,50 @@ pub fn run(quick: bool) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(tunnel(if quick { 64 << 20 } else { 512 << 20 }));
     vouchers(Duration::from_secs(if quick { 1 } else { 3 }));
+    devnet();
+}
+
+/// Runs `zennet devnet --providers 2 --json` and prints its market timings.
+fn devnet() {
+    let zennet = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("zennet")))
+        .filter(|p| p.exists());
+    let Some(zennet) = zennet else {
+        println!("  (devnet skipped: build zennet beside zennet-bench; scripts/bench.sh does)");
+        return;
+    };
+    let out = Command::new(zennet)
+        .args(["devnet", "--providers", "2", "--json"])
+        .stderr(Stdio::null())
+        .output();
+    let summary: Option<serde_json::Value> = out
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    let Some(s) = summary else {
+        println!("  (devnet failed; run `zennet devnet` to see why)");
+        return;
+    };
+    let boot = s["providers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["vm_boot_ms"].as_f64())
+                .fold(0.0, f64::max)
+        })
+        .unwrap_or(0.0);
+    single(
+        "devnet: announcement mined -> 2 VMs reachable",
+        s["announce_to_all_reachable_ms"].as_f64().unwrap_or(0.0),
+        "ms",
+    );
+    single("  of which the slowest VM launch -> sshd ready", boot, "ms");
+    single(
+        "devnet: prime-count job across 2 VMs (TCG here)",
+        s["job"]["ms"].as_f64().unwrap_or(0.0),
+        "ms",
+    );
 }
 
 async fn tunnel(bytes: u64) {

@@ -378,7 +378,9 @@ impl Publisher {
             }
         };
         let node = acceptance.node;
-        let mut c = match self.store().contract(&task, &node)? {
+        let existing = self.store().contract(&task, &node)?;
+        let known = existing.is_some();
+        let mut c = match existing {
             Some(c) => c,
             None => ContractRow {
                 task,
@@ -399,7 +401,12 @@ impl Publisher {
                 end_reason: None,
             },
         };
-        if c.ended_ms.is_some() || record.cancelled_at.is_some() {
+        // A node whose contract was under way when the task was cancelled
+        // still gets its last usage paid; a new one is turned away.
+        if record.cancelled_at.is_some() && known && c.ended_ms.is_none() {
+            c.end_reason.get_or_insert_with(|| "task cancelled".into());
+        }
+        if c.ended_ms.is_some() || (record.cancelled_at.is_some() && !known) {
             let reason = c
                 .end_reason
                 .clone()
@@ -479,7 +486,11 @@ impl Publisher {
             + Duration::from_millis(
                 (c.started_ms + lease_secs as u64 * 1000).saturating_sub(now_ms()),
             );
-        let mut ending = false;
+        // A contract that was ending when the node dropped ends now.
+        let mut ending = c.end_reason.is_some();
+        if let Some(reason) = c.end_reason.clone() {
+            let _ = pay.send(&Frame::Bye { reason }).await;
+        }
         let result = loop {
             let frame = tokio::select! {
                 f = pay.recv() => f,
@@ -709,7 +720,7 @@ async fn housekeeping(p: Arc<Publisher>) {
     }
 }
 
-/// Admits keys that an acceptance of one of this publisher's live tasks names.
+/// Admits keys that an acceptance of one of this publisher's tasks names.
 struct ChainGate {
     ledger: Arc<dyn Ledger>,
     me: Address,
@@ -717,10 +728,10 @@ struct ChainGate {
 
 impl Gate for ChainGate {
     fn admits(&self, key: &Hash) -> bool {
+        // Cancelled tasks too: a node under contract must be able to come
+        // back to report its last usage and be paid for it.
         self.ledger.tasks().iter().any(|t| {
-            t.publisher == self.me
-                && t.cancelled_at.is_none()
-                && t.acceptances.iter().any(|a| a.ssh_key_fingerprint == *key)
+            t.publisher == self.me && t.acceptances.iter().any(|a| a.ssh_key_fingerprint == *key)
         })
     }
 }
