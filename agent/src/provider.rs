@@ -512,6 +512,11 @@ impl Provider {
                 }
                 Err(Session::Retry(reason)) => {
                     tracing::warn!(%task, %reason, retry_in = ?backoff, "publisher session lost");
+                    // Settlement and expiry do not wait for the publisher.
+                    let mut c = c;
+                    if let Err(e) = self.watch_channel(&mut c) {
+                        tracing::warn!(%task, error = %e, "channel watch");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
