@@ -830,47 +830,16 @@ impl Provider {
             .ledger
             .channel(&channel)
             .ok_or("channel is not on chain")?;
-        let vv = &v.voucher;
-        if vv.chain_id != self.ledger.chain_id() || vv.channel != channel {
-            return Err(format!(
-                "voucher for chain {} channel {}",
-                vv.chain_id, vv.channel
-            ));
+        if !check_voucher(c.voucher.as_ref(), &v, &ch, self.ledger.chain_id())? {
+            return Ok(());
         }
-        let held = c
-            .voucher
-            .as_ref()
-            .map(|h| (h.voucher.seq, h.voucher.cumulative));
-        if let Some((seq, cumulative)) = held {
-            if vv.seq <= seq {
-                return if vv.seq == seq && vv.cumulative == cumulative {
-                    Ok(())
-                } else {
-                    Err(format!("seq {} is not above {seq}", vv.seq))
-                };
-            }
-            if vv.cumulative < cumulative {
-                return Err(format!(
-                    "cumulative {} went down from {cumulative}",
-                    vv.cumulative
-                ));
-            }
-        }
-        if vv.cumulative > ch.deposit {
-            return Err(format!(
-                "cumulative {} exceeds the deposit {}",
-                vv.cumulative, ch.deposit
-            ));
-        }
-        match v.signer() {
-            Ok(s) if s == ch.payer => {}
-            _ => return Err(format!("not signed by the payer {}", ch.payer)),
-        }
-        let before = c.paid;
-        c.paid = vv.cumulative;
-        c.voucher = Some(v);
-        self.save(c).map_err(|e| e.to_string())?;
-        tracing::debug!(task = %c.task, paid = %c.paid, delta = %(c.paid - before), "voucher stored");
+        let mut next = c.clone();
+        next.paid = v.voucher.cumulative;
+        next.voucher = Some(v);
+        // Stored first: a voucher counts only once it survives a crash.
+        self.save(&next).map_err(|e| e.to_string())?;
+        tracing::debug!(task = %c.task, paid = %next.paid, delta = %(next.paid - c.paid), "voucher stored");
+        *c = next;
         Ok(())
     }
 
@@ -1010,6 +979,51 @@ fn retry(e: impl std::fmt::Display) -> Session {
     Session::Retry(e.to_string())
 }
 
+/// The payee's check of a voucher against the channel on chain: this
+/// chain and channel, signed by the payer, seq above and cumulative not
+/// below the voucher held, within the deposit. `Ok(false)`: the voucher
+/// held again (nothing new).
+pub fn check_voucher(
+    held: Option<&SignedVoucher>,
+    v: &SignedVoucher,
+    channel: &zennet_chain::Channel,
+    chain_id: u64,
+) -> Result<bool, String> {
+    let vv = &v.voucher;
+    if vv.chain_id != chain_id || vv.channel != channel.id {
+        return Err(format!(
+            "voucher for chain {} channel {}",
+            vv.chain_id, vv.channel
+        ));
+    }
+    if let Some(h) = held {
+        let (seq, cumulative) = (h.voucher.seq, h.voucher.cumulative);
+        if vv.seq <= seq {
+            return if vv.seq == seq && vv.cumulative == cumulative {
+                Ok(false)
+            } else {
+                Err(format!("seq {} is not above {seq}", vv.seq))
+            };
+        }
+        if vv.cumulative < cumulative {
+            return Err(format!(
+                "cumulative {} went down from {cumulative}",
+                vv.cumulative
+            ));
+        }
+    }
+    if vv.cumulative > channel.deposit {
+        return Err(format!(
+            "cumulative {} exceeds the deposit {}",
+            vv.cumulative, channel.deposit
+        ));
+    }
+    match v.signer() {
+        Ok(s) if s == channel.payer => Ok(true),
+        _ => Err(format!("not signed by the payer {}", channel.payer)),
+    }
+}
+
 /// The persistent volume a task's VM keeps on this node.
 fn volume_name(task: &Hash) -> String {
     format!("task-{}", &task.to_string()[2..14])
@@ -1040,4 +1054,59 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zennet_chain::{Channel, SecretKey, Voucher};
+
+    fn voucher(key: &SecretKey, channel: Hash, seq: u64, cumulative: Amount) -> SignedVoucher {
+        Voucher {
+            chain_id: 7,
+            channel,
+            seq,
+            cumulative,
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn payee_checks_every_voucher_rule() {
+        let payer = SecretKey::generate();
+        let ch = Channel {
+            id: Hash([1; 32]),
+            payer: payer.address(),
+            payee: SecretKey::generate().address(),
+            deposit: 1000,
+            claimed: 0,
+            last_seq: 0,
+            expiry_height: 100,
+            settle_at: None,
+        };
+        let first = voucher(&payer, ch.id, 1, 100);
+        assert_eq!(check_voucher(None, &first, &ch, 7), Ok(true));
+        let held = Some(&first);
+        assert_eq!(
+            check_voucher(held, &first, &ch, 7),
+            Ok(false),
+            "a repeat is not new"
+        );
+        assert_eq!(
+            check_voucher(held, &voucher(&payer, ch.id, 2, 150), &ch, 7),
+            Ok(true)
+        );
+        let bad = [
+            (voucher(&payer, ch.id, 2, 150), 8, "chain"),
+            (voucher(&payer, Hash([2; 32]), 2, 150), 7, "channel"),
+            (voucher(&payer, ch.id, 1, 150), 7, "seq"),
+            (voucher(&payer, ch.id, 3, 50), 7, "went down"),
+            (voucher(&payer, ch.id, 3, 1001), 7, "deposit"),
+            (voucher(&SecretKey::generate(), ch.id, 3, 200), 7, "payer"),
+        ];
+        for (v, chain_id, why) in bad {
+            let err = check_voucher(held, &v, &ch, chain_id).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
 }
