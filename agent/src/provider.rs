@@ -396,17 +396,12 @@ impl Provider {
         };
         let difficulty = record.announcement.acceptance_difficulty;
         let acceptance = tokio::task::spawn_blocking(move || {
-            let mut start = 0u64;
-            loop {
-                if let Some(n) = pow::search(start, 1 << 16, difficulty, |n| {
-                    acceptance.pow_nonce = n;
-                    acceptance.pow_hash(&me)
-                }) {
-                    acceptance.pow_nonce = n;
-                    return acceptance;
-                }
-                start += 1 << 16;
-            }
+            let nonce = pow::search(0, u64::MAX, difficulty, |n| {
+                acceptance.pow_nonce = n;
+                acceptance.pow_hash(&me)
+            });
+            acceptance.pow_nonce = nonce.expect("a nonce meets any difficulty within 2^64 tries");
+            acceptance
         })
         .await
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -747,17 +742,16 @@ impl Provider {
                 },
                 _ = tick.tick() => {}
             }
-            if let Ok(info) = self.agent.info(vm_id).await
-                && !matches!(
+            if let Ok(info) = self.agent.info(vm_id).await {
+                if !matches!(
                     info.state,
                     crate::store::VmState::Running | crate::store::VmState::Paused
-                )
-            {
-                return Ok(format!("the VM stopped ({:?})", info.state));
+                ) {
+                    return Ok(format!("the VM stopped ({:?})", info.state));
+                }
+                c.usage = metered(c, &info.usage, traffic.load(Ordering::Relaxed));
+                c.accrued = wire::price(&c.rates, c.compute_score, &c.usage);
             }
-            let usage = self.usage(c, vm_id, traffic).await;
-            c.accrued = wire::price(&c.rates, c.compute_score, &usage);
-            c.usage = usage;
             if Instant::now() >= next_report {
                 next_report = Instant::now() + interval;
                 c.report_seq += 1;
@@ -779,35 +773,13 @@ impl Provider {
             match (late, paused_at) {
                 (true, None) => {
                     tracing::warn!(task = %c.task, accrued = %c.accrued, paid = %c.paid, "unpaid: pausing the VM");
-                    self.agent
-                        .pause(vm_id)
-                        .await
-                        .map_err(|e| Session::Retry(e.to_string()))?;
+                    self.set_paused(c, pay, vm_id, true).await?;
                     paused_at = Some(Instant::now());
-                    c.phase = Phase::Paused;
-                    self.save(c).map_err(retry)?;
-                    let s = VmStatus {
-                        phase: VmPhase::Paused,
-                        host_key: None,
-                        boot_ms: 0,
-                    };
-                    pay.send(&Frame::Status(s)).await.map_err(retry)?;
                 }
                 (false, Some(_)) => {
                     tracing::info!(task = %c.task, "paid: resuming the VM");
-                    self.agent
-                        .resume(vm_id)
-                        .await
-                        .map_err(|e| Session::Retry(e.to_string()))?;
+                    self.set_paused(c, pay, vm_id, false).await?;
                     paused_at = None;
-                    c.phase = Phase::Running;
-                    self.save(c).map_err(retry)?;
-                    let s = VmStatus {
-                        phase: VmPhase::Running,
-                        host_key: None,
-                        boot_ms: 0,
-                    };
-                    pay.send(&Frame::Status(s)).await.map_err(retry)?;
                 }
                 (true, Some(at)) if at.elapsed() > self.config.grace => {
                     return Ok("terminated: unpaid past the grace period".into());
@@ -819,6 +791,38 @@ impl Provider {
             }
             self.watch_channel(c).map_err(retry)?;
         }
+    }
+
+    /// Pauses (QMP stop) or resumes the VM, records it and tells the publisher.
+    async fn set_paused(
+        &self,
+        c: &mut Contract,
+        pay: &mut wire::PayStream,
+        vm_id: &str,
+        paused: bool,
+    ) -> Result<(), Session> {
+        let done = match paused {
+            true => self.agent.pause(vm_id).await,
+            false => self.agent.resume(vm_id).await,
+        };
+        done.map_err(|e| Session::Retry(e.to_string()))?;
+        c.phase = if paused {
+            Phase::Paused
+        } else {
+            Phase::Running
+        };
+        self.save(c).map_err(retry)?;
+        let phase = if paused {
+            VmPhase::Paused
+        } else {
+            VmPhase::Running
+        };
+        let s = VmStatus {
+            phase,
+            host_key: None,
+            boot_ms: 0,
+        };
+        pay.send(&Frame::Status(s)).await.map_err(retry)
     }
 
     /// Checks a voucher (signature by the channel's payer, this channel and
@@ -870,24 +874,6 @@ impl Provider {
         Ok(())
     }
 
-    async fn usage(&self, c: &Contract, vm_id: &str, traffic: &AtomicU64) -> Usage {
-        let Ok(info) = self.agent.info(vm_id).await else {
-            return c.usage.clone();
-        };
-        let secs = info.usage.seconds.max(0.0);
-        Usage {
-            wall_ms: (secs * 1000.0) as u64,
-            cpu_ms: info.usage.cpu_ns / 1_000_000,
-            memory_mib_secs: (c.memory_mib as f64 * secs) as u64,
-            storage_gib_secs: if c.storage_paid {
-                (c.storage_gib as f64 * secs) as u64
-            } else {
-                0
-            },
-            traffic_bytes: c.traffic_bytes + traffic.load(Ordering::Relaxed),
-        }
-    }
-
     /// Stops the VM, sends the last report (when connected) and waits
     /// briefly for the last voucher, then closes the channel on chain.
     async fn finish(
@@ -900,10 +886,7 @@ impl Provider {
         if let Some(vm) = &c.vm {
             let _ = self.agent.stop(vm).await;
             if let Ok(info) = self.agent.info(vm).await {
-                let secs = info.usage.seconds;
-                c.usage.wall_ms = (secs * 1000.0) as u64;
-                c.usage.cpu_ms = info.usage.cpu_ns / 1_000_000;
-                c.usage.memory_mib_secs = (c.memory_mib as f64 * secs) as u64;
+                c.usage = metered(&c, &info.usage, 0);
                 c.accrued = wire::price(&c.rates, c.compute_score, &c.usage);
             }
         }
@@ -1021,6 +1004,23 @@ pub fn check_voucher(
     match v.signer() {
         Ok(s) if s == channel.payer => Ok(true),
         _ => Err(format!("not signed by the payer {}", channel.payer)),
+    }
+}
+
+/// A contract's billable usage from its VM's metered counters; `session_traffic`
+/// is what the current tunnel carried on top of earlier sessions.
+fn metered(c: &Contract, counters: &crate::store::UsageCounters, session_traffic: u64) -> Usage {
+    let secs = counters.seconds.max(0.0);
+    Usage {
+        wall_ms: (secs * 1000.0) as u64,
+        cpu_ms: counters.cpu_ns / 1_000_000,
+        memory_mib_secs: (c.memory_mib as f64 * secs) as u64,
+        storage_gib_secs: if c.storage_paid {
+            (c.storage_gib as f64 * secs) as u64
+        } else {
+            0
+        },
+        traffic_bytes: c.traffic_bytes + session_traffic,
     }
 }
 

@@ -49,6 +49,8 @@ pub enum PublisherError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Key(#[from] sshkey::KeyError),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
     #[error("SSH server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -204,18 +206,12 @@ impl Publisher {
         let me = self.key.address();
         let difficulty = genesis.pow.min_announcement_difficulty;
         let a = tokio::task::spawn_blocking(move || {
-            let mut start = 0u64;
-            loop {
-                let found = pow::search(start, 1 << 16, difficulty, |n| {
-                    a.pow_nonce = n;
-                    a.pow_hash(&me)
-                });
-                if let Some(n) = found {
-                    a.pow_nonce = n;
-                    return a;
-                }
-                start += 1 << 16;
-            }
+            let nonce = pow::search(0, u64::MAX, difficulty, |n| {
+                a.pow_nonce = n;
+                a.pow_hash(&me)
+            });
+            a.pow_nonce = nonce.expect("a nonce meets any difficulty within 2^64 tries");
+            a
         })
         .await
         .map_err(|e| PublisherError::Chain(e.to_string()))?;
@@ -364,8 +360,7 @@ impl Publisher {
         let mut pay = wire::PayStream::new(conn.pay);
         let first = tokio::time::timeout(Duration::from_secs(30), pay.recv())
             .await
-            .map_err(|_| PublisherError::Invalid("node sent no Join within 30 s".into()))?
-            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+            .map_err(|_| PublisherError::Invalid("node sent no Join within 30 s".into()))??;
         let Frame::Join { task, .. } = first else {
             return Err(PublisherError::Invalid("first frame was not Join".into()));
         };
@@ -459,9 +454,7 @@ impl Publisher {
             vm_key: self.vm_key_line.clone(),
             storage_paid: task_row.storage_paid,
         };
-        pay.send(&Frame::Terms(terms.clone()))
-            .await
-            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+        pay.send(&Frame::Terms(terms.clone())).await?;
         if let Some(v) = &c.voucher {
             // A reconnecting node gets the last voucher again.
             let v: SignedVoucher =
@@ -525,9 +518,7 @@ impl Publisher {
                     if row.storage_paid != terms.storage_paid {
                         // The node stops (or starts) billing the volume.
                         terms.storage_paid = row.storage_paid;
-                        pay.send(&Frame::Terms(terms.clone()))
-                            .await
-                            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+                        pay.send(&Frame::Terms(terms.clone())).await?;
                     }
                     if !row.storage_paid {
                         let storage = wire::Usage {
@@ -540,9 +531,7 @@ impl Publisher {
                     if let Some(v) =
                         self.answer_usage(&mut c, &r, row.paying, ending, per_sec, interval)?
                     {
-                        pay.send(&Frame::Voucher(v))
-                            .await
-                            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+                        pay.send(&Frame::Voucher(v)).await?;
                     }
                     if r.last {
                         c.phase = VmPhase::Stopped;
