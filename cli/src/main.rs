@@ -5,8 +5,9 @@ mod client;
 mod commands;
 mod devnet;
 mod home;
-mod market;
+mod ledger;
 mod node;
+mod services;
 mod sync;
 mod trade;
 
@@ -316,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             disk_gib,
             authorized_key,
         })) => {
-            let req = zennet_agent::StartVm {
+            let req = zennet_vm::StartVm {
                 image,
                 cores,
                 cpu_quota,
