@@ -177,10 +177,15 @@ pub(crate) fn parse_control(text: &str) -> Vec<BTreeMap<String, String>> {
 
 /// Returns the cached .deb of each package, in order, first downloading
 /// the ones the cache lacks (or holds with the wrong hash) in one apt run.
+/// A package may be listed more than once.
 pub(crate) fn fetch(packages: &[DebPackage], cache_dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
     fs::create_dir_all(cache_dir).map_err(ImageError::io(cache_dir))?;
-    let mut missing = Vec::new();
+    let mut missing: Vec<&DebPackage> = Vec::new();
     for package in packages {
+        // A package on both the initramfs and a disk (libc6) is one file.
+        if missing.iter().any(|m| m.cache_name() == package.cache_name()) {
+            continue;
+        }
         let cached = cache_dir.join(package.cache_name());
         if cached.exists() && sha256_file(&cached)? == package.sha256 {
             debug!(package = %package.name, "using the cached .deb");

@@ -98,23 +98,16 @@ fn spark_master_and_worker_register_and_run_a_job_in_the_guest() {
     // (single-file source launch): a SQL aggregation whose shuffle runs in
     // an executor the worker starts.
     let launched = Instant::now();
-    let output = ssh_within(
+    let result = run_program(
         &key,
         port,
-        &trust,
-        &format!(
-            "cat >/tmp/Job.java <<'EOF'\n{JOB}\nEOF\n\
-             {SPARK_ENV} cd /tmp && spark-class -Xmx512m /tmp/Job.java spark://127.0.0.1:7077 2>/tmp/job.log \
-             || {{ tail -n 60 /tmp/job.log; exit 1; }}"
-        ),
+        ("/tmp/Job.java", JOB),
+        &format!("{SPARK_ENV} spark-class -Xmx512m /tmp/Job.java spark://127.0.0.1:7077"),
+        "/tmp/job.log",
         SPARK_TIMEOUT,
     );
-    let result = output
-        .lines()
-        .find_map(|l| l.strip_prefix("ZENNET-RESULT "))
-        .unwrap_or_else(|| panic!("no result line in {output:?}"));
     // 100,000 ids grouped by id % 7: seven groups, of 14,286 or 14,285.
-    assert_eq!(result.trim(), "groups=7 largest=14286", "{output}");
+    assert_eq!(result, "groups=7 largest=14286");
     let executor = ssh(
         &key,
         port,
@@ -189,27 +182,16 @@ fn dask_scheduler_and_worker_compute_in_the_guest() {
          --no-dashboard --memory-limit 0 </dev/null >/tmp/worker.log 2>&1 &",
     );
     let launched = Instant::now();
-    let output = ssh_within(
+    let result = run_program(
         &key,
         port,
-        &trust,
-        &format!(
-            "cat >/tmp/client.py <<'EOF'\n{CLIENT}\nEOF\n\
-             python3 /tmp/client.py 2>/tmp/client.log \
-             || {{ tail -n 40 /tmp/client.log /tmp/scheduler.log /tmp/worker.log; exit 1; }}"
-        ),
+        ("/tmp/client.py", CLIENT),
+        "python3 /tmp/client.py",
+        "/tmp/client.log /tmp/scheduler.log /tmp/worker.log",
         DASK_TIMEOUT,
     );
     let expected: u64 = (0..1000u64).map(|x| x * x).sum();
-    let result = output
-        .lines()
-        .find_map(|l| l.strip_prefix("ZENNET-RESULT "))
-        .unwrap_or_else(|| panic!("no result line in {output:?}"));
-    assert_eq!(
-        result.trim(),
-        format!("sum={expected} workers=1"),
-        "{output}"
-    );
+    assert_eq!(result, format!("sum={expected} workers=1"));
     eprintln!(
         "dask map/reduce on the guest's worker: {:.1?}",
         launched.elapsed()
@@ -328,6 +310,37 @@ fn guest_cannot_write_the_image_disk(key: &std::path::Path, port: u16) {
          && ls /run/zennet/overlay/upper/usr/lib/os-release-zennet",
     );
     assert!(layered.starts_with("changed"), "{layered}");
+}
+
+/// Writes `file` (path, contents) in the guest, runs `command` in /tmp with
+/// its stderr in the first of `logs`, and returns what it printed after
+/// `ZENNET-RESULT `; on failure, panics with the tails of `logs`.
+fn run_program(
+    key: &std::path::Path,
+    port: u16,
+    file: (&str, &str),
+    command: &str,
+    logs: &str,
+    timeout: Duration,
+) -> String {
+    let (path, contents) = file;
+    let stderr = logs.split_whitespace().next().unwrap();
+    let output = ssh_within(
+        key,
+        port,
+        &Trust::Any,
+        &format!(
+            "cat >{path} <<'EOF'\n{contents}\nEOF\n\
+             cd /tmp && {command} 2>{stderr} || {{ tail -n 60 {logs}; exit 1; }}"
+        ),
+        timeout,
+    );
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("ZENNET-RESULT "))
+        .unwrap_or_else(|| panic!("no result line in {output:?}"))
+        .trim()
+        .to_owned()
 }
 
 /// Polls `check` in the guest every two seconds until it succeeds, and
