@@ -164,17 +164,34 @@ fn lock(images_dir: &Path) -> Result<File, ImageError> {
     Ok(file)
 }
 
-/// Removes what an interrupted build left (its temp tree), which no one can
-/// be using while we hold the lock.
+/// Removes what an interrupted build left (its temp tree, half-downloaded
+/// files), which no one can be using while we hold the lock.
 fn remove_leftovers(images_dir: &Path) -> Result<(), ImageError> {
-    for entry in fs::read_dir(images_dir).map_err(ImageError::io(images_dir))? {
-        let path = entry.map_err(ImageError::io(images_dir))?.path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(".build-"))
-        {
-            warn!(dir = %path.display(), "removing what an interrupted build left");
-            fs::remove_dir_all(&path).map_err(ImageError::io(&path))?;
+    let places = [
+        (images_dir.to_owned(), ".build-"),
+        (images_dir.join(DEB_CACHE_DIR), ".download-"),
+        (images_dir.join(DOWNLOAD_CACHE_DIR), ".part-"),
+    ];
+    for (dir, prefix) in places {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(ImageError::io(&dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(ImageError::io(&dir))?.path();
+            if !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            {
+                continue;
+            }
+            warn!(path = %path.display(), "removing what an interrupted build left");
+            if path.is_dir() {
+                fs::remove_dir_all(&path).map_err(ImageError::io(&path))?;
+            } else {
+                fs::remove_file(&path).map_err(ImageError::io(&path))?;
+            }
         }
     }
     Ok(())
@@ -505,6 +522,31 @@ mod tests {
             hash(&spark, one, &[], None),
             "the jar selection is an input"
         );
+    }
+
+    #[test]
+    fn a_killed_build_leaves_nothing_behind_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let debs = dir.path().join(DEB_CACHE_DIR);
+        let downloads = dir.path().join(DOWNLOAD_CACHE_DIR);
+        fs::create_dir_all(dir.path().join(".build-x/disk-root")).unwrap();
+        fs::create_dir_all(debs.join(".download-y")).unwrap();
+        fs::create_dir_all(&downloads).unwrap();
+        fs::write(downloads.join(".part-z"), b"half an sdist").unwrap();
+        fs::write(downloads.join("pyspark-4.3.0.tar.gz"), b"kept").unwrap();
+        fs::write(debs.join("libc6_2.36.deb"), b"kept").unwrap();
+        remove_leftovers(dir.path()).unwrap();
+        let left = |d: &Path| {
+            let mut names: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(left(dir.path()), [".cache"]);
+        assert_eq!(left(&debs), ["libc6_2.36.deb"]);
+        assert_eq!(left(&downloads), ["pyspark-4.3.0.tar.gz"]);
     }
 
     #[test]
