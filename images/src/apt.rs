@@ -183,7 +183,10 @@ pub(crate) fn fetch(packages: &[DebPackage], cache_dir: &Path) -> Result<Vec<Pat
     let mut missing: Vec<&DebPackage> = Vec::new();
     for package in packages {
         // A package on both the initramfs and a disk (libc6) is one file.
-        if missing.iter().any(|m| m.cache_name() == package.cache_name()) {
+        if missing
+            .iter()
+            .any(|m| m.cache_name() == package.cache_name())
+        {
             continue;
         }
         let cached = cache_dir.join(package.cache_name());
