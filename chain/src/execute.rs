@@ -392,6 +392,12 @@ fn check_acceptance(
             a.compute_score, choice.min_compute_per_core
         )));
     }
+    if a.compute_score > vm.max_compute_per_core {
+        return Err(TxError::BadAcceptance(format!(
+            "compute score {} is above the task's maximum {} per core",
+            a.compute_score, vm.max_compute_per_core
+        )));
+    }
     if state.identity(&sender, Role::Node).is_none() {
         return Err(TxError::NoIdentity(sender, Role::Node.name()));
     }

@@ -1,7 +1,8 @@
 //! What a market participant (publisher or provider) needs from its node:
-//! read the state at the tip and submit transactions signed with the
-//! node's key. The node runtime implements it over its chain; the
-//! publisher's payer and the provider's payee only see this trait.
+//! read the state at the tip, hear of each new tip, and submit
+//! transactions signed with the node's key. The node runtime implements it
+//! over its chain; the publisher's payer and the provider's payee only see
+//! this trait.
 
 use crate::channel::Channel;
 use crate::crypto::{Address, Hash};
@@ -18,6 +19,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// The account this node signs with.
     fn address(&self) -> Address;
     fn height(&self) -> u64;
+    /// The tip's height as a watch: `changed()` wakes once the tip moves,
+    /// so services react to chain events instead of polling.
+    fn tip(&self) -> tokio::sync::watch::Receiver<u64>;
     fn balance(&self, address: &Address) -> Amount;
     fn task(&self, id: &Hash) -> Option<TaskRecord>;
     /// Every task still in the state (not yet pruned).

@@ -41,6 +41,10 @@ pub struct VmRequirements {
     pub min_disk_mbps: u32,
     pub persistent_storage_gib: u32,
     pub cores: Vec<CoreChoice>,
+    /// The most compute units per core the publisher pays for: an
+    /// acceptance may not claim more, so the publisher's bound never rests
+    /// on the node's word alone.
+    pub max_compute_per_core: u32,
     pub memory_mib_per_core: u32,
     pub min_memory_mbps: u32,
 }
@@ -123,6 +127,16 @@ impl TaskAnnouncement {
         }
         if vm.cores.iter().any(|c| c.cores == 0) {
             return bad("a core choice has 0 cores".into());
+        }
+        if let Some(c) = vm
+            .cores
+            .iter()
+            .find(|c| c.min_compute_per_core > vm.max_compute_per_core)
+        {
+            return bad(format!(
+                "max_compute_per_core {} is below a core choice's minimum {}",
+                vm.max_compute_per_core, c.min_compute_per_core
+            ));
         }
         if vm.memory_mib_per_core == 0 {
             return bad("memory_mib_per_core must be positive".into());

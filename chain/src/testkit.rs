@@ -87,6 +87,7 @@ pub fn include(chain: &mut Chain, miner: Address, tx: SignedTx) -> Block {
 pub struct TestChain {
     chain: std::sync::Mutex<Chain>,
     miner: Address,
+    tip: tokio::sync::watch::Sender<u64>,
 }
 
 impl TestChain {
@@ -96,6 +97,7 @@ impl TestChain {
         std::sync::Arc::new(TestChain {
             chain: std::sync::Mutex::new(chain),
             miner: SecretKey::generate().address(),
+            tip: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -107,9 +109,12 @@ impl TestChain {
         })
     }
 
-    /// Mines one block with whatever the mempool holds.
+    /// Mines one block with whatever the mempool holds; the ledgers' tip
+    /// watches wake.
     pub fn mine(&self) -> Block {
-        mine(&mut self.chain(), self.miner)
+        let block = mine(&mut self.chain(), self.miner);
+        self.tip.send_replace(block.header.height);
+        block
     }
 
     /// Mines `n` blocks.
@@ -153,6 +158,9 @@ impl crate::Ledger for TestLedger {
     }
     fn height(&self) -> u64 {
         self.chain.height()
+    }
+    fn tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.chain.tip.subscribe()
     }
     fn balance(&self, address: &Address) -> Amount {
         self.chain.chain().account(address).balance

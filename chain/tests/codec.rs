@@ -53,7 +53,7 @@ fn announcement() -> impl Strategy<Value = TaskAnnouncement> {
             }),
             0..4,
         ),
-        any::<[u32; 8]>(),
+        any::<[u32; 9]>(),
         (
             short_string(),
             hash(),
@@ -72,6 +72,7 @@ fn announcement() -> impl Strategy<Value = TaskAnnouncement> {
                     min_disk_mbps: n[2],
                     persistent_storage_gib: n[3],
                     cores,
+                    max_compute_per_core: n[8],
                     memory_mib_per_core: n[4],
                     min_memory_mbps: n[5],
                 },

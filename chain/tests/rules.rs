@@ -350,6 +350,15 @@ fn acceptance_and_cancel_rules() {
         w.rejects(&bob, TxBody::AcceptTask { acceptance: acc }),
         TxError::BadAcceptance(_)
     ));
+    // A node claiming more compute than the task pays for (4e9 per core):
+    // the chain refuses it, so no publisher's bound ever rests on it.
+    let mut acc = w.acceptance(&bob.address(), task);
+    acc.compute_score = 4_000_000_000;
+    solve_acceptance(&bob.address(), 4, &mut acc);
+    assert!(matches!(
+        w.rejects(&bob, TxBody::AcceptTask { acceptance: acc }),
+        TxError::BadAcceptance(m) if m.contains("above the task's maximum")
+    ));
 
     // proof of work below the task's target
     let mut acc = w.acceptance(&bob.address(), task);

@@ -47,6 +47,14 @@ pub struct PublisherSection {
     pub ssh_listen: String,
     /// `host:port` written into announcements (default: the listen address).
     pub endpoint: Option<String>,
+    /// Compute is paid at no more than a VM's measured compute units per
+    /// core × this; a node under half its claim even so is dropped.
+    #[serde(default = "default_capacity_tolerance")]
+    pub capacity_tolerance: f64,
+}
+
+fn default_capacity_tolerance() -> f64 {
+    4.0
 }
 
 impl Default for PublisherSection {
@@ -54,6 +62,7 @@ impl Default for PublisherSection {
         PublisherSection {
             ssh_listen: "127.0.0.1:7522".into(),
             endpoint: None,
+            capacity_tolerance: default_capacity_tolerance(),
         }
     }
 }

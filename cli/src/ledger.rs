@@ -42,6 +42,9 @@ impl Ledger for NodeLedger {
     fn height(&self) -> u64 {
         self.node.chain().tip().header.height
     }
+    fn tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.node.tip()
+    }
     fn balance(&self, address: &Address) -> Amount {
         self.node.chain().account(address).balance
     }

@@ -24,6 +24,8 @@ pub struct Node {
     generation: AtomicU64,
     mining: AtomicBool,
     shutdown: AtomicBool,
+    /// The tip's height, for services that react to new blocks.
+    tip: tokio::sync::watch::Sender<u64>,
     net: Option<NetHandle>,
     vms: std::sync::OnceLock<Arc<zennet_vm::Runtime>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
@@ -34,7 +36,9 @@ pub struct Node {
 
 impl Node {
     pub fn new(chain: Chain, net: Option<NetHandle>) -> Arc<Node> {
+        let height = chain.tip().header.height;
         Arc::new(Node {
+            tip: tokio::sync::watch::channel(height).0,
             chain: Mutex::new(chain),
             generation: AtomicU64::new(0),
             mining: AtomicBool::new(false),
@@ -90,12 +94,17 @@ impl Node {
     /// Imports a block from anywhere; wakes miners and the reporter when the
     /// tip moved.
     pub fn import_block(&self, block: Block) -> Result<ImportOutcome, ChainError> {
-        let outcome = self.chain().import_block(block, now_ms())?;
+        let (outcome, height) = {
+            let mut chain = self.chain();
+            let outcome = chain.import_block(block, now_ms())?;
+            (outcome, chain.tip().header.height)
+        };
         if !matches!(
             outcome,
             ImportOutcome::AlreadyKnown | ImportOutcome::SideChain { .. }
         ) {
             self.generation.fetch_add(1, Ordering::SeqCst);
+            self.tip.send_replace(height);
         }
         Ok(outcome)
     }
@@ -108,6 +117,11 @@ impl Node {
             net.publish_block(bytes);
         }
         Ok(outcome)
+    }
+
+    /// A watch of the tip's height.
+    pub fn tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tip.subscribe()
     }
 
     pub fn generation(&self) -> u64 {

@@ -19,6 +19,7 @@ pub async fn start_publisher(home: &Home, ledger: Arc<NodeLedger>) -> Result<Arc
     Publisher::start(
         PublisherConfig {
             dir: home.dir().join("publisher"),
+            capacity_tolerance: config.publisher.capacity_tolerance,
             ssh_listen: config.publisher.ssh_listen.clone(),
             endpoint: config.publisher.endpoint.clone(),
             images_dir: home.images_dir(),
@@ -147,9 +148,12 @@ fn machine(home: &Home, over: &crate::home::ProviderSection) -> Result<Machine> 
         disk_gib: over.disk_gib.unwrap_or(disk_gib),
         compute_per_core: over
             .compute_per_core
-            .or(profile
-                .as_ref()
-                .map(|p| p.compute_units_per_core.floor().max(1.0) as u32))
+            // What a vCPU delivers, not the bare host: publishers measure
+            // inside the VM and pay no more than they measure.
+            .or(profile.as_ref().map(|p| {
+                let efficiency = p.vm.as_ref().map_or(1.0, |v| v.efficiency.min(1.0));
+                (p.compute_units_per_core * efficiency).floor().max(1.0) as u32
+            }))
             .unwrap_or(1),
         disk_mbps: None,
         memory_mbps: None,

@@ -447,6 +447,13 @@ pub async fn run(
     })
 }
 
+/// The single-thread prime workload for `duration`, in compute units: the
+/// figure a node's claim is made of, for whoever wants to check one (the
+/// publisher calibrates its in-guest measurement with it). Blocking.
+pub fn compute_units_per_core(duration: Duration) -> Result<f64, BenchError> {
+    Ok(prime_rate(1, duration)? / EVENTS_PER_COMPUTE_UNIT)
+}
+
 /// Runs a measurement on the blocking pool; a panic in it stays a panic.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {

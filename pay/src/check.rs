@@ -21,6 +21,14 @@ pub enum VoucherRejected {
     OverDeposit { cumulative: Amount, deposit: Amount },
     #[error("voucher is not signed by the payer {payer}")]
     NotPayer { payer: Address },
+    #[error(
+        "voucher arrived at height {height}, within {margin} blocks of the channel's end at {deadline}: a claim could not be mined in time"
+    )]
+    Unclaimable {
+        height: u64,
+        margin: u64,
+        deadline: u64,
+    },
 }
 
 /// Checks `v` against `channel` on chain and the voucher `held`: this chain

@@ -16,6 +16,18 @@ pub enum PayError {
         payee: Address,
         expected_payer: Address,
     },
+    #[error(
+        "channel {channel} is settling (reclaimable from height {settle_at}); it cannot pay for new work"
+    )]
+    Settling { channel: Hash, settle_at: u64 },
+    #[error(
+        "channel {channel} expires at height {expiry}; the work it pays for needs it open until {needed}"
+    )]
+    ExpiresTooSoon {
+        channel: Hash,
+        expiry: u64,
+        needed: u64,
+    },
     #[error("channel {0} is not one this node pays from or is paid through")]
     Unknown(Hash),
     #[error("voucher refused: {0}")]

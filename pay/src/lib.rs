@@ -51,7 +51,7 @@ pub mod store;
 
 pub use check::{VoucherRejected, check_voucher};
 pub use error::PayError;
-pub use payee::{Payee, Received};
+pub use payee::{CloseStep, Payee, Received};
 pub use payer::Payer;
 pub use sqlite::SqliteStore;
 pub use store::{Incoming, MemoryStore, Outgoing, PayStore, StoreError};

@@ -195,6 +195,26 @@ impl Payer {
         Ok(Some(tx))
     }
 
+    /// Reclaims every channel of this payer that has expired on chain (a
+    /// payee that vanished never closes): no deposit stays locked forever.
+    /// Returns the reclaims submitted.
+    pub fn reclaim_expired(&self) -> Result<Vec<Hash>, PayError> {
+        let height = self.ledger.height();
+        let mut submitted = Vec::new();
+        for o in self.store.outgoing_all()? {
+            let Some(ch) = self.ledger.channel(&o.channel) else {
+                continue;
+            };
+            if height < ch.expiry_height {
+                continue;
+            }
+            if let Some(tx) = self.wind_down(&o.channel)? {
+                submitted.push(tx);
+            }
+        }
+        Ok(submitted)
+    }
+
     fn open_locked(
         &self,
         payee: Address,

@@ -2,10 +2,11 @@
 //! inside the SSH subsystem of that name.
 //!
 //! A contract runs: node `Join` → publisher `Terms` (the channel is open on
-//! chain by then) → node `Status` once the VM is up → node `Usage` every
-//! payout interval, publisher `Voucher` in answer → either side `Bye`, after
-//! which the node sends a final `Usage`, gets a final `Voucher` and closes
-//! the channel on chain.
+//! chain by then; interval and lease must be the announcement's) → node
+//! `Status` once the VM is up → node `Usage` every payout interval,
+//! publisher `Voucher` in answer (and new `Terms` when what it pays for
+//! changes) → either side `Bye`, after which the node sends a final
+//! `Usage`, gets a final `Voucher` and closes the channel on chain.
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ pub struct Terms {
     pub vm_key: String,
     /// Whether the publisher pays for the persistent volume.
     pub storage_paid: bool,
+    /// The compute units per core the publisher pays compute at: the
+    /// node's on-chain claim until the publisher has measured the VM, then
+    /// no more than the measurement allows. Sent again when it changes.
+    pub compute_per_core: u32,
 }
 
 #[derive(

@@ -9,6 +9,8 @@ use crate::market::Rejection;
 pub enum ProviderError {
     #[error("task {task} is already taken ({phase:?})")]
     AlreadyTaken { task: Hash, phase: Phase },
+    #[error("task {0} is being accepted (its proof of work is being searched)")]
+    BeingAccepted(Hash),
     #[error("no task {0} on chain")]
     NoSuchTask(Hash),
     #[error("task {task}: {reason}")]
@@ -31,6 +33,7 @@ impl ProviderError {
         matches!(
             self,
             ProviderError::AlreadyTaken { .. }
+                | ProviderError::BeingAccepted(_)
                 | ProviderError::Refused { .. }
                 | ProviderError::Accept { .. }
         )

@@ -42,6 +42,9 @@ pub struct MarketPolicy {
     pub allowed_images: Vec<String>,
     /// Extra proof of work the announcement must carry (difficulty; 0 = the network minimum is enough).
     pub min_task_pow: u64,
+    /// The hardest acceptance proof of work this node will search for
+    /// (an announcement may ask for any difficulty, up to 2^64 - 1).
+    pub max_acceptance_difficulty: u64,
     /// Publishers whose tasks may be taken; empty = everyone not denied.
     pub publishers_allow: Vec<Address>,
     /// Publishers whose tasks are never taken.
@@ -63,6 +66,7 @@ impl Default for MarketPolicy {
             reserved_disk_gib: 1,
             allowed_images: Vec::new(),
             min_task_pow: 0,
+            max_acceptance_difficulty: 1_000_000,
             publishers_allow: Vec::new(),
             publishers_deny: Vec::new(),
             max_concurrent_tasks: 4,
@@ -169,6 +173,10 @@ pub enum Rejection {
     PublisherNotAllowed(Address),
     #[error("the announcement's proof of work is below the policy's difficulty {needed}")]
     WeakPow { needed: u64 },
+    #[error(
+        "the task wants acceptances with proof of work of difficulty {needed}; the policy searches at most {max}"
+    )]
+    AcceptancePowTooHard { needed: u64, max: u64 },
     #[error("none of the task's images ({}) is built here and allowed", .0.join(", "))]
     NoImage(Vec<String>),
     #[error("the task needs at least {needed} compute units per core; this machine has {have}")]
@@ -224,6 +232,12 @@ pub fn evaluate(
     if policy.min_task_pow > 0 && !pow::meets(&ann.pow_hash(&task.publisher), policy.min_task_pow) {
         return Err(Rejection::WeakPow {
             needed: policy.min_task_pow,
+        });
+    }
+    if ann.acceptance_difficulty > policy.max_acceptance_difficulty {
+        return Err(Rejection::AcceptancePowTooHard {
+            needed: ann.acceptance_difficulty,
+            max: policy.max_acceptance_difficulty,
         });
     }
 
@@ -409,6 +423,7 @@ mod tests {
             min_disk_mbps: 100,
             persistent_storage_gib: 2,
             cores: vec![cores(1), cores(4), cores(8)],
+            max_compute_per_core: 1000,
             memory_mib_per_core: 1024,
             min_memory_mbps: 1000,
         };
@@ -548,6 +563,15 @@ mod tests {
         assert_eq!(
             rejects(|_, p, _| p.min_task_pow = u64::MAX),
             WeakPow { needed: u64::MAX }
+        );
+        // A hostile announcement asking acceptances for 2^64 - 1 work is
+        // passed over before any search starts.
+        assert_eq!(
+            rejects(|t, _, _| t.announcement.acceptance_difficulty = u64::MAX),
+            AcceptancePowTooHard {
+                needed: u64::MAX,
+                max: 1_000_000
+            }
         );
         let only_big = |_: &mut _, p: &mut MarketPolicy, _: &mut _| {
             p.allowed_images = vec!["zennet-big".into()]

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,9 +68,23 @@ pub struct Provider {
     pub(crate) payee: Payee,
     /// Tasks a runner is working on.
     pub(crate) running: Mutex<HashMap<Hash, ()>>,
-    /// Serialises accept decisions (capacity is checked then taken).
+    /// Serialises accept decisions (capacity is checked, then reserved).
     accepting: tokio::sync::Mutex<()>,
+    /// Capacity reserved for acceptances whose proof of work is being
+    /// searched (outside the lock, so one hard search stalls nothing).
+    reserved: Mutex<HashMap<Hash, Resources>>,
+    /// Set when the provider goes away: searches stop.
+    stopping: Arc<AtomicBool>,
 }
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Nonces tried between checks of the cancel flag.
+const POW_CHUNK: u64 = 1 << 14;
 
 impl Provider {
     /// Opens the contract store (`db_path`), resumes open contracts and
@@ -84,12 +99,14 @@ impl Provider {
         let store = ContractStore::open(db_path)?;
         let provider = Arc::new(Provider {
             vms,
-            payee: Payee::new(ledger.clone(), pay_store),
+            payee: Payee::new(ledger.clone(), pay_store, config.claim_margin_blocks),
             ledger,
             config,
             store,
             running: Mutex::new(HashMap::new()),
             accepting: tokio::sync::Mutex::new(()),
+            reserved: Mutex::new(HashMap::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
         });
         for c in provider.store.all()? {
             if c.active() {
@@ -154,25 +171,32 @@ impl Provider {
     /// Accepts a task by hand (the policy's checks still apply, except
     /// `auto_accept`).
     pub async fn accept(self: &Arc<Self>, task: &Hash) -> Result<ContractView, ProviderError> {
-        let _guard = self.accepting.lock().await;
-        if let Some(c) = self.store.get(task)? {
-            return Err(ProviderError::AlreadyTaken {
-                task: *task,
-                phase: c.phase,
-            });
-        }
-        let record = self
-            .ledger
-            .task(task)
-            .ok_or(ProviderError::NoSuchTask(*task))?;
-        let free = self.free()?;
-        let offer = self
-            .evaluate(&record, self.ledger.height(), &self.ledger.address(), &free)
-            .map_err(|reason| ProviderError::Refused {
-                task: *task,
-                reason,
-            })?;
-        self.store.unreject(task)?;
+        let (record, offer) = {
+            let _guard = self.accepting.lock().await;
+            if let Some(c) = self.store.get(task)? {
+                return Err(ProviderError::AlreadyTaken {
+                    task: *task,
+                    phase: c.phase,
+                });
+            }
+            if self.reserved().contains_key(task) {
+                return Err(ProviderError::BeingAccepted(*task));
+            }
+            let record = self
+                .ledger
+                .task(task)
+                .ok_or(ProviderError::NoSuchTask(*task))?;
+            let free = self.free()?;
+            let offer = self
+                .evaluate(&record, self.ledger.height(), &self.ledger.address(), &free)
+                .map_err(|reason| ProviderError::Refused {
+                    task: *task,
+                    reason,
+                })?;
+            self.store.unreject(task)?;
+            self.reserved().insert(offer.task, offer.needs);
+            (record, offer)
+        };
         let c = self.take(&record, &offer).await?;
         self.view(&c)
     }
@@ -202,8 +226,14 @@ impl Provider {
 
     fn free(&self) -> Result<Resources, ProviderError> {
         let mut in_use = Resources::default();
-        for c in self.store.all()?.iter().filter(|c| c.active()) {
-            let n = c.needs();
+        let held = self.store.all()?;
+        let reserved: Vec<Resources> = self.reserved().values().copied().collect();
+        for n in held
+            .iter()
+            .filter(|c| c.active())
+            .map(|c| c.needs())
+            .chain(reserved)
+        {
             in_use.cores += n.cores;
             in_use.memory_mib += n.memory_mib;
             in_use.disk_gib += n.disk_gib;
@@ -211,15 +241,22 @@ impl Provider {
         Ok(self.config.policy.free(&self.config.machine, &in_use))
     }
 
-    /// One market round: evaluate, choose, accept.
+    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Resources>> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One market round: evaluate, choose, reserve; each acceptance's
+    /// proof of work is then searched in its own task.
     async fn round(self: &Arc<Self>) -> Result<(), ProviderError> {
         if !self.config.policy.auto_accept {
             return Ok(());
         }
         let _guard = self.accepting.lock().await;
+        let reserved: Vec<Hash> = self.reserved().keys().copied().collect();
         let contracts = self.store.all()?;
         let active: Vec<&ContractRow> = contracts.iter().filter(|c| c.active()).collect();
-        let room = (self.config.policy.max_concurrent_tasks as usize).saturating_sub(active.len());
+        let room = (self.config.policy.max_concurrent_tasks as usize)
+            .saturating_sub(active.len() + reserved.len());
         if room == 0 {
             return Ok(());
         }
@@ -234,7 +271,10 @@ impl Provider {
             self.ledger.tasks().into_iter().map(|t| (t.id, t)).collect();
         let mut offers = Vec::new();
         for t in tasks.values() {
-            if contracts.iter().any(|c| c.task == t.id) || self.store.is_rejected(&t.id)? {
+            if contracts.iter().any(|c| c.task == t.id)
+                || reserved.contains(&t.id)
+                || self.store.is_rejected(&t.id)?
+            {
                 continue;
             }
             match self.evaluate(t, height, &me, &free) {
@@ -243,49 +283,70 @@ impl Provider {
             }
         }
         for offer in market::choose(&offers, &free, &held, room) {
-            if let Some(record) = tasks.get(&offer.task)
-                && let Err(e) = self.take(record, &offer).await
-            {
-                tracing::warn!(task = %offer.task, error = %e, "could not accept");
-            }
+            let Some(record) = tasks.get(&offer.task).cloned() else {
+                continue;
+            };
+            self.reserved().insert(offer.task, offer.needs);
+            let p = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = p.take(&record, &offer).await {
+                    tracing::warn!(task = %offer.task, error = %e, "could not accept");
+                }
+            });
         }
         Ok(())
     }
 
-    /// Solves the acceptance proof of work, submits it and starts the runner.
+    /// Solves the acceptance proof of work (on the blocking pool, outside
+    /// any lock, cancelled when the provider goes away), submits it and
+    /// starts the runner. The capacity reserved for `offer` is released.
     async fn take(
         self: &Arc<Self>,
         record: &TaskRecord,
         offer: &Offer,
     ) -> Result<ContractRow, ProviderError> {
+        let taken = self.take_reserved(record, offer).await;
+        self.reserved().remove(&record.id);
+        taken
+    }
+
+    async fn take_reserved(
+        self: &Arc<Self>,
+        record: &TaskRecord,
+        offer: &Offer,
+    ) -> Result<ContractRow, ProviderError> {
         let me = self.ledger.address();
-        let mut acceptance = TaskAcceptance {
+        let a = &record.announcement;
+        let acceptance = TaskAcceptance {
             task: record.id,
             image: offer.image,
             cores: offer.cores,
             ssh_key_fingerprint: self.ssh_key_fingerprint(),
-            compute_score: self.config.machine.compute_per_core,
+            // Never more than the task pays for: the chain would refuse it.
+            compute_score: self
+                .config
+                .machine
+                .compute_per_core
+                .min(a.vm.max_compute_per_core),
             pow_nonce: 0,
         };
-        let difficulty = record.announcement.acceptance_difficulty;
-        let acceptance = tokio::task::spawn_blocking(move || {
-            let nonce = pow::search(0, u64::MAX, difficulty, |n| {
-                acceptance.pow_nonce = n;
-                acceptance.pow_hash(&me)
-            });
-            acceptance.pow_nonce = nonce.expect("a nonce meets any difficulty within 2^64 tries");
-            acceptance
-        })
-        .await
-        .map_err(|_| ProviderError::PowCancelled { task: record.id })?;
+        let difficulty = a.acceptance_difficulty;
+        let stopping = self.stopping.clone();
+        let acceptance =
+            tokio::task::spawn_blocking(move || solve(acceptance, &me, difficulty, &stopping))
+                .await
+                .ok()
+                .flatten()
+                .ok_or(ProviderError::PowCancelled { task: record.id })?;
         let tx = self
             .ledger
-            .submit(TxBody::AcceptTask { acceptance })
+            .submit(TxBody::AcceptTask {
+                acceptance: acceptance.clone(),
+            })
             .map_err(|source| ProviderError::Accept {
                 task: record.id,
                 source,
             })?;
-        let a = &record.announcement;
         let c = ContractRow {
             task: record.id,
             publisher: record.publisher,
@@ -295,7 +356,7 @@ impl Provider {
             cores: offer.cores,
             memory_mib: offer.cores as u64 * a.vm.memory_mib_per_core as u64,
             storage_gib: a.vm.persistent_storage_gib,
-            compute_score: self.config.machine.compute_per_core,
+            compute_score: acceptance.compute_score,
             rates: a.rates.clone(),
             acceptance_tx: tx,
             phase: Phase::Accepting,
@@ -322,18 +383,42 @@ impl Provider {
     }
 }
 
-async fn market_loop(provider: std::sync::Weak<Provider>) {
-    let mut last_height = u64::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(p) = provider.upgrade() else { return };
-        let height = p.ledger.height();
-        if height == last_height {
-            continue;
+/// Searches the acceptance's proof of work in chunks, giving up when
+/// `stopping` is set.
+fn solve(
+    mut acceptance: TaskAcceptance,
+    me: &Address,
+    difficulty: u64,
+    stopping: &AtomicBool,
+) -> Option<TaskAcceptance> {
+    let mut start = 0u64;
+    while !stopping.load(Ordering::Relaxed) {
+        if let Some(n) = pow::search(start, POW_CHUNK, difficulty, |n| {
+            acceptance.pow_nonce = n;
+            acceptance.pow_hash(me)
+        }) {
+            acceptance.pow_nonce = n;
+            return Some(acceptance);
         }
-        last_height = height;
-        if let Err(e) = p.round().await {
-            tracing::warn!(error = %e, "market round failed");
+        start = start.wrapping_add(POW_CHUNK);
+    }
+    None
+}
+
+/// A market round at every new tip (and none in between).
+async fn market_loop(provider: std::sync::Weak<Provider>) {
+    let Some(mut tip) = provider.upgrade().map(|p| p.ledger.tip()) else {
+        return;
+    };
+    loop {
+        {
+            let Some(p) = provider.upgrade() else { return };
+            if let Err(e) = p.round().await {
+                tracing::warn!(error = %e, "market round failed");
+            }
+        }
+        if tip.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -1,26 +1,31 @@
-//! One contract's life on the provider: a runner that reconnects to the
-//! publisher with backoff, and per connection a session — tunnel, `Join`,
-//! terms, the VM, usage reports every payout interval, vouchers checked
-//! and stored by the payee, pause when unpaid, terminate after the grace
-//! period, claim when the payer settles or expiry nears, close at the end.
+//! One contract's life on the provider: the I/O around the pure
+//! [`Contract`] state machine. A runner owns the contract from acceptance
+//! to the channel's close. It dials the publisher in the background (with
+//! backoff) while the machine keeps ticking — so a VM whose publisher is
+//! gone is still paused when payment is late — checks the terms against
+//! the announcement and the channel against the lease, starts the VM,
+//! turns frames, metering ticks and chain tips into events, and carries
+//! out the machine's actions: reports, pause and resume, claims, the last
+//! report, the close steps.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zennet_chain::Hash;
-use zennet_pay::{PayError, Received};
-use zennet_proto::{self as proto, Frame, PayStream, Usage, UsageReport, VmPhase, VmStatus};
+use zennet_chain::{Hash, SignedVoucher};
+use zennet_pay::{CloseStep, PayError, Received};
+use zennet_proto::{self as proto, Frame, PayStream, Terms, Usage, UsageReport, VmPhase, VmStatus};
 use zennet_tunnel::Tunnel;
 use zennet_vm::{StartVm, UsageCounters, VmState};
 
-use crate::contract::{PaymentClock, Phase};
+use crate::contract::{Action, ChannelAt, Contract, Event, Phase, Rules};
 use crate::error::ProviderError;
 use crate::service::Provider;
 use crate::store::ContractRow;
 
-/// Why a session ended early.
-pub(crate) enum Session {
+/// Why a connection attempt failed.
+enum Session {
     /// Retry after a backoff (connection trouble).
     Retry(String),
     /// The contract cannot go on.
@@ -30,6 +35,26 @@ pub(crate) enum Session {
 fn retry(e: impl std::fmt::Display) -> Session {
     Session::Retry(e.to_string())
 }
+
+/// A joined session: the tunnel, its payment stream and the terms.
+struct Joined {
+    tunnel: Tunnel,
+    pay: PayStream,
+    terms: Terms,
+}
+
+/// A connected publisher.
+struct Link {
+    tunnel: Tunnel,
+    pay: PayStream,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the node waits for the publisher's terms after `Join` (the
+/// publisher waits for its channel to be mined first).
+const TERMS_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the last voucher may take after the last report.
+const LAST_VOUCHER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Provider {
     pub(crate) fn spawn_runner(self: &Arc<Self>, task: Hash) {
@@ -41,187 +66,294 @@ impl Provider {
         }
         let p = self.clone();
         tokio::spawn(async move {
-            p.run_contract(task).await;
+            let mut runner = Runner {
+                p: p.clone(),
+                task,
+                link: None,
+                failed: false,
+            };
+            if let Err(e) = runner.run().await {
+                tracing::error!(%task, error = %e, "contract runner stopped");
+            }
             p.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&task);
         });
     }
+}
 
-    /// Runs a contract to its end, reconnecting with backoff.
-    async fn run_contract(self: &Arc<Self>, task: Hash) {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let outcome = self.session(task).await;
-            let c = match self.store.get(&task) {
-                Ok(Some(c)) => c,
-                _ => return,
-            };
-            match outcome {
-                Ok(()) if !c.active() => return,
-                Ok(()) => backoff = Duration::from_secs(1),
-                Err(Session::Fatal(reason)) => {
-                    tracing::error!(%task, %reason, "contract aborted");
-                    let _ = self.finish(c, Phase::Failed, &reason, None).await;
-                    return;
-                }
-                Err(Session::Retry(reason)) if self.over_without_publisher(&c) => {
-                    tracing::info!(%task, %reason, "task over while the publisher is unreachable; closing");
-                    let _ = self
-                        .finish(c, Phase::Ended, "task cancelled or lease over", None)
-                        .await;
-                    return;
-                }
-                Err(Session::Retry(reason)) => {
-                    tracing::warn!(%task, %reason, retry_in = ?backoff, "publisher session lost");
-                    // Settlement and expiry do not wait for the publisher.
-                    if let Err(e) = self.watch_channel(&c) {
-                        tracing::warn!(%task, error = %e, "channel watch");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
+/// The I/O side of one contract.
+struct Runner {
+    p: Arc<Provider>,
+    task: Hash,
+    link: Option<Link>,
+    /// The contract ended by a fault (ends `Failed` rather than `Ended`).
+    failed: bool,
+}
 
-    /// A contract can end without the publisher: its task was cancelled
-    /// (or pruned) on chain, or its lease ran out.
-    fn over_without_publisher(&self, c: &ContractRow) -> bool {
-        let lease_over = c
-            .started_ms
-            .is_some_and(|s| now_ms() >= s + c.lease_secs as u64 * 1000);
-        let cancelled = self
-            .ledger
-            .task(&c.task)
-            .is_none_or(|t| t.cancelled_at.is_some());
-        c.phase != Phase::Accepting && (lease_over || cancelled)
-    }
-
-    /// One connection to the publisher, from dial to disconnect or end.
-    async fn session(self: &Arc<Self>, task: Hash) -> Result<(), Session> {
-        let mut c = self
-            .store
-            .get(&task)
-            .map_err(retry)?
-            .ok_or_else(|| Session::Fatal("contract vanished".into()))?;
-        if c.phase == Phase::Accepting {
+impl Runner {
+    async fn run(&mut self) -> Result<(), ProviderError> {
+        let p = self.p.clone();
+        let Some(mut row) = p.store.get(&self.task)? else {
+            return Ok(());
+        };
+        let mut tip = p.ledger.tip();
+        if row.phase == Phase::Accepting {
             loop {
-                if self.ledger.included_at(&c.acceptance_tx).is_some() {
+                if p.ledger.included_at(&row.acceptance_tx).is_some() {
+                    row.phase = Phase::Accepted;
+                    p.store.put(&row)?;
                     break;
                 }
-                if !self.ledger.pending(&c.acceptance_tx) {
-                    return Err(Session::Fatal(
-                        "the acceptance was not mined (task full or expired?)".into(),
-                    ));
+                if !p.ledger.pending(&row.acceptance_tx) {
+                    row.phase = Phase::Failed;
+                    row.end_reason =
+                        Some("the acceptance was not mined (task full or expired?)".into());
+                    p.store.put(&row)?;
+                    return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), tip.changed()).await;
             }
-            c.phase = Phase::Accepted;
-            self.store.put(&c).map_err(retry)?;
         }
-        let tunnel = Tunnel::dial(
-            &c.endpoint,
-            c.host_key_fingerprint,
-            self.config.ssh_key.clone(),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_fatal() {
-                Session::Fatal(e.to_string())
-            } else {
-                Session::Retry(e.to_string())
+        let now = Instant::now();
+        let mut machine: Option<Contract> = match row.phase {
+            Phase::Closing => Some(Contract::closing(
+                self.rules(&row),
+                now,
+                row.end_reason.clone().unwrap_or_default(),
+            )),
+            Phase::Running | Phase::Paused if row.vm.is_some() => Some(self.restore(&row, now)),
+            Phase::Ended | Phase::Failed => return Ok(()),
+            _ => None,
+        };
+        if machine.as_ref().is_some_and(|m| m.is_over()) {
+            // A close interrupted by a restart goes on at once.
+            if self.close_step(&mut row).await? {
+                return Ok(());
             }
-        })?;
-        let mut pay = PayStream::new(
-            tunnel
-                .open_subsystem(proto::SUBSYSTEM)
-                .await
-                .map_err(retry)?,
-        );
-        pay.send(&Frame::Join {
-            version: proto::PROTOCOL_VERSION,
-            task,
-        })
-        .await
-        .map_err(retry)?;
-        let terms = {
-            match tokio::time::timeout(Duration::from_secs(180), pay.recv()).await {
-                Err(_) => {
-                    return Err(Session::Retry(
-                        "publisher sent no terms within 180 s".into(),
-                    ));
+        }
+        let mut dial: Option<JoinHandle<Result<Joined, Session>>> = None;
+        let mut next_dial = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let over = machine.as_ref().is_some_and(|m| m.is_over());
+            if self.link.is_none() && dial.is_none() && !over && Instant::now() >= next_dial {
+                dial = Some(tokio::spawn(join(p.clone(), row.clone())));
+            }
+            let dialing = dial.is_some();
+            let linked = self.link.is_some();
+            let event = tokio::select! {
+                joined = async { dial.as_mut().expect("dialing").await }, if dialing => {
+                    dial = None;
+                    let joined = joined.unwrap_or_else(|e| Err(Session::Retry(e.to_string())));
+                    let connected = match joined {
+                        Ok(j) => self.connect(&mut row, &mut machine, j).await,
+                        Err(e) => Err(e),
+                    };
+                    match connected {
+                        Ok(()) => {
+                            backoff = Duration::from_secs(1);
+                            Some(Event::Connected { now: Instant::now() })
+                        }
+                        Err(Session::Fatal(reason)) => {
+                            tracing::error!(task = %self.task, %reason, "contract aborted");
+                            self.failed = true;
+                            if machine.is_none() {
+                                machine = Some(Contract::new(
+                                    self.rules(&row),
+                                    Instant::now(),
+                                    Instant::now(),
+                                    row.paid,
+                                    false,
+                                ));
+                            }
+                            Some(Event::End { reason })
+                        }
+                        Err(Session::Retry(reason)) => {
+                            tracing::warn!(task = %self.task, %reason, retry_in = ?backoff, "publisher session failed");
+                            next_dial = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            self.over_without_publisher(&row)
+                                .map(|reason| Event::End { reason })
+                        }
+                    }
                 }
-                Ok(Err(e)) => return Err(retry(e)),
-                Ok(Ok(Frame::Terms(t))) => t,
-                Ok(Ok(Frame::Bye { reason })) => {
-                    if c.vm.is_some() || c.paid > 0 {
-                        self.finish(c, Phase::Ended, &reason, None)
-                            .await
-                            .map_err(retry)?;
+                frame = async { self.link.as_mut().expect("linked").pay.recv().await }, if linked => {
+                    match frame {
+                        Ok(Frame::Voucher(v)) => self.take_voucher(&mut row, v),
+                        Ok(Frame::Bye { reason }) => Some(Event::End { reason }),
+                        Ok(Frame::Terms(t)) => {
+                            self.terms_changed(&mut row, &t)?;
+                            None
+                        }
+                        Ok(other) => {
+                            tracing::debug!(?other, "ignored frame");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = %self.task, error = %e, "publisher disconnected");
+                            self.link = None;
+                            next_dial = Instant::now() + backoff;
+                            Some(Event::Disconnected { now: Instant::now() })
+                        }
+                    }
+                }
+                _ = tick.tick() => self.meter(&mut row, machine.as_ref()).await,
+                changed = tip.changed() => {
+                    if changed.is_err() {
+                        // The node is shutting down.
                         return Ok(());
                     }
-                    return Err(Session::Fatal(format!("publisher refused: {reason}")));
+                    match self.channel_at(&row) {
+                        Some(ev) if machine.is_some() => Some(ev),
+                        _ => None,
+                    }
+                    .or_else(|| {
+                        (self.link.is_none())
+                            .then(|| self.over_without_publisher(&row))
+                            .flatten()
+                            .map(|reason| Event::End { reason })
+                    })
                 }
-                Ok(Ok(other)) => {
-                    return Err(Session::Retry(format!("expected terms, got {other:?}")));
+                _ = tokio::time::sleep_until(next_dial), if !linked && !dialing && !over => None,
+            };
+            let (Some(m), Some(event)) = (machine.as_mut(), event) else {
+                continue;
+            };
+            let actions = m.on(event);
+            for action in actions {
+                if self
+                    .act(&mut row, machine.as_mut().expect("some"), action)
+                    .await?
+                {
+                    return Ok(());
                 }
             }
-        };
-        // The channel must be the publisher's, to this node, on chain.
-        match self.payee.admit(&terms.channel, &c.publisher) {
-            Ok(_) => {}
-            Err(e @ PayError::NotOnChain(_)) => return Err(retry(e)),
-            Err(e @ PayError::WrongParties { .. }) => return Err(Session::Fatal(e.to_string())),
-            Err(e) => return Err(retry(e)),
         }
-        if c.channel.is_some_and(|old| old != terms.channel) {
+    }
+
+    /// The contract's rules, from what the node accepted on chain.
+    fn rules(&self, row: &ContractRow) -> Rules {
+        let cfg = &self.p.config;
+        let interval = Duration::from_secs(row.payout_interval_secs.unsigned_abs().max(1) as u64);
+        Rules {
+            interval,
+            prepay: row.payout_interval_secs < 0,
+            late_after: interval.mul_f64(cfg.pause_after_intervals) + Duration::from_secs(1),
+            grace: cfg.grace,
+            lease: Duration::from_secs(row.lease_secs as u64),
+            claim_margin: cfg.claim_margin_blocks,
+        }
+    }
+
+    /// The machine of a contract whose VM runs, after a restart.
+    fn restore(&self, row: &ContractRow, now: Instant) -> Contract {
+        let since_start =
+            Duration::from_millis(now_ms().saturating_sub(row.started_ms.unwrap_or(0)));
+        let started = now.checked_sub(since_start).unwrap_or(now);
+        let mut m = Contract::new(
+            self.rules(row),
+            started,
+            now,
+            row.paid,
+            row.phase == Phase::Paused,
+        );
+        m.accrued = row.accrued;
+        m.report_seq = row.report_seq;
+        m
+    }
+
+    /// After a join: the terms checked, the channel admitted, the VM
+    /// started (first time), the forward set up and the status sent.
+    async fn connect(
+        &mut self,
+        row: &mut ContractRow,
+        machine: &mut Option<Contract>,
+        j: Joined,
+    ) -> Result<(), Session> {
+        let p = self.p.clone();
+        let Joined {
+            tunnel,
+            mut pay,
+            terms,
+        } = j;
+        check_terms(row, &terms).map_err(Session::Fatal)?;
+        let remaining = match row.started_ms {
+            Some(s) => (s + row.lease_secs as u64 * 1000).saturating_sub(now_ms()),
+            None => row.lease_secs as u64 * 1000,
+        };
+        let genesis = p.ledger.genesis();
+        let min_expiry = p.ledger.height()
+            + remaining.div_ceil(genesis.consensus.block_time_ms)
+            + genesis.economics.channel_challenge_period
+            + p.config.claim_margin_blocks;
+        if row.channel.is_some_and(|old| old != terms.channel) {
             return Err(Session::Fatal(
                 "the publisher switched channels mid-contract".into(),
             ));
         }
-        c.channel = Some(terms.channel);
-        c.paid = self.payee.paid(&terms.channel).map_err(retry)?;
-        c.payout_interval_secs = terms.payout_interval_secs;
-        c.lease_secs = terms.lease_secs;
-        c.vm_key = Some(terms.vm_key.clone());
-        c.storage_paid = terms.storage_paid;
-        self.store.put(&c).map_err(retry)?;
+        match p.payee.admit(&terms.channel, &row.publisher, min_expiry) {
+            Ok(_) => {}
+            Err(e @ PayError::NotOnChain(_)) => return Err(retry(e)),
+            Err(
+                e @ (PayError::WrongParties { .. }
+                | PayError::ExpiresTooSoon { .. }
+                | PayError::Settling { .. }),
+            ) => return Err(Session::Fatal(e.to_string())),
+            Err(e) => return Err(retry(e)),
+        }
+        row.channel = Some(terms.channel);
+        row.paid = p.payee.paid(&terms.channel).map_err(retry)?;
+        row.vm_key = Some(terms.vm_key.clone());
+        row.storage_paid = terms.storage_paid;
+        row.compute_score = row.compute_score.min(terms.compute_per_core);
+        p.store.put(row).map_err(retry)?;
 
-        let vm_id = match &c.vm {
+        let vm_id = match &row.vm {
             Some(id) => id.clone(),
             None => {
                 let started = Instant::now();
-                let vm = self
+                let vm = p
                     .vms
                     .start(StartVm {
-                        image: c.image_id.clone(),
-                        cores: c.cores as u32,
+                        image: row.image_id.clone(),
+                        cores: row.cores as u32,
                         cpu_quota: None,
-                        mem_mib: c.memory_mib,
-                        volume: (c.storage_gib > 0).then(|| volume_name(&task)),
-                        volume_gib: (c.storage_gib > 0).then_some(c.storage_gib),
+                        mem_mib: row.memory_mib,
+                        volume: (row.storage_gib > 0).then(|| volume_name(&self.task)),
+                        volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
                         authorized_key: terms.vm_key.clone(),
                     })
                     .await
                     .map_err(|e| Session::Fatal(format!("VM launch: {e}")))?;
-                c.vm = Some(vm.id.clone());
-                c.started_ms = Some(now_ms());
-                c.phase = Phase::Running;
-                self.store.put(&c).map_err(retry)?;
-                c.vm_host_key = self
+                row.vm = Some(vm.id.clone());
+                row.started_ms = Some(now_ms());
+                row.phase = Phase::Running;
+                p.store.put(row).map_err(retry)?;
+                *machine = Some(Contract::new(
+                    self.rules(row),
+                    started,
+                    Instant::now(),
+                    row.paid,
+                    false,
+                ));
+                row.vm_host_key = p
                     .vms
                     .wait_ready(&vm.id, Duration::from_secs(180))
                     .await
                     .map_err(|e| Session::Fatal(e.to_string()))?;
-                c.boot_ms = started.elapsed().as_millis() as u64;
-                self.store.put(&c).map_err(retry)?;
-                tracing::info!(%task, vm = %vm.id, boot_ms = c.boot_ms, "VM ready");
+                row.boot_ms = started.elapsed().as_millis() as u64;
+                p.store.put(row).map_err(retry)?;
+                tracing::info!(task = %self.task, vm = %vm.id, boot_ms = row.boot_ms, "VM ready");
                 vm.id
             }
         };
-        let info = self
+        if machine.is_none() {
+            *machine = Some(self.restore(row, Instant::now()));
+        }
+        let info = p
             .vms
             .info(&vm_id)
             .await
@@ -229,249 +361,338 @@ impl Provider {
         if !matches!(info.state, VmState::Running | VmState::Paused) {
             return Err(Session::Fatal(format!("VM {vm_id} is {:?}", info.state)));
         }
-        c.forward_port = tunnel
+        row.forward_port = tunnel
             .forward(
                 info.ssh_port,
-                c.forward_port,
-                self.vms.traffic_counter(&vm_id),
+                row.forward_port,
+                p.vms.traffic_counter(&vm_id),
             )
             .await
             .map_err(retry)?;
-        self.store.put(&c).map_err(retry)?;
-        let phase = if c.phase == Phase::Paused {
-            VmPhase::Paused
-        } else {
-            VmPhase::Running
-        };
+        p.store.put(row).map_err(retry)?;
         let status = VmStatus {
-            phase,
-            host_key: c.vm_host_key.clone(),
-            boot_ms: c.boot_ms,
+            phase: if row.phase == Phase::Paused {
+                VmPhase::Paused
+            } else {
+                VmPhase::Running
+            },
+            host_key: row.vm_host_key.clone(),
+            boot_ms: row.boot_ms,
         };
         pay.send(&Frame::Status(status)).await.map_err(retry)?;
-
-        let reason = self.serve(&mut c, &mut pay, &vm_id).await?;
-        self.finish(c, Phase::Ended, &reason, Some(&mut pay))
-            .await
-            .map_err(retry)?;
-        tunnel.close().await;
+        self.link = Some(Link { tunnel, pay });
         Ok(())
     }
 
-    /// The metering loop of a connected contract; returns why it ends.
-    async fn serve(
-        &self,
-        c: &mut ContractRow,
-        pay: &mut PayStream,
-        vm_id: &str,
-    ) -> Result<String, Session> {
-        let interval = Duration::from_secs(c.payout_interval_secs.unsigned_abs().max(1) as u64);
-        let prepay = c.payout_interval_secs < 0;
-        let late_after =
-            interval.mul_f64(self.config.pause_after_intervals) + Duration::from_secs(1);
-        let lease_end = c.started_ms.unwrap_or_else(now_ms) + c.lease_secs as u64 * 1000;
-        let mut clock = PaymentClock::new(c.phase == Phase::Paused);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                frame = pay.recv() => match frame {
-                    Ok(Frame::Voucher(v)) => {
-                        if let Err(e) = self.take_voucher(c, v) {
-                            tracing::warn!(task = %c.task, error = %e, "voucher refused");
-                        }
-                        clock.paid(c.paid);
-                    }
-                    Ok(Frame::Bye { reason }) => return Ok(reason),
-                    Ok(Frame::Terms(t)) if t.storage_paid != c.storage_paid => {
-                        tracing::info!(task = %c.task, storage_paid = t.storage_paid, "publisher changed storage payment");
-                        c.storage_paid = t.storage_paid;
-                        self.store.put(c).map_err(retry)?;
-                    }
-                    Ok(other) => tracing::debug!(?other, "ignored frame"),
-                    Err(e) => return Err(retry(e)),
-                },
-                _ = tick.tick() => {}
-            }
-            if let Ok(info) = self.vms.info(vm_id).await {
-                if !matches!(info.state, VmState::Running | VmState::Paused) {
-                    return Ok(format!("the VM stopped ({:?})", info.state));
-                }
-                c.usage = metered(c, &info.usage);
-                c.accrued = proto::price(&c.rates, c.compute_score, &c.usage);
-            }
-            if Instant::now() >= clock.next_report {
-                clock.next_report = Instant::now() + interval;
-                c.report_seq += 1;
-                let report = UsageReport {
-                    seq: c.report_seq,
-                    usage: c.usage.clone(),
-                    accrued: c.accrued,
-                    last: false,
-                };
-                pay.send(&Frame::Usage(report)).await.map_err(retry)?;
-                clock.reported(c.accrued);
-                self.store.put(c).map_err(retry)?;
-            }
-            let late = if prepay {
-                c.accrued > c.paid
-            } else {
-                clock.uncovered_for() > late_after
-            };
-            match (late, clock.paused_at) {
-                (true, None) => {
-                    tracing::warn!(task = %c.task, accrued = %c.accrued, paid = %c.paid, "unpaid: pausing the VM");
-                    self.set_paused(c, pay, vm_id, true).await?;
-                    clock.paused_at = Some(Instant::now());
-                }
-                (false, Some(_)) => {
-                    tracing::info!(task = %c.task, "paid: resuming the VM");
-                    self.set_paused(c, pay, vm_id, false).await?;
-                    clock.paused_at = None;
-                }
-                (true, Some(at)) if at.elapsed() > self.config.grace => {
-                    return Ok("terminated: unpaid past the grace period".into());
-                }
-                _ => {}
-            }
-            if now_ms() >= lease_end {
-                return Ok("lease ended".into());
-            }
-            self.watch_channel(c).map_err(retry)?;
+    /// The publisher changed what it pays for (storage) or the compute score
+    /// it pays at (after measuring the VM); the rates stay the announcement's.
+    fn terms_changed(&self, row: &mut ContractRow, t: &Terms) -> Result<(), ProviderError> {
+        if t.storage_paid != row.storage_paid {
+            tracing::info!(task = %self.task, storage_paid = t.storage_paid, "publisher changed storage payment");
+            row.storage_paid = t.storage_paid;
         }
+        if t.compute_per_core < row.compute_score {
+            tracing::warn!(task = %self.task, claimed = row.compute_score, paid_at = t.compute_per_core, "the publisher measured less compute than claimed");
+            row.compute_score = t.compute_per_core;
+        }
+        self.p.store.put(row)?;
+        Ok(())
     }
 
-    /// Pauses or resumes the VM, records it and tells the publisher.
-    async fn set_paused(
-        &self,
-        c: &mut ContractRow,
-        pay: &mut PayStream,
-        vm_id: &str,
-        paused: bool,
-    ) -> Result<(), Session> {
-        let done = match paused {
-            true => self.vms.pause(vm_id).await,
-            false => self.vms.resume(vm_id).await,
-        };
-        done.map_err(retry)?;
-        c.phase = if paused {
-            Phase::Paused
-        } else {
-            Phase::Running
-        };
-        self.store.put(c).map_err(retry)?;
-        let phase = if paused {
-            VmPhase::Paused
-        } else {
-            VmPhase::Running
-        };
-        let s = VmStatus {
-            phase,
-            host_key: None,
-            boot_ms: 0,
-        };
-        pay.send(&Frame::Status(s)).await.map_err(retry)
+    /// A metering tick: the VM's usage priced, or the VM's end.
+    async fn meter(&mut self, row: &mut ContractRow, machine: Option<&Contract>) -> Option<Event> {
+        let m = machine?;
+        if m.is_over() {
+            return None;
+        }
+        let vm = row.vm.clone()?;
+        let info = self.p.vms.info(&vm).await.ok()?;
+        if !matches!(info.state, VmState::Running | VmState::Paused) {
+            return Some(Event::End {
+                reason: format!("the VM stopped ({:?})", info.state),
+            });
+        }
+        row.usage = metered(row, &info.usage);
+        row.accrued = proto::price(&row.rates, row.compute_score, &row.usage);
+        Some(Event::Tick {
+            now: Instant::now(),
+            accrued: row.accrued,
+        })
+    }
+
+    /// The channel at the new tip, as the machine sees it.
+    fn channel_at(&self, row: &ContractRow) -> Option<Event> {
+        let channel = row.channel?;
+        let ch = self.p.ledger.channel(&channel);
+        Some(Event::Tip {
+            channel: ch.map(|ch| ChannelAt {
+                height: self.p.ledger.height(),
+                expiry_height: ch.expiry_height,
+                settle_at: ch.settle_at,
+            }),
+        })
+    }
+
+    /// A contract can end without the publisher: its task was cancelled
+    /// (or pruned) on chain.
+    fn over_without_publisher(&self, row: &ContractRow) -> Option<String> {
+        let cancelled = self
+            .p
+            .ledger
+            .task(&row.task)
+            .is_none_or(|t| t.cancelled_at.is_some());
+        (row.vm.is_some() && cancelled).then(|| "task cancelled or pruned on chain".to_string())
     }
 
     /// Hands a voucher to the payee, which checks it and stores it before
-    /// it counts; then the contract row records what is paid.
-    fn take_voucher(
-        &self,
-        c: &mut ContractRow,
-        v: zennet_chain::SignedVoucher,
-    ) -> Result<(), ProviderError> {
-        if c.channel != Some(v.voucher.channel) {
-            return Err(PayError::Unknown(v.voucher.channel).into());
+    /// it counts; then the row records what is paid.
+    fn take_voucher(&self, row: &mut ContractRow, v: SignedVoucher) -> Option<Event> {
+        if row.channel != Some(v.voucher.channel) {
+            tracing::warn!(task = %self.task, channel = %v.voucher.channel, "voucher for another channel refused");
+            return None;
         }
-        if let Received::New { paid, .. } = self.payee.receive(v)? {
-            c.paid = paid;
-            self.store.put(c)?;
+        match self.p.payee.receive(v) {
+            Ok(Received::New { paid, .. }) => {
+                row.paid = paid;
+                if let Err(e) = self.p.store.put(row) {
+                    tracing::warn!(task = %self.task, error = %e, "contract row not saved");
+                }
+                Some(Event::Paid {
+                    now: Instant::now(),
+                    paid,
+                })
+            }
+            Ok(Received::Repeat) => None,
+            Err(e) => {
+                tracing::warn!(task = %self.task, error = %e, "voucher refused");
+                None
+            }
         }
-        Ok(())
     }
 
-    /// Claims when the payer starts settling or the channel nears expiry.
-    fn watch_channel(&self, c: &ContractRow) -> Result<(), ProviderError> {
-        let Some(channel) = c.channel else {
-            return Ok(());
-        };
-        match self
-            .payee
-            .claim_if_due(&channel, self.config.claim_margin_blocks)
-        {
-            Ok(_) => Ok(()),
-            Err(e @ PayError::Submit { .. }) => {
-                tracing::warn!(%channel, error = %e, "claim refused");
-                Ok(())
+    /// Carries out one action; `true` when the contract is over for good.
+    async fn act(
+        &mut self,
+        row: &mut ContractRow,
+        m: &mut Contract,
+        action: Action,
+    ) -> Result<bool, ProviderError> {
+        let p = self.p.clone();
+        row.report_seq = m.report_seq;
+        match action {
+            Action::Report { seq } => {
+                if let Some(link) = &mut self.link {
+                    let report = UsageReport {
+                        seq,
+                        usage: row.usage.clone(),
+                        accrued: row.accrued,
+                        last: false,
+                    };
+                    if let Err(e) = link.pay.send(&Frame::Usage(report)).await {
+                        tracing::warn!(task = %self.task, error = %e, "report not sent");
+                    }
+                }
+                p.store.put(row)?;
             }
-            Err(e) => Err(e.into()),
+            Action::Pause | Action::Resume => {
+                let paused = action == Action::Pause;
+                let vm = row.vm.clone().unwrap_or_default();
+                let done = match paused {
+                    true => {
+                        tracing::warn!(task = %self.task, accrued = %row.accrued, paid = %row.paid, connected = self.link.is_some(), "unpaid: pausing the VM");
+                        p.vms.pause(&vm).await
+                    }
+                    false => {
+                        tracing::info!(task = %self.task, "paid: resuming the VM");
+                        p.vms.resume(&vm).await
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(task = %self.task, error = %e, "pause/resume failed");
+                }
+                row.phase = m.phase;
+                p.store.put(row)?;
+                if let Some(link) = &mut self.link {
+                    let s = VmStatus {
+                        phase: if paused {
+                            VmPhase::Paused
+                        } else {
+                            VmPhase::Running
+                        },
+                        host_key: None,
+                        boot_ms: 0,
+                    };
+                    let _ = link.pay.send(&Frame::Status(s)).await;
+                }
+            }
+            Action::Claim => {
+                if let Some(channel) = row.channel {
+                    match p.payee.claim_now(&channel) {
+                        Ok(Some(tx)) => tracing::info!(task = %self.task, %tx, "claimed"),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(task = %self.task, error = %e, "claim refused"),
+                    }
+                }
+            }
+            Action::Finish { reason } => self.finish(row, m, &reason).await?,
+            Action::Close => return self.close_step(row).await,
+            Action::Done => return self.done(row),
         }
+        Ok(false)
     }
 
     /// Stops the VM, sends the last report (when connected) and waits
-    /// briefly for the last voucher, then closes the channel on chain.
+    /// briefly for the last voucher; the contract is `Closing` from here.
     async fn finish(
-        &self,
-        mut c: ContractRow,
-        phase: Phase,
+        &mut self,
+        row: &mut ContractRow,
+        m: &mut Contract,
         reason: &str,
-        pay: Option<&mut PayStream>,
     ) -> Result<(), ProviderError> {
-        if let Some(vm) = &c.vm {
-            let _ = self.vms.stop(vm).await;
-            if let Ok(info) = self.vms.info(vm).await {
-                c.usage = metered(&c, &info.usage);
-                c.accrued = proto::price(&c.rates, c.compute_score, &c.usage);
+        let p = self.p.clone();
+        if let Some(vm) = &row.vm {
+            let _ = p.vms.stop(vm).await;
+            if let Ok(info) = p.vms.info(vm).await {
+                row.usage = metered(row, &info.usage);
+                row.accrued = proto::price(&row.rates, row.compute_score, &row.usage);
             }
         }
-        if let Some(pay) = pay {
-            c.report_seq += 1;
+        row.phase = Phase::Closing;
+        row.end_reason = Some(reason.to_string());
+        p.store.put(row)?;
+        if let Some(mut link) = self.link.take() {
+            row.report_seq += 1;
+            m.report_seq = row.report_seq;
             let report = UsageReport {
-                seq: c.report_seq,
-                usage: c.usage.clone(),
-                accrued: c.accrued,
+                seq: row.report_seq,
+                usage: row.usage.clone(),
+                accrued: row.accrued,
                 last: true,
             };
-            if pay.send(&Frame::Usage(report)).await.is_ok() {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, pay.recv()).await {
+            if link.pay.send(&Frame::Usage(report)).await.is_ok() {
+                let deadline = Instant::now() + LAST_VOUCHER_TIMEOUT;
+                while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, link.pay.recv()).await {
                     if let Frame::Voucher(v) = frame {
-                        if let Err(e) = self.take_voucher(&mut c, v) {
-                            tracing::warn!(task = %c.task, error = %e, "final voucher refused");
+                        if let Some(Event::Paid { now, paid }) = self.take_voucher(row, v) {
+                            m.on(Event::Paid { now, paid });
                         }
                         break;
                     }
                 }
-                let _ = pay
+                let _ = link
+                    .pay
                     .send(&Frame::Bye {
                         reason: reason.to_string(),
                     })
                     .await;
             }
+            link.tunnel.close().await;
         }
-        c.phase = phase;
-        c.end_reason = Some(reason.to_string());
-        self.store.put(&c)?;
+        p.store.put(row)?;
+        tracing::info!(task = %self.task, %reason, paid = %row.paid, accrued = %row.accrued, "contract over; closing the channel");
         // A volume nobody pays for is not kept.
-        if c.storage_gib > 0 && !c.storage_paid {
-            let name = volume_name(&c.task);
-            match self.vms.remove_volume(&name) {
-                Ok(()) => tracing::info!(task = %c.task, volume = %name, "unpaid volume removed"),
+        if row.storage_gib > 0 && !row.storage_paid {
+            let name = volume_name(&self.task);
+            match p.vms.remove_volume(&name) {
+                Ok(()) => {
+                    tracing::info!(task = %self.task, volume = %name, "unpaid volume removed")
+                }
                 Err(e) => {
-                    tracing::warn!(task = %c.task, error = %e, "could not remove the unpaid volume")
+                    tracing::warn!(task = %self.task, error = %e, "could not remove the unpaid volume")
                 }
-            }
-        }
-        if let Some(channel) = c.channel {
-            match self.payee.close(&channel) {
-                Ok(Some(tx)) => {
-                    tracing::info!(task = %c.task, %channel, %tx, paid = %c.paid, %reason, "contract over; closing the channel");
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(%channel, error = %e, "could not close the channel"),
             }
         }
         Ok(())
     }
+
+    /// One close step; `true` when the channel is gone (the contract is over).
+    async fn close_step(&mut self, row: &mut ContractRow) -> Result<bool, ProviderError> {
+        let Some(channel) = row.channel else {
+            return self.done(row);
+        };
+        match self.p.payee.close_step(&channel) {
+            Ok(CloseStep::Gone) => self.done(row),
+            Ok(step) => {
+                tracing::debug!(task = %self.task, ?step, "closing");
+                Ok(false)
+            }
+            Err(PayError::Unknown(_)) => self.done(row),
+            Err(e) => {
+                tracing::warn!(task = %self.task, %channel, error = %e, "close step failed; retrying at the next block");
+                Ok(false)
+            }
+        }
+    }
+
+    fn done(&self, row: &mut ContractRow) -> Result<bool, ProviderError> {
+        row.phase = if self.failed {
+            Phase::Failed
+        } else {
+            Phase::Ended
+        };
+        self.p.store.put(row)?;
+        tracing::info!(task = %self.task, phase = ?row.phase, paid = %row.paid, "contract closed");
+        Ok(true)
+    }
+}
+
+/// Dials the publisher, opens `zennet-pay`, joins and waits for the terms.
+async fn join(p: Arc<Provider>, row: ContractRow) -> Result<Joined, Session> {
+    let tunnel = Tunnel::dial(
+        &row.endpoint,
+        row.host_key_fingerprint,
+        p.config.ssh_key.clone(),
+    )
+    .await
+    .map_err(|e| {
+        if e.is_fatal() {
+            Session::Fatal(e.to_string())
+        } else {
+            Session::Retry(e.to_string())
+        }
+    })?;
+    let mut pay = PayStream::new(
+        tunnel
+            .open_subsystem(proto::SUBSYSTEM)
+            .await
+            .map_err(retry)?,
+    );
+    pay.send(&Frame::Join {
+        version: proto::PROTOCOL_VERSION,
+        task: row.task,
+    })
+    .await
+    .map_err(retry)?;
+    match tokio::time::timeout(TERMS_TIMEOUT, pay.recv()).await {
+        Err(_) => Err(Session::Retry(format!(
+            "publisher sent no terms within {} s",
+            TERMS_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(retry(e)),
+        Ok(Ok(Frame::Terms(terms))) => Ok(Joined { tunnel, pay, terms }),
+        Ok(Ok(Frame::Bye { reason })) => {
+            Err(Session::Fatal(format!("publisher refused: {reason}")))
+        }
+        Ok(Ok(other)) => Err(Session::Retry(format!("expected terms, got {other:?}"))),
+    }
+}
+
+/// The node takes interval and lease only from the announcement it
+/// accepted: terms that say otherwise are refused, with the reason.
+pub fn check_terms(row: &ContractRow, t: &Terms) -> Result<(), String> {
+    if t.payout_interval_secs != row.payout_interval_secs {
+        return Err(format!(
+            "the publisher's terms say a payout interval of {} s; its announcement says {} s",
+            t.payout_interval_secs, row.payout_interval_secs
+        ));
+    }
+    if t.lease_secs != row.lease_secs {
+        return Err(format!(
+            "the publisher's terms say a lease of {} s; its announcement says {} s",
+            t.lease_secs, row.lease_secs
+        ));
+    }
+    Ok(())
 }
 
 /// A contract's billable usage from its VM's metered counters.

@@ -40,6 +40,11 @@ pub enum PublisherError {
     NotLiveTask(Hash),
     #[error("no acceptance of task {0} names this SSH key")]
     NoAcceptance(Hash),
+    #[error("node {node} already has a session open for task {task}")]
+    DuplicateSession {
+        task: Hash,
+        node: zennet_chain::Address,
+    },
     #[error("unexpected frame from the node: {0}")]
     UnexpectedFrame(String),
     #[error("channel {0} is not open on chain")]

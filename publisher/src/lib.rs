@@ -7,6 +7,7 @@
 //!   channels left open).
 //! * [`session`]: one admitted node's `zennet-pay` session: channel, terms,
 //!   a voucher per usage report within the publisher's own bound.
+//! * [`capacity`]: the check of a node's claimed compute inside its VM.
 //! * [`admission`]: the SSH server's gate — only keys an on-chain
 //!   acceptance of our tasks names get in.
 //! * [`store`]: `publisher.db` — tasks and one contract per (task, node).
@@ -18,6 +19,7 @@
 //! `zennet-proto`'s, shared with the provider.
 
 pub mod admission;
+pub mod capacity;
 pub mod error;
 pub mod service;
 pub mod session;

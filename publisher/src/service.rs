@@ -10,19 +10,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use russh::keys::PrivateKey;
 use tokio::sync::mpsc;
-use zennet_chain::{Address, Hash, Ledger, SecretKey, TxBody, pow};
+use zennet_chain::task::{Acceptance, TaskRecord};
+use zennet_chain::{Address, Amount, Hash, Ledger, SecretKey, TxBody, pow};
 use zennet_pay::{Payer, SqliteStore};
+use zennet_proto::{Usage, VmPhase};
 use zennet_tunnel::{Forwards, SshServer, keys as sshkey};
 
 use crate::admission::ChainGate;
 use crate::error::PublisherError;
-use crate::store::{Store, TaskRow};
+use crate::store::{ContractRow, Store, TaskRow};
 use crate::taskfile::TaskFile;
 use crate::view::{TaskView, VmView};
 
 pub struct PublisherConfig {
     /// Holds publisher.db, pay.db, host_key, vm_key.
     pub dir: PathBuf,
+    /// Compute is paid at no more than the VM's measured compute units
+    /// per core × this; a node below half of its claim even so is dropped
+    /// (see [`crate::capacity`]).
+    pub capacity_tolerance: f64,
     /// Where the SSH server listens.
     pub ssh_listen: String,
     /// `host:port` put in announcements (default: the address listened on).
@@ -41,7 +47,14 @@ pub struct Publisher {
     vm_key_path: PathBuf,
     pub(crate) vm_key_line: String,
     images_dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) capacity_tolerance: f64,
     live: Mutex<HashMap<(Hash, Address), Live>>,
+    /// One contract row and channel per acceptance: creating them is one
+    /// step at a time, whether a block or a node's `Join` asks first.
+    opening: Mutex<()>,
+    /// This host's calibration for the capacity check, once made.
+    pub(crate) calibration: Arc<tokio::sync::Mutex<Option<(f64, f64)>>>,
     _server: SshServer,
 }
 
@@ -49,6 +62,8 @@ pub struct Publisher {
 pub(crate) struct Live {
     pub(crate) end: mpsc::UnboundedSender<String>,
     pub(crate) ports: Forwards,
+    /// Terms sent (before: the session is being set up).
+    pub(crate) joined: bool,
 }
 
 /// How long a node has to close after the contract ended before the
@@ -89,7 +104,11 @@ impl Publisher {
             vm_key_path,
             vm_key_line: sshkey::public_line(vm_key.public_key()),
             images_dir: config.images_dir,
+            dir: config.dir,
+            capacity_tolerance: config.capacity_tolerance,
             live: Mutex::new(HashMap::new()),
+            opening: Mutex::new(()),
+            calibration: Arc::new(tokio::sync::Mutex::new(None)),
             _server: server,
         });
         let p = publisher.clone();
@@ -114,6 +133,10 @@ impl Publisher {
 
     pub fn host_key_fingerprint(&self) -> Hash {
         self.host_key_fp
+    }
+
+    pub(crate) fn calibration_handle(&self) -> Arc<tokio::sync::Mutex<Option<(f64, f64)>>> {
+        self.calibration.clone()
     }
 
     /// The private key `zennet vm ssh` logs into VMs with.
@@ -235,7 +258,7 @@ impl Publisher {
         contracts
             .into_iter()
             .map(|c| {
-                let l = live.get(&(c.task, c.node));
+                let l = live.get(&(c.task, c.node)).filter(|l| l.joined);
                 let paid = match c.channel {
                     Some(ch) => self.payer.channel(&ch).map_or(0, |o| o.paid),
                     None => 0,
@@ -308,8 +331,116 @@ impl Publisher {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ends contracts whose task was cancelled on chain, and winds down
-    /// (settle, then reclaim) channels that nodes left open.
+    /// The contract row of an accepted node, created (with its channel
+    /// opened on chain) the first time — as soon as the acceptance is
+    /// mined, so the channel is ready when the node dials.
+    pub(crate) fn ensure_contract(
+        &self,
+        record: &TaskRecord,
+        acceptance: &Acceptance,
+    ) -> Result<ContractRow, PublisherError> {
+        let _one = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = match self.store().contract(&record.id, &acceptance.node)? {
+            Some(c) => c,
+            None => ContractRow {
+                task: record.id,
+                node: acceptance.node,
+                acceptance: acceptance.tx,
+                channel: None,
+                reported: 0,
+                usage: Usage::default(),
+                phase: VmPhase::Booting,
+                host_key: None,
+                boot_ms: 0,
+                started_ms: now_ms(),
+                ended_ms: None,
+                end_reason: None,
+                measured_cu: None,
+                paid_score: self.paid_score(record, acceptance, None),
+                joined: false,
+            },
+        };
+        if c.channel.is_none() && c.ended_ms.is_none() && record.cancelled_at.is_none() {
+            let a = &record.announcement;
+            let genesis = self.ledger.genesis();
+            let per_sec = self.per_sec(record, acceptance, c.paid_score);
+            let lease_secs = a.lease_max_secs as u128;
+            let deposit =
+                per_sec * (lease_secs + a.payout_interval_secs.unsigned_abs() as u128 + 30);
+            let lease_blocks =
+                (a.lease_max_secs as u64 * 1000).div_ceil(genesis.consensus.block_time_ms);
+            let expiry_height = self.ledger.height()
+                + 2 * lease_blocks
+                + 2 * genesis.economics.channel_challenge_period
+                + 50;
+            let o = self.payer.open(acceptance.node, deposit, expiry_height)?;
+            c.channel = Some(o.channel);
+            tracing::info!(task = %record.id, node = %acceptance.node, channel = %o.channel, %deposit, "channel opened for a mined acceptance");
+        }
+        self.store().put_contract(&c)?;
+        Ok(c)
+    }
+
+    /// What the publisher pays compute at: the claim, never above the
+    /// announcement's maximum, never above the measurement allows.
+    pub(crate) fn paid_score(
+        &self,
+        record: &TaskRecord,
+        acceptance: &Acceptance,
+        measured: Option<f64>,
+    ) -> u32 {
+        crate::capacity::paid_score(
+            acceptance.compute_score,
+            record.announcement.vm.max_compute_per_core,
+            measured,
+            self.capacity_tolerance,
+        )
+    }
+
+    /// The most the accepted VM can cost per second at `score`.
+    pub(crate) fn per_sec(
+        &self,
+        record: &TaskRecord,
+        acceptance: &Acceptance,
+        score: u32,
+    ) -> Amount {
+        let a = &record.announcement;
+        let mem = acceptance.cores as u64 * a.vm.memory_mib_per_core as u64;
+        zennet_proto::max_price_per_sec(
+            &a.rates,
+            score,
+            acceptance.cores as u32,
+            mem,
+            a.vm.persistent_storage_gib,
+        )
+    }
+
+    /// Opens the channel of every acceptance of our live tasks that has
+    /// none yet.
+    fn open_accepted(&self) -> Result<(), PublisherError> {
+        for t in self.store().tasks()? {
+            let Some(record) = self.ledger.task(&t.task) else {
+                continue;
+            };
+            if record.cancelled_at.is_some() || record.publisher != self.key.address() {
+                continue;
+            }
+            for acceptance in &record.acceptances {
+                let known = self
+                    .store()
+                    .contract(&record.id, &acceptance.node)?
+                    .is_some_and(|c| c.channel.is_some() || c.ended_ms.is_some());
+                if !known && let Err(e) = self.ensure_contract(&record, acceptance) {
+                    tracing::warn!(task = %record.id, node = %acceptance.node, error = %e, "cannot open the channel yet");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends contracts whose task was cancelled on chain, winds down
+    /// (settle, then reclaim) channels that nodes left open, and reclaims
+    /// channels of nodes that vanished once they expire.
     fn tick(&self) -> Result<(), PublisherError> {
         for t in self.store().tasks()? {
             if let Some(r) = self.ledger.task(&t.task)
@@ -333,16 +464,32 @@ impl Publisher {
                 Err(e) => tracing::debug!(%channel, error = %e, "settle/reclaim not accepted yet"),
             }
         }
+        match self.payer.reclaim_expired() {
+            Ok(txs) if !txs.is_empty() => {
+                tracing::info!(count = txs.len(), "reclaiming expired channels")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "reclaim not accepted yet"),
+        }
         Ok(())
     }
 }
 
+/// At every new tip: open the channels of new acceptances; every 2 s (and
+/// at every tip): cancellations, channels left open, expired channels.
 async fn housekeeping(p: Arc<Publisher>) {
+    let mut tip = p.ledger.tip();
     let weak = Arc::downgrade(&p);
     drop(p);
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            changed = tip.changed() => if changed.is_err() { return },
+        }
         let Some(p) = weak.upgrade() else { return };
+        if let Err(e) = p.open_accepted() {
+            tracing::warn!(error = %e, "opening channels");
+        }
         if let Err(e) = p.tick() {
             tracing::warn!(error = %e, "publisher housekeeping");
         }

@@ -12,9 +12,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use zennet_chain::task::{Acceptance, TaskRecord};
 use zennet_chain::{Amount, Hash, SignedVoucher};
-use zennet_proto::{self as proto, Frame, PayStream, Terms, Usage, UsageReport, VmPhase};
-use zennet_tunnel::Connection;
+use zennet_proto::{self as proto, Frame, PayStream, Terms, UsageReport, VmPhase};
+use zennet_tunnel::{Connection, Forwards};
 
+use crate::capacity;
 use crate::error::PublisherError;
 use crate::service::{Live, Publisher, now_ms};
 use crate::store::ContractRow;
@@ -38,31 +39,61 @@ impl Publisher {
             }
         };
         let node = acceptance.node;
-        let existing = self.store().contract(&task, &node)?;
-        let known = existing.is_some();
-        let mut c = match existing {
-            Some(c) => c,
-            None => ContractRow {
-                task,
-                node,
-                acceptance: acceptance.tx,
-                channel: None,
-                reported: 0,
-                usage: Usage::default(),
-                phase: VmPhase::Booting,
-                host_key: None,
-                boot_ms: 0,
-                started_ms: now_ms(),
-                ended_ms: None,
-                end_reason: None,
-            },
+        // One live session per contract: a second Join is turned away.
+        let (end_tx, mut end_rx) = mpsc::unbounded_channel();
+        let duplicate = {
+            let mut live = self.live();
+            let duplicate = live.contains_key(&(task, node));
+            if !duplicate {
+                live.insert(
+                    (task, node),
+                    Live {
+                        end: end_tx,
+                        ports: conn.forwards.clone(),
+                        joined: false,
+                    },
+                );
+            }
+            duplicate
         };
+        if duplicate {
+            let _ = pay
+                .send(&refuse(
+                    "a session for this contract is already open".into(),
+                ))
+                .await;
+            return Err(PublisherError::DuplicateSession { task, node });
+        }
+        let result = self
+            .session(&mut pay, &conn.forwards, &record, &acceptance, &mut end_rx)
+            .await;
+        self.live().remove(&(task, node));
+        result
+    }
+
+    async fn session(
+        &self,
+        pay: &mut PayStream,
+        forwards: &Forwards,
+        record: &TaskRecord,
+        acceptance: &Acceptance,
+        end_rx: &mut mpsc::UnboundedReceiver<String>,
+    ) -> Result<(), PublisherError> {
+        let (task, node) = (record.id, acceptance.node);
+        let refuse = |reason: String| Frame::Bye { reason };
+        let existing = self.store().contract(&task, &node)?;
+        let known = existing.as_ref().is_some_and(|c| c.joined);
         // A node whose contract was under way when the task was cancelled
         // still gets its last usage paid; a new one is turned away.
-        if record.cancelled_at.is_some() && known && c.ended_ms.is_none() {
+        if record.cancelled_at.is_some() && !known {
+            pay.send(&refuse("task cancelled".into())).await.ok();
+            return Ok(());
+        }
+        let mut c = self.ensure_contract(record, acceptance)?;
+        if record.cancelled_at.is_some() && c.ended_ms.is_none() {
             c.end_reason.get_or_insert_with(|| "task cancelled".into());
         }
-        if c.ended_ms.is_some() || (record.cancelled_at.is_some() && !known) {
+        if c.ended_ms.is_some() {
             let reason = c
                 .end_reason
                 .clone()
@@ -70,32 +101,15 @@ impl Publisher {
             pay.send(&refuse(reason)).await.ok();
             return Ok(());
         }
+        if !c.joined {
+            c.joined = true;
+            c.started_ms = now_ms();
+            self.store().put_contract(&c)?;
+        }
         let a = &record.announcement;
-        let storage_gib = a.vm.persistent_storage_gib;
-        let mem = acceptance.cores as u64 * a.vm.memory_mib_per_core as u64;
-        let per_sec = proto::max_price_per_sec(
-            &a.rates,
-            acceptance.compute_score,
-            acceptance.cores as u32,
-            mem,
-            storage_gib,
-        );
         let interval = a.payout_interval_secs;
         let lease_secs = a.lease_max_secs;
-        if c.channel.is_none() {
-            let genesis = self.ledger.genesis();
-            let deposit = per_sec * (lease_secs as u128 + interval.unsigned_abs() as u128 + 30);
-            let lease_blocks = (lease_secs as u64 * 1000).div_ceil(genesis.consensus.block_time_ms);
-            let expiry_height = self.ledger.height()
-                + 2 * lease_blocks
-                + 2 * genesis.economics.channel_challenge_period
-                + 50;
-            let channel = self.payer.open(node, deposit, expiry_height)?;
-            c.channel = Some(channel.channel);
-            self.store().put_contract(&c)?;
-            tracing::info!(%task, %node, channel = %channel.channel, %deposit, "channel opened");
-        }
-        let channel = c.channel.expect("set above");
+        let channel = c.channel.ok_or(PublisherError::ChannelNotOpen(task))?;
         self.wait_channel(&channel).await?;
         let task_row = self.own_task(&task)?;
         let mut terms = Terms {
@@ -104,27 +118,24 @@ impl Publisher {
             lease_secs,
             vm_key: self.vm_key_line.clone(),
             storage_paid: task_row.storage_paid,
+            compute_per_core: c.paid_score,
         };
         pay.send(&Frame::Terms(terms.clone())).await?;
+        if let Some(l) = self.live().get_mut(&(task, node)) {
+            l.joined = true;
+        }
         if let Some(v) = self.payer.last_voucher(&channel)? {
             // A reconnecting node gets the last voucher again.
             let _ = pay.send(&Frame::Voucher(v)).await;
         } else if interval < 0 {
             // Prepay: the first |interval| seconds before any work.
-            let ahead = per_sec * interval.unsigned_abs() as u128;
+            let ahead =
+                self.per_sec(record, acceptance, c.paid_score) * interval.unsigned_abs() as u128;
             if let Some(v) = self.payer.pay(&channel, ahead, ahead)? {
                 let _ = pay.send(&Frame::Voucher(v)).await;
             }
         }
 
-        let (end_tx, mut end_rx) = mpsc::unbounded_channel();
-        self.live().insert(
-            (task, node),
-            Live {
-                end: end_tx,
-                ports: conn.forwards.clone(),
-            },
-        );
         let lease_end = tokio::time::Instant::now()
             + Duration::from_millis(
                 (c.started_ms + lease_secs as u64 * 1000).saturating_sub(now_ms()),
@@ -134,7 +145,9 @@ impl Publisher {
         if let Some(reason) = c.end_reason.clone() {
             let _ = pay.send(&Frame::Bye { reason }).await;
         }
-        let result = loop {
+        let (measured_tx, mut measured_rx) = mpsc::channel(1);
+        let mut measuring = false;
+        loop {
             let frame = tokio::select! {
                 f = pay.recv() => f,
                 Some(reason) = end_rx.recv(), if !ending => {
@@ -150,6 +163,24 @@ impl Publisher {
                     let _ = pay.send(&Frame::Bye { reason: "lease ended".into() }).await;
                     continue;
                 }
+                Some(measured) = measured_rx.recv() => {
+                    measuring = false;
+                    match measured {
+                        Ok(cu) => {
+                            if let Some(reason) = self.measured(&mut c, record, acceptance, cu)? {
+                                ending = true;
+                                c.end_reason = Some(reason.clone());
+                                self.store().put_contract(&c)?;
+                                let _ = pay.send(&Frame::Bye { reason }).await;
+                            } else if c.paid_score != terms.compute_per_core {
+                                terms.compute_per_core = c.paid_score;
+                                pay.send(&Frame::Terms(terms.clone())).await?;
+                            }
+                        }
+                        Err(e) => tracing::warn!(%task, %node, error = %e, "capacity check failed; it runs again when the node reconnects"),
+                    }
+                    continue;
+                }
             };
             match frame {
                 Ok(Frame::Status(s)) => {
@@ -162,6 +193,15 @@ impl Publisher {
                     }
                     self.store().put_contract(&c)?;
                     tracing::info!(%task, %node, phase = ?c.phase, "VM status");
+                    if c.phase == VmPhase::Running
+                        && c.measured_cu.is_none()
+                        && !measuring
+                        && !ending
+                        && let Some(port) = forwards.ports().last().copied()
+                    {
+                        measuring = true;
+                        self.spawn_capacity_check(&c, port, measured_tx.clone());
+                    }
                 }
                 Ok(Frame::Usage(mut r)) => {
                     let row = self.own_task(&task)?;
@@ -171,13 +211,12 @@ impl Publisher {
                         pay.send(&Frame::Terms(terms.clone())).await?;
                     }
                     if !row.storage_paid {
-                        let storage = Usage {
-                            storage_gib_secs: r.usage.storage_gib_secs,
-                            ..Default::default()
-                        };
-                        let cost = proto::price(&a.rates, acceptance.compute_score, &storage);
-                        r.accrued = r.accrued.saturating_sub(cost);
+                        r.usage.storage_gib_secs = 0;
                     }
+                    // Priced here too: the node's own figure is only an upper bound.
+                    let own = proto::price(&a.rates, c.paid_score, &r.usage);
+                    r.accrued = r.accrued.min(own);
+                    let per_sec = self.per_sec(record, acceptance, c.paid_score);
                     if let Some(v) =
                         self.answer_usage(&mut c, &r, row.paying, ending, per_sec, interval)?
                     {
@@ -195,19 +234,85 @@ impl Publisher {
                     self.store().put_contract(&c)?;
                     let paid = self.payer.channel(&channel).map_or(0, |o| o.paid);
                     tracing::info!(%task, %node, %reason, %paid, "contract ended");
-                    break Ok(());
+                    return Ok(());
                 }
                 Ok(other) => {
-                    break Err(PublisherError::UnexpectedFrame(format!("{other:?}")));
+                    return Err(PublisherError::UnexpectedFrame(format!("{other:?}")));
                 }
                 Err(e) => {
                     tracing::info!(%task, %node, error = %e, "node disconnected; waiting for it to come back");
-                    break Ok(());
+                    return Ok(());
                 }
             }
-        };
-        self.live().remove(&(task, node));
-        result
+        }
+    }
+
+    /// Records a capacity measurement: the score compute is paid at from
+    /// now on, or — far below the claim — why the node is dropped.
+    fn measured(
+        &self,
+        c: &mut ContractRow,
+        record: &TaskRecord,
+        acceptance: &Acceptance,
+        cu: f64,
+    ) -> Result<Option<String>, PublisherError> {
+        c.measured_cu = Some(cu);
+        c.paid_score = self.paid_score(record, acceptance, Some(cu));
+        self.store().put_contract(c)?;
+        let claimed = acceptance.compute_score;
+        tracing::info!(task = %c.task, node = %c.node, measured_cu = cu, claimed, paid_at = c.paid_score, "capacity measured");
+        if capacity::far_below(claimed, cu, self.capacity_tolerance) {
+            tracing::warn!(task = %c.task, node = %c.node, measured_cu = cu, claimed, "node far below its claimed compute; dropping it");
+            return Ok(Some(format!(
+                "capacity check: the VM measured {cu:.2} compute units per core; the node claimed {claimed}"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Runs the capacity check of `c`'s VM in the background.
+    fn spawn_capacity_check(
+        &self,
+        c: &ContractRow,
+        port: u16,
+        done: mpsc::Sender<Result<f64, capacity::CapacityError>>,
+    ) {
+        let dir = self.dir.join("capacity");
+        let known_hosts = dir.join(format!("known_hosts-{}", &c.acceptance.to_string()[2..14]));
+        let host_key = c.host_key.clone();
+        let key = self.vm_key_path().to_path_buf();
+        let calibration = self.calibration_handle();
+        tokio::spawn(async move {
+            let result = async {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
+                if let Some(k) = &host_key {
+                    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {k}\n"))
+                        .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
+                }
+                let guest = capacity::Guest {
+                    port,
+                    key: &key,
+                    known_hosts: &known_hosts,
+                    pinned: host_key.is_some(),
+                };
+                let (host_cu, host_rate) = {
+                    let mut cal = calibration.lock().await;
+                    match *cal {
+                        Some(c) => c,
+                        None => {
+                            let c = capacity::host_calibration(&guest, &dir).await?;
+                            *cal = Some(c);
+                            c
+                        }
+                    }
+                };
+                let guest_rate = capacity::guest_rate(&guest).await?;
+                Ok(host_cu * guest_rate / host_rate)
+            }
+            .await;
+            let _ = done.send(result).await;
+        });
     }
 
     /// The on-chain task (ours, not pruned) and the acceptance naming `key`.

@@ -37,6 +37,16 @@ pub struct ContractRow {
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
     pub end_reason: Option<String>,
+    /// Compute units per core the VM measured at (the capacity check).
+    #[serde(default)]
+    pub measured_cu: Option<f64>,
+    /// Compute units per core the publisher pays compute at.
+    #[serde(default)]
+    pub paid_score: u32,
+    /// Whether the node has joined (a contract under way when its task is
+    /// cancelled is still paid its last usage).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 pub struct Store {

@@ -19,6 +19,10 @@ pub struct TaskFile {
     pub cores: Vec<u16>,
     #[serde(default = "one")]
     pub min_compute_per_core: u32,
+    /// The most compute units per core this task pays for (a node may not
+    /// claim more on chain).
+    #[serde(default = "sixteen")]
+    pub max_compute_per_core: u32,
     pub memory_mib_per_core: u32,
     #[serde(default)]
     pub min_memory_mbps: u32,
@@ -49,6 +53,10 @@ pub struct TaskFile {
 
 fn one() -> u32 {
     1
+}
+
+fn sixteen() -> u32 {
+    16
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +141,7 @@ impl TaskFile {
                         min_compute_per_core: self.min_compute_per_core,
                     })
                     .collect(),
+                max_compute_per_core: self.max_compute_per_core,
                 memory_mib_per_core: self.memory_mib_per_core,
                 min_memory_mbps: self.min_memory_mbps,
             },

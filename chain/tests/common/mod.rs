@@ -94,6 +94,7 @@ impl World {
                     cores: 1,
                     min_compute_per_core: 100,
                 }],
+                max_compute_per_core: 1000,
                 memory_mib_per_core: 256,
                 min_memory_mbps: 1000,
             },
