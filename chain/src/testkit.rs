@@ -144,6 +144,23 @@ impl TestLedger {
     pub fn key(&self) -> &SecretKey {
         &self.key
     }
+
+    /// Mines this key's identity for `role` and submits its registration
+    /// (mined with the next block).
+    pub fn register(&self, role: crate::Role) -> crate::Hash {
+        let params = self.chain.chain().genesis().pow.clone();
+        let identity = crate::identity::mine(
+            role,
+            self.key.public_key(),
+            &params,
+            0,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .expect("identity mined");
+        crate::Ledger::submit(self, TxBody::RegisterIdentity { identity })
+            .expect("registration admitted")
+    }
     pub fn test_chain(&self) -> &std::sync::Arc<TestChain> {
         &self.chain
     }

@@ -288,3 +288,257 @@ impl Contract {
         out.push(Action::Close);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every money rule of the contract, driven in virtual time (tokio's
+    //! paused clock), each with the cheat it stops.
+
+    use super::*;
+    use tokio::time::advance;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn rules() -> Rules {
+        Rules {
+            interval: 2 * SEC,
+            prepay: false,
+            late_after: 4 * SEC,
+            grace: 10 * SEC,
+            lease: 3600 * SEC,
+            claim_margin: 20,
+        }
+    }
+
+    /// One second passes with usage at `accrued`.
+    async fn tick(c: &mut Contract, accrued: Amount) -> Vec<Action> {
+        advance(SEC).await;
+        c.on(Event::Tick {
+            now: Instant::now(),
+            accrued,
+        })
+    }
+
+    fn running(r: Rules) -> Contract {
+        let now = Instant::now();
+        let mut c = Contract::new(r, now, now, 0, false);
+        assert_eq!(
+            c.on(Event::Connected { now }),
+            vec![Action::Report { seq: 1 }]
+        );
+        c
+    }
+
+    fn finished(actions: &[Action]) -> Option<&str> {
+        actions.iter().find_map(|a| match a {
+            Action::Finish { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_every_interval_and_a_paying_publisher_keeps_it_running() {
+        let mut c = running(rules());
+        let mut reports = 0;
+        for s in 1..=20u128 {
+            let actions = tick(&mut c, s * 10).await;
+            assert!(!actions.contains(&Action::Pause), "second {s}: {actions:?}");
+            if actions.iter().any(|a| matches!(a, Action::Report { .. })) {
+                reports += 1;
+                // The publisher pays each report at once.
+                c.on(Event::Paid {
+                    now: Instant::now(),
+                    paid: s * 10,
+                });
+            }
+        }
+        assert_eq!(reports, 10, "one report per 2 s interval");
+        assert_eq!(c.phase, Phase::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_that_stops_paying_gets_its_vm_paused_then_terminated() {
+        let mut c = running(rules());
+        let mut paused_at = None;
+        let mut finish = None;
+        for s in 1..=30u64 {
+            let actions = tick(&mut c, s as Amount * 10).await;
+            if actions.contains(&Action::Pause) {
+                paused_at = Some(s);
+            }
+            if let Some(r) = finished(&actions) {
+                finish = Some((s, r.to_string()));
+                break;
+            }
+        }
+        // Late after 4 s without a covering voucher, paused; 10 s grace.
+        assert_eq!(paused_at, Some(5));
+        let (at, reason) = finish.expect("terminated");
+        assert_eq!(at, 16);
+        assert!(reason.contains("unpaid past the grace period"), "{reason}");
+        assert_eq!(c.phase, Phase::Closing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paying_late_resumes_the_vm() {
+        let mut c = running(rules());
+        let mut all = Vec::new();
+        for s in 1..=6 {
+            all.extend(tick(&mut c, s * 10).await);
+        }
+        assert!(all.contains(&Action::Pause));
+        let actions = c.on(Event::Paid {
+            now: Instant::now(),
+            paid: 60,
+        });
+        assert_eq!(actions, vec![Action::Resume]);
+        assert_eq!(c.phase, Phase::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnected_publisher_does_not_keep_the_vm_running_unpaid() {
+        // The cheat: connect, get the VM, drop the tunnel and never pay.
+        let mut c = running(rules());
+        c.on(Event::Disconnected {
+            now: Instant::now(),
+        });
+        let mut paused = false;
+        let mut reports = 0;
+        let mut finish = None;
+        for s in 1..=30 {
+            let actions = tick(&mut c, s * 10).await;
+            paused |= actions.contains(&Action::Pause);
+            reports += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Report { .. }))
+                .count();
+            if finished(&actions).is_some() {
+                finish = Some(s);
+                break;
+            }
+        }
+        assert!(paused, "paused although nobody is connected");
+        assert_eq!(reports, 0, "nobody to report to");
+        assert_eq!(finish, Some(16), "terminated after the grace period");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prepay_pauses_as_soon_as_usage_passes_what_was_paid() {
+        let r = Rules {
+            prepay: true,
+            ..rules()
+        };
+        let now = Instant::now();
+        let mut c = Contract::new(r, now, now, 25, false);
+        c.on(Event::Connected { now });
+        assert!(!tick(&mut c, 20).await.contains(&Action::Pause));
+        assert!(tick(&mut c, 30).await.contains(&Action::Pause));
+        let actions = c.on(Event::Paid {
+            now: Instant::now(),
+            paid: 60,
+        });
+        assert_eq!(actions, vec![Action::Resume]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_at_contract_start_means_claim_and_finish_at_once() {
+        // The cheat: open the channel, start settling it, and get work done
+        // that could never be claimed after `settle_at`.
+        let mut c = running(rules());
+        let actions = c.on(Event::Tip {
+            channel: Some(ChannelAt {
+                height: 10,
+                expiry_height: 10_000,
+                settle_at: Some(15),
+            }),
+        });
+        assert_eq!(actions[0], Action::Claim);
+        assert!(finished(&actions).unwrap().contains("settling"));
+        assert_eq!(actions.last(), Some(&Action::Close));
+        // No more work, reports or pauses once over.
+        assert!(tick(&mut c, 1_000).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiring_channel_is_claimed_before_it_is_too_late() {
+        let mut c = running(rules());
+        let far = c.on(Event::Tip {
+            channel: Some(ChannelAt {
+                height: 79,
+                expiry_height: 100,
+                settle_at: None,
+            }),
+        });
+        assert!(far.is_empty());
+        let near = c.on(Event::Tip {
+            channel: Some(ChannelAt {
+                height: 80,
+                expiry_height: 100,
+                settle_at: None,
+            }),
+        });
+        assert_eq!(near[0], Action::Claim);
+        assert!(finished(&near).unwrap().contains("expire"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_ends_the_contract() {
+        let r = Rules {
+            lease: 5 * SEC,
+            ..rules()
+        };
+        let mut c = running(r);
+        let mut end = None;
+        for s in 1..=10 {
+            let actions = tick(&mut c, 0).await;
+            c.on(Event::Paid {
+                now: Instant::now(),
+                paid: 0,
+            });
+            if let Some(reason) = finished(&actions) {
+                end = Some((s, reason.to_string()));
+                break;
+            }
+        }
+        assert_eq!(end, Some((5, "lease ended".to_string())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_repeats_close_steps_until_the_channel_is_gone() {
+        // After `kill -9` between "contract over" and the close being
+        // mined, a restarted node rebuilds the machine as Closing.
+        let mut c = Contract::closing(rules(), Instant::now(), "lease ended".into());
+        assert!(c.is_over());
+        let tip = |c: &mut Contract, gone: bool| {
+            c.on(Event::Tip {
+                channel: (!gone).then_some(ChannelAt {
+                    height: 50,
+                    expiry_height: 100,
+                    settle_at: None,
+                }),
+            })
+        };
+        assert_eq!(tip(&mut c, false), vec![Action::Close]);
+        assert_eq!(tip(&mut c, false), vec![Action::Close]);
+        assert!(
+            tick(&mut c, 10).await.is_empty(),
+            "no reports while closing"
+        );
+        assert_eq!(tip(&mut c, true), vec![Action::Done]);
+        assert_eq!(c.phase, Phase::Ended);
+        assert!(tip(&mut c, true).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_keeps_a_paused_vm_paused_until_paid() {
+        let now = Instant::now();
+        let mut c = Contract::new(rules(), now, now, 0, true);
+        assert_eq!(c.phase, Phase::Paused);
+        c.on(Event::Connected { now });
+        let actions = c.on(Event::Paid {
+            now: Instant::now(),
+            paid: 10,
+        });
+        assert_eq!(actions, vec![Action::Resume]);
+    }
+}

@@ -722,3 +722,67 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zennet_chain::task::Rates;
+    use zennet_chain::{Address, Hash};
+
+    fn row() -> ContractRow {
+        ContractRow {
+            task: Hash([1; 32]),
+            publisher: Address([2; 20]),
+            endpoint: "127.0.0.1:1".into(),
+            host_key_fingerprint: Hash([3; 32]),
+            image_id: "zennet-tiny".into(),
+            cores: 1,
+            memory_mib: 256,
+            storage_gib: 0,
+            compute_score: 1,
+            rates: Rates::default(),
+            acceptance_tx: Hash([4; 32]),
+            phase: Phase::Accepted,
+            channel: None,
+            payout_interval_secs: 2,
+            lease_secs: 1800,
+            vm_key: None,
+            storage_paid: false,
+            vm: None,
+            vm_host_key: None,
+            boot_ms: 0,
+            forward_port: 0,
+            started_ms: None,
+            paid: 0,
+            accrued: 0,
+            usage: Usage::default(),
+            report_seq: 0,
+            end_reason: None,
+        }
+    }
+
+    fn terms(interval: i32, lease: u32) -> Terms {
+        Terms {
+            channel: Hash([5; 32]),
+            payout_interval_secs: interval,
+            lease_secs: lease,
+            vm_key: String::new(),
+            storage_paid: false,
+            compute_per_core: 1,
+        }
+    }
+
+    #[test]
+    fn terms_that_differ_from_the_announcement_are_refused() {
+        assert!(check_terms(&row(), &terms(2, 1800)).is_ok());
+        // The cheat: a huge payout interval, so the node works for an hour
+        // before it may ask for payment.
+        let huge = check_terms(&row(), &terms(3600, 1800)).unwrap_err();
+        assert!(huge.contains("payout interval of 3600 s"), "{huge}");
+        assert!(huge.contains("announcement says 2 s"), "{huge}");
+        // Prepay turned into postpay, and a longer lease, likewise.
+        assert!(check_terms(&row(), &terms(-2, 1800)).is_err());
+        let lease = check_terms(&row(), &terms(2, 86_400)).unwrap_err();
+        assert!(lease.contains("lease"), "{lease}");
+    }
+}
