@@ -12,7 +12,7 @@ use zennet_chain::genesis::Genesis;
 use zennet_chain::identity::{self, Role};
 use zennet_chain::seal::{Ethash, seal};
 use zennet_chain::testkit::fast_genesis;
-use zennet_chain::{Address, Block, Chain, SecretKey, SignedTx, Transaction, TxBody};
+use zennet_chain::{Address, Block, Chain, Hash, SecretKey, SignedTx, Transaction, TxBody};
 
 use crate::{rate, row, single};
 
@@ -43,14 +43,14 @@ fn tx_validation(budget: Duration) -> f64 {
                     amount: 1000 + i as u128,
                 },
             }
-            .sign(&key)
+            .sign(&key, &Hash::ZERO)
             .encode()
         })
         .collect();
     let ours = rate(budget, || {
         for bytes in &txs {
             let tx = SignedTx::decode(bytes, 4096).unwrap();
-            std::hint::black_box(tx.verify(98765, 4096).unwrap());
+            std::hint::black_box(tx.verify(98765, &Hash::ZERO, 4096).unwrap());
         }
         N as u64
     });
@@ -58,7 +58,7 @@ fn tx_validation(budget: Duration) -> f64 {
     let raw_key = SigningKey::from_slice(&key.to_bytes()).unwrap();
     let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = (0..N)
         .map(|i| {
-            let prehash = signing_hash("bench", 1, &i.to_le_bytes()).0;
+            let prehash = signing_hash("bench", 1, &Hash::ZERO, &i.to_le_bytes()).0;
             let (sig, recid) = raw_key.sign_prehash_recoverable(&prehash);
             (prehash, sig, recid)
         })
@@ -136,7 +136,7 @@ fn block_import(quick: bool, validation: f64) {
                         amount: 1 + i as u128,
                     },
                 }
-                .sign(key);
+                .sign(key, &source.genesis_hash());
                 source.submit_tx(tx).unwrap();
             }
         }

@@ -22,9 +22,11 @@ pub mod ledger;
 pub mod mempool;
 pub mod pow;
 pub mod seal;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod trie;
 pub mod tx;
 
 pub use block::{Block, Header, StoredBlock, StoredTx};

@@ -44,7 +44,7 @@ pub fn signed(chain: &Chain, key: &SecretKey, body: TxBody) -> SignedTx {
         fee_per_byte: chain.genesis().economics.min_fee_per_byte,
         body,
     }
-    .sign(key)
+    .sign(key, &chain.genesis_hash())
 }
 
 /// Builds, seals and imports the next block (with whatever the mempool

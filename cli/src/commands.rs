@@ -422,7 +422,7 @@ pub async fn submit(
         fee_per_byte: fee_per_byte.unwrap_or(genesis.economics.min_fee_per_byte),
         body,
     }
-    .sign(key);
+    .sign(key, &genesis.hash());
     let raw = format!("0x{}", hex::encode(tx.encode()));
     let submitted: Submitted = client.post("/v1/txs", &SubmitTx { raw }).await?;
     Ok(submitted.hash)
