@@ -315,7 +315,9 @@ fn vouchers(budget: Duration) {
         seq,
         cumulative: seq as u128 * 1_000_000,
     };
-    let signed: Vec<SignedVoucher> = (1..=N).map(|i| voucher(i).sign(&payer, &Hash::ZERO)).collect();
+    let signed: Vec<SignedVoucher> = (1..=N)
+        .map(|i| voucher(i).sign(&payer, &Hash::ZERO))
+        .collect();
     let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = signed
         .iter()
         .map(|v| {

@@ -86,9 +86,7 @@ impl Block {
 /// reduced to their hash, which still lets the header's transaction root be
 /// checked. This is also what sync serves, so a node can join a chain whose
 /// old announcements are pruned everywhere.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct StoredBlock {
     pub header: Header,
     pub txs: Vec<StoredTx>,
@@ -98,9 +96,7 @@ pub struct StoredBlock {
     pub header_only: bool,
 }
 
-#[derive(
-    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StoredTx {
     Full { hash: Hash, tx: Box<SignedTx> },
@@ -122,7 +118,11 @@ impl StoredBlock {
 
     /// Whether some transaction body is gone (pruned or never known).
     pub fn is_partial(&self) -> bool {
-        self.header_only || self.txs.iter().any(|t| matches!(t, StoredTx::Pruned { .. }))
+        self.header_only
+            || self
+                .txs
+                .iter()
+                .any(|t| matches!(t, StoredTx::Pruned { .. }))
     }
 
     /// The stateless checks a partial block still allows: every full

@@ -34,9 +34,7 @@ use crate::genesis::Genesis;
 use crate::identity::Role;
 use crate::mempool::{DEFAULT_MAX_TXS, Mempool};
 use crate::seal::Ethash;
-use crate::state::{
-    Account, Changes, IdentityRecord, Overlay, Pending, State, StateRead, Undo,
-};
+use crate::state::{Account, Changes, IdentityRecord, Overlay, Pending, State, StateRead, Undo};
 use crate::store::{BlockMeta, BlockStatus, Store, StoreTx, TxLocation};
 use crate::task::TaskRecord;
 use crate::trie::{Child, NodeWrites, Update};
@@ -707,7 +705,12 @@ impl Chain {
         match self.execute(&pending, &new_block.header, &new_vtxs) {
             Ok((changes, update)) => {
                 let undo = pending.commit(changes, update);
-                applied.push((new_block, new_vtxs.iter().map(|t| t.hash).collect(), undo, true));
+                applied.push((
+                    new_block,
+                    new_vtxs.iter().map(|t| t.hash).collect(),
+                    undo,
+                    true,
+                ));
             }
             Err(e) => {
                 self.mark_invalid(&new_block, td)?;

@@ -138,7 +138,9 @@ pub enum BlockError {
     DuplicateTx(Hash),
     #[error("block has pruned transactions and cannot be executed")]
     Pruned,
-    #[error("fork from height {fork_height} is deeper than the reorg horizon (oldest fork point allowed: {floor})")]
+    #[error(
+        "fork from height {fork_height} is deeper than the reorg horizon (oldest fork point allowed: {floor})"
+    )]
     ForkTooDeep { fork_height: u64, floor: u64 },
 }
 

@@ -151,13 +151,18 @@ impl Manifest {
     }
 
     /// Checks chunk `index` against its summary; returns its leaves.
-    pub fn check_chunk(&self, index: u64, chunk: &Chunk) -> Result<Vec<(Hash, Hash)>, SnapshotError> {
+    pub fn check_chunk(
+        &self,
+        index: u64,
+        chunk: &Chunk,
+    ) -> Result<Vec<(Hash, Hash)>, SnapshotError> {
         let bad = |reason: String| Err(SnapshotError::Chunk { index, reason });
         let Some(expected) = self.summaries.get(index as usize) else {
             return bad(format!("the manifest has {} chunks", self.chunks()));
         };
         let prefix = Prefix::at_index(self.depth as usize, index);
-        let leaves = leaves_of(&prefix, chunk).map_err(|reason| SnapshotError::Chunk { index, reason })?;
+        let leaves =
+            leaves_of(&prefix, chunk).map_err(|reason| SnapshotError::Chunk { index, reason })?;
         let got = trie::summarize(prefix, &leaves);
         if got != *expected {
             return bad(format!(
@@ -176,12 +181,16 @@ pub fn encode_chunk(chunk: &Chunk) -> Vec<u8> {
 }
 
 pub fn decode_chunk(bytes: &[u8]) -> Result<Chunk, SnapshotError> {
-    decode(bytes, MAX_MESSAGE_BYTES, "snapshot chunk").map_err(|e| SnapshotError::Decode(e.to_string()))
+    decode(bytes, MAX_MESSAGE_BYTES, "snapshot chunk")
+        .map_err(|e| SnapshotError::Decode(e.to_string()))
 }
 
 /// The (path, value hash) leaves of entries that must all lie under
 /// `prefix`, strictly in path order, each value of its key's kind.
-fn leaves_of(prefix: &Prefix, entries: &[(StateKey, StateValue)]) -> Result<Vec<(Hash, Hash)>, String> {
+fn leaves_of(
+    prefix: &Prefix,
+    entries: &[(StateKey, StateValue)],
+) -> Result<Vec<(Hash, Hash)>, String> {
     let mut out = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         let path = key.path();
@@ -260,7 +269,12 @@ impl Chain {
     /// seals) before anything is written; the header at the end must be the
     /// manifest's block. The state's blocks become canonical header-only;
     /// blocks after it import as usual.
-    pub fn install_snapshot(&mut self, headers: &[Header], assembly: Assembly, now_ms: u64) -> Result<()> {
+    pub fn install_snapshot(
+        &mut self,
+        headers: &[Header],
+        assembly: Assembly,
+        now_ms: u64,
+    ) -> Result<()> {
         if !assembly.is_complete() {
             return Err(SnapshotError::Manifest(format!(
                 "{} chunks still missing",
@@ -269,12 +283,10 @@ impl Chain {
             .into());
         }
         let manifest = assembly.manifest().clone();
-        let last = headers
-            .last()
-            .ok_or_else(|| SnapshotError::Headers {
-                height: manifest.height,
-                reason: "no headers lead to the snapshot".into(),
-            })?;
+        let last = headers.last().ok_or_else(|| SnapshotError::Headers {
+            height: manifest.height,
+            reason: "no headers lead to the snapshot".into(),
+        })?;
         if last.height <= self.tip().header.height {
             return Err(SnapshotError::NotServable {
                 height: last.height,
@@ -286,7 +298,8 @@ impl Chain {
         self.check_headers(headers, now_ms)?;
         let (state, writes) = assembly.into_state();
         debug_assert_eq!(state.root(), last.state_root);
-        let entries: Vec<(StateKey, StateValue)> = state.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let entries: Vec<(StateKey, StateValue)> =
+            state.iter().map(|(k, v)| (*k, v.clone())).collect();
         self.install(headers, state, |w| {
             for (k, v) in &entries {
                 w.write_state(k, Some(v))?;
@@ -298,13 +311,18 @@ impl Chain {
             }
             Ok(())
         })?;
-        tracing::info!(height = manifest.height, entries = entries.len(), "installed state snapshot");
+        tracing::info!(
+            height = manifest.height,
+            entries = entries.len(),
+            "installed state snapshot"
+        );
         Ok(())
     }
 
     fn check_headers(&self, headers: &[Header], now_ms: u64) -> Result<()> {
         let parent = self.tip().header.clone();
-        let (good, failure) = verify_header_chain(self.genesis(), self.ethash(), &parent, headers, now_ms);
+        let (good, failure) =
+            verify_header_chain(self.genesis(), self.ethash(), &parent, headers, now_ms);
         if let Some(e) = failure {
             return Err(SnapshotError::Headers {
                 height: parent.height + 1 + good as u64,
@@ -318,7 +336,11 @@ impl Chain {
     /// Writes the state at `height` (default: the newest final snapshot
     /// height, else the tip) with every header up to it to `out`. Reads in
     /// one read transaction, so a node importing meanwhile does not tear it.
-    pub fn export_snapshot(&self, height: Option<u64>, out: &mut dyn Write) -> Result<SnapshotInfo> {
+    pub fn export_snapshot(
+        &self,
+        height: Option<u64>,
+        out: &mut dyn Write,
+    ) -> Result<SnapshotInfo> {
         let tip = self.tip().header.height;
         let height = height
             .or_else(|| self.genesis().consensus.snapshot_height(tip))
@@ -353,26 +375,20 @@ impl Chain {
             Ok((headers, entries))
         })?;
         let last = headers.last().expect("height >= 1").clone();
-        let mut w = HashingWriter::new(out);
-        w.write_all(FILE_MAGIC)?;
-        w.write_all(&encode(&FileHeader {
-            genesis: self.genesis_hash(),
-            height,
-            entries: entries.len() as u64,
-        }))?;
-        for h in &headers {
-            w.write_all(&encode(h))?;
-        }
-        for e in &entries {
-            w.write_all(&encode(e))?;
-        }
-        let sum = w.finish();
-        out_write(&mut w, &sum)?;
+        let count = entries.len() as u64;
+        write_file(
+            &SnapshotFile {
+                genesis: self.genesis_hash(),
+                headers,
+                entries,
+            },
+            out,
+        )?;
         Ok(SnapshotInfo {
             height,
             block: last.hash(),
             state_root: last.state_root,
-            entries: entries.len() as u64,
+            entries: count,
         })
     }
 
@@ -390,10 +406,14 @@ impl Chain {
             }
             .into());
         }
-        let last = file.headers.last().cloned().ok_or_else(|| SnapshotError::Headers {
-            height: 0,
-            reason: "a snapshot at genesis carries nothing to import".into(),
-        })?;
+        let last = file
+            .headers
+            .last()
+            .cloned()
+            .ok_or_else(|| SnapshotError::Headers {
+                height: 0,
+                reason: "a snapshot at genesis carries nothing to import".into(),
+            })?;
         self.check_headers(&file.headers, now_ms)?;
         let state = state_from_entries(file.entries)?;
         if state.root() != last.state_root {
@@ -404,7 +424,8 @@ impl Chain {
             }
             .into());
         }
-        let entries: Vec<(StateKey, StateValue)> = state.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let entries: Vec<(StateKey, StateValue)> =
+            state.iter().map(|(k, v)| (*k, v.clone())).collect();
         let nodes = rebuild_nodes(&entries);
         self.install(&file.headers, state, |w| {
             for (k, v) in &entries {
@@ -427,16 +448,22 @@ impl Chain {
     /// with the tip header's and with the stored trie.
     pub fn verify_state(&self) -> Result<VerifyReport> {
         let mut leaves = Vec::new();
-        self.store().for_each_state_under(&Prefix::ROOT, |path, key, value| {
-            if key.path() != path {
-                return Err(ChainError::Corrupt(format!("{key:?} is stored at the wrong path")));
-            }
-            leaves.push((path, value.hash()));
-            Ok(())
-        })?;
+        self.store()
+            .for_each_state_under(&Prefix::ROOT, |path, key, value| {
+                if key.path() != path {
+                    return Err(ChainError::Corrupt(format!(
+                        "{key:?} is stored at the wrong path"
+                    )));
+                }
+                leaves.push((path, value.hash()));
+                Ok(())
+            })?;
         let mut writes = NodeWrites::new();
         let top = trie::build(&mut writes, Prefix::ROOT, &leaves);
-        let rebuilt: HashMap<Prefix, trie::Node> = writes.into_iter().filter_map(|(p, n)| n.map(|n| (p, n))).collect();
+        let rebuilt: HashMap<Prefix, trie::Node> = writes
+            .into_iter()
+            .filter_map(|(p, n)| n.map(|n| (p, n)))
+            .collect();
         let stored = self.store().load_state()?;
         let mismatched_nodes = rebuilt
             .iter()
@@ -503,6 +530,25 @@ pub struct SnapshotFile {
     pub entries: Vec<(StateKey, StateValue)>,
 }
 
+/// Writes a snapshot file (see [`read_file`] for the layout).
+pub fn write_file(file: &SnapshotFile, out: &mut dyn Write) -> Result<()> {
+    let mut w = HashingWriter::new(out);
+    w.write_all(FILE_MAGIC)?;
+    w.write_all(&encode(&FileHeader {
+        genesis: file.genesis,
+        height: file.headers.len() as u64,
+        entries: file.entries.len() as u64,
+    }))?;
+    for h in &file.headers {
+        w.write_all(&encode(h))?;
+    }
+    for e in &file.entries {
+        w.write_all(&encode(e))?;
+    }
+    let sum = w.finish();
+    out_write(&mut w, &sum)
+}
+
 /// Most headers a file may carry (a decade of 2 s blocks).
 const MAX_FILE_HEADERS: u64 = 200_000_000;
 const MAX_FILE_ENTRIES: u64 = 1 << 32;
@@ -534,7 +580,9 @@ pub fn read_file(input: &mut dyn Read) -> Result<SnapshotFile, SnapshotError> {
     }
     let computed = r.sum();
     let mut sum = [0u8; 32];
-    r.inner.read_exact(&mut sum).map_err(|_| SnapshotError::Checksum)?;
+    r.inner
+        .read_exact(&mut sum)
+        .map_err(|_| SnapshotError::Checksum)?;
     let mut extra = [0u8; 1];
     if sum != computed.0 || r.inner.read(&mut extra).map_err(dec)? != 0 {
         return Err(SnapshotError::Checksum);
@@ -556,12 +604,15 @@ fn state_from_entries(entries: Vec<(StateKey, StateValue)>) -> Result<State, Sna
 fn rebuild_nodes(entries: &[(StateKey, StateValue)]) -> Vec<(Prefix, trie::Node)> {
     let leaves: Vec<(Hash, Hash)> = {
         let mut v: Vec<_> = entries.iter().map(|(k, v)| (k.path(), v.hash())).collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v.sort_unstable_by_key(|a| a.0);
         v
     };
     let mut writes = NodeWrites::new();
     trie::build(&mut writes, Prefix::ROOT, &leaves);
-    writes.into_iter().filter_map(|(p, n)| n.map(|n| (p, n))).collect()
+    writes
+        .into_iter()
+        .filter_map(|(p, n)| n.map(|n| (p, n)))
+        .collect()
 }
 
 /// The state at one final height, read from a store whose tip may have
@@ -577,8 +628,11 @@ pub struct Source<'a> {
 
 impl<'a> Source<'a> {
     pub fn new(store: &'a Store, height: u64) -> Result<Source<'a>> {
-        let not = |reason: String| -> ChainError { SnapshotError::NotServable { height, reason }.into() };
-        let tip_hash = store.meta_hash("tip")?.ok_or_else(|| not("no tip".into()))?;
+        let not =
+            |reason: String| -> ChainError { SnapshotError::NotServable { height, reason }.into() };
+        let tip_hash = store
+            .meta_hash("tip")?
+            .ok_or_else(|| not("no tip".into()))?;
         let tip = store
             .block_meta(&tip_hash)?
             .ok_or_else(|| not("the tip is not stored".into()))?
@@ -624,7 +678,9 @@ impl<'a> Source<'a> {
             .range(prefix.first_path()..)
             .take_while(|(p, _)| prefix.contains(p))
             .peekable();
-        let mut emit_reverted_before = |limit: Option<&Hash>, f: &mut dyn FnMut(StateKey, StateValue) -> Result<()>| -> Result<()> {
+        let mut emit_reverted_before = |limit: Option<&Hash>,
+                                        f: &mut dyn FnMut(StateKey, StateValue) -> Result<()>|
+         -> Result<()> {
             while let Some((p, (k, v))) = reverted.peek() {
                 if limit.is_some_and(|l| *p >= l) {
                     break;
@@ -636,13 +692,14 @@ impl<'a> Source<'a> {
             }
             Ok(())
         };
-        self.store.for_each_state_under(prefix, |path, key, value| {
-            emit_reverted_before(Some(&path), &mut f)?;
-            if !self.reverted.contains_key(&path) {
-                f(key, value)?;
-            }
-            Ok(())
-        })?;
+        self.store
+            .for_each_state_under(prefix, |path, key, value| {
+                emit_reverted_before(Some(&path), &mut f)?;
+                if !self.reverted.contains_key(&path) {
+                    f(key, value)?;
+                }
+                Ok(())
+            })?;
         emit_reverted_before(None, &mut f)
     }
 
@@ -669,7 +726,8 @@ impl<'a> Source<'a> {
         for index in 0..16u64.pow(depth as u32) {
             let prefix = Prefix::at_index(depth as usize, index);
             let chunk = self.chunk(depth, index)?;
-            let leaves: Vec<(Hash, Hash)> = chunk.iter().map(|(k, v)| (k.path(), v.hash())).collect();
+            let leaves: Vec<(Hash, Hash)> =
+                chunk.iter().map(|(k, v)| (k.path(), v.hash())).collect();
             summaries.push(trie::summarize(prefix, &leaves));
         }
         Ok(Manifest {

@@ -106,7 +106,7 @@ pub fn trie_update(base: &dyn StateRead, changes: &Changes) -> Update {
         .iter()
         .map(|(k, v)| (k.path(), v.as_ref().map(StateValue::hash)))
         .collect();
-    list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    list.sort_unstable_by_key(|a| a.0);
     trie::update(base.nodes(), base.trie_root(), &list)
 }
 
@@ -516,7 +516,8 @@ mod tests {
 
     #[test]
     fn pending_reverts_and_reapplies_without_touching_the_base() {
-        let mut s = State::from_entries((0..20u8).map(|i| (StateKey::Account(Address([i; 20])), acct(1))));
+        let mut s =
+            State::from_entries((0..20u8).map(|i| (StateKey::Account(Address([i; 20])), acct(1))));
         let mut c1 = Changes::new();
         c1.insert(StateKey::Account(Address([1; 20])), Some(acct(5)));
         c1.insert(StateKey::Account(Address([99; 20])), Some(acct(7)));

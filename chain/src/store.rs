@@ -313,11 +313,11 @@ impl Store {
 
     /// Blocks stored off the canonical chain (side and invalid).
     pub fn side_blocks(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM blocks WHERE status != 1",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM blocks WHERE status != 1", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     /// Hashes of the children of `parent` that are not known invalid.
@@ -385,7 +385,8 @@ impl Store {
             if !prefix.contains(&p) {
                 break;
             }
-            let (key, value) = decode_entry(&path, &r.get::<_, Vec<u8>>(1)?, &r.get::<_, Vec<u8>>(2)?)?;
+            let (key, value) =
+                decode_entry(&path, &r.get::<_, Vec<u8>>(1)?, &r.get::<_, Vec<u8>>(2)?)?;
             f(p, key, value)?;
         }
         Ok(())
@@ -583,7 +584,8 @@ impl StoreTx<'_> {
 
     /// Removes every state row and trie node (before a snapshot goes in).
     pub fn clear_state(&self) -> Result<()> {
-        self.tx.execute_batch("DELETE FROM state; DELETE FROM trie;")?;
+        self.tx
+            .execute_batch("DELETE FROM state; DELETE FROM trie;")?;
         Ok(())
     }
 

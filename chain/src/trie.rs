@@ -49,7 +49,11 @@ pub fn leaf_hash(path: &Hash, value: &Hash) -> Hash {
 /// The nibble of `path` at `index` (0 is the high half of the first byte).
 pub fn nibble(path: &Hash, index: usize) -> u8 {
     let b = path.0[index / 2];
-    if index % 2 == 0 { b >> 4 } else { b & 0x0f }
+    if index.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0x0f
+    }
 }
 
 /// A position in the tree: the first `len` nibbles of a path.
@@ -96,7 +100,7 @@ impl Prefix {
         debug_assert!(n < 16 && self.len() < PATH_NIBBLES);
         let mut out = *self;
         let i = self.len();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             out.bytes[i / 2] |= n << 4;
         } else {
             out.bytes[i / 2] |= n;
@@ -480,7 +484,11 @@ mod tests {
         assert!(t.node_count() >= 1);
         apply(&mut t, &BTreeMap::from([(h(2), None)]));
         assert_eq!(t.root_hash(), leaf_hash(&h(1), &h(10)));
-        assert_eq!(t.node_count(), 0, "deleting back to one leaf removes every node");
+        assert_eq!(
+            t.node_count(),
+            0,
+            "deleting back to one leaf removes every node"
+        );
         apply(&mut t, &BTreeMap::from([(h(1), None)]));
         assert_eq!(t.root_hash(), empty_root());
     }
