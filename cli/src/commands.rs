@@ -79,6 +79,7 @@ pub async fn node_run(
     bootstrap: Vec<zennet_net::Multiaddr>,
     provide: bool,
     publish: bool,
+    fast_sync: Option<bool>,
 ) -> Result<()> {
     home.require_initialized()?;
     let handle = NodeHandle::start(
@@ -91,6 +92,7 @@ pub async fn node_run(
             report: true,
             provide,
             publish,
+            fast_sync,
         },
     )
     .await?;
