@@ -101,12 +101,16 @@ impl Ethash {
             return Ok(());
         }
         self.verify_seal(header)?;
+        self.remember(id);
+        Ok(())
+    }
+
+    fn remember(&self, id: Hash) {
         let mut verified = self.verified.lock().expect("verified lock");
         if verified.len() >= VERIFIED_MEMORY {
             verified.clear();
         }
         verified.insert(id);
-        Ok(())
     }
 
     /// The seal check itself, without the memory of verified headers.
@@ -148,6 +152,12 @@ impl Ethash {
             let nonce = start.wrapping_add(i);
             let (mix, result) = self.compute_with(&cache, epoch, &seal_hash, nonce);
             if primitive_types::U256::from_big_endian(&result.0) <= target {
+                // A seal found here is valid by construction: importing the
+                // block right after need not compute it again.
+                let mut sealed = header.clone();
+                sealed.nonce = nonce;
+                sealed.mix_digest = mix;
+                self.remember(sealed.hash());
                 return Some((nonce, mix));
             }
         }

@@ -296,10 +296,10 @@ impl Activity {
                     base_per_second: 1,
                     ..Rates::default()
                 },
-                acceptance_window: 8,
+                acceptance_window: 20,
                 acceptance_difficulty: 2,
                 // Some tasks live long, most are pruned soon.
-                prune_height: height + if step.is_multiple_of(3) { 400 } else { 12 },
+                prune_height: height + if step.is_multiple_of(3) { 400 } else { 24 },
                 info: format!("https://example.org/{step}"),
                 pow_nonce: 0,
             };
