@@ -6,6 +6,12 @@
 //! keccak256(keccak512(seal hash ‖ nonce) ‖ mix digest), so a header whose
 //! claimed mix digest cannot meet its difficulty is rejected after two hashes
 //! — and only then the full light computation that recomputes the mix.
+//!
+//! A light hash computes 128 dataset items from the cache; when an epoch's
+//! whole dataset is small (test chains: at most [`FULL_DATASET_MAX`]) it is
+//! built once and hashes read it instead (`hashimoto_full`, the same result
+//! a thousand times faster), which is what lets a test build a 20,000-block
+//! chain in seconds.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,11 +33,14 @@ const CACHES_IN_MEMORY: usize = 3;
 /// Headers whose seal was recently verified: sync checks a header chain
 /// first and imports the blocks right after, and should not pay twice.
 const VERIFIED_MEMORY: usize = 4096;
+/// Datasets up to this size are built whole and kept with their cache.
+pub const FULL_DATASET_MAX: usize = 1 << 20;
 
 pub struct Ethash {
     params: EthashParams,
     dir: Option<PathBuf>,
     caches: Mutex<BTreeMap<u64, Arc<Vec<u8>>>>,
+    datasets: Mutex<BTreeMap<u64, Arc<Vec<u8>>>>,
     verified: Mutex<std::collections::HashSet<Hash>>,
 }
 
@@ -42,6 +51,7 @@ impl Ethash {
             params,
             dir,
             caches: Mutex::new(BTreeMap::new()),
+            datasets: Mutex::new(BTreeMap::new()),
             verified: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -165,13 +175,38 @@ impl Ethash {
     }
 
     fn compute_with(&self, cache: &[u8], epoch: u64, seal_hash: &Hash, nonce: u64) -> (Hash, Hash) {
-        let (mix, result) = ethash::hashimoto_light(
-            H256::from(seal_hash.0),
-            H64::from(nonce.to_be_bytes()),
-            self.dataset_size(epoch),
-            cache,
-        );
+        let size = self.dataset_size(epoch);
+        let (header, nonce) = (H256::from(seal_hash.0), H64::from(nonce.to_be_bytes()));
+        let (mix, result) = match self.dataset(epoch, size, cache) {
+            Some(dataset) => ethash::hashimoto_full(header, nonce, size, &dataset),
+            None => ethash::hashimoto_light(header, nonce, size, cache),
+        };
         (Hash(mix.0), Hash(result.0))
+    }
+
+    /// The whole dataset of a small epoch, built once from its cache.
+    fn dataset(&self, epoch: u64, size: usize, cache: &[u8]) -> Option<Arc<Vec<u8>>> {
+        if size > FULL_DATASET_MAX {
+            return None;
+        }
+        let mut datasets = self.datasets.lock().expect("dataset lock");
+        if let Some(d) = datasets.get(&epoch) {
+            return Some(d.clone());
+        }
+        let mut d = vec![0u8; size];
+        ethash::make_dataset(&mut d, cache);
+        let d = Arc::new(d);
+        datasets.insert(epoch, d.clone());
+        while datasets.len() > CACHES_IN_MEMORY {
+            let oldest = *datasets.keys().next().expect("non-empty");
+            let newest = *datasets.keys().last().expect("non-empty");
+            datasets.remove(if epoch - oldest.min(epoch) >= newest.max(epoch) - epoch {
+                &oldest
+            } else {
+                &newest
+            });
+        }
+        Some(d)
     }
 
     fn path(&self, epoch: u64, size: usize) -> Option<PathBuf> {
@@ -314,6 +349,30 @@ mod tests {
             }
         }
         assert!(ok < 20);
+    }
+
+    #[test]
+    fn full_and_light_datasets_give_the_same_seal() {
+        let small = Ethash::new(params(), None);
+        let mut big_params = params();
+        big_params.dataset_bytes = (FULL_DATASET_MAX + 128) as u64;
+        let big = Ethash::new(big_params.clone(), None);
+        let light_of_small = {
+            let cache = small.cache(0);
+            let h = header(1).seal_hash();
+            ethash::hashimoto_light(
+                H256::from(h.0),
+                H64::from(5u64.to_be_bytes()),
+                small.dataset_size(0),
+                &cache,
+            )
+        };
+        let (mix, result) = small.compute(&header(1).seal_hash(), 5, 7);
+        assert_eq!((mix.0, result.0), (light_of_small.0.0, light_of_small.1.0));
+        assert!(
+            big.dataset(0, big.dataset_size(0), &big.cache(0)).is_none(),
+            "big datasets stay light"
+        );
     }
 
     #[test]

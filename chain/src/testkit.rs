@@ -22,7 +22,7 @@ pub fn fast_genesis(funded: &[(Address, Amount)]) -> Genesis {
     g.ethash.cache_bytes = 4096;
     g.ethash.cache_growth_bytes = 64;
     g.ethash.dataset_bytes = 64 * 1024;
-    g.ethash.epoch_length = 50;
+    g.ethash.epoch_length = 1000;
     g.pow.publisher_identity_difficulty = 8;
     g.pow.node_identity_difficulty = 4;
     g.pow.min_announcement_difficulty = 4;
