@@ -398,6 +398,16 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM state", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    /// Writes a compact copy of the whole database to `path` (which must
+    /// not exist): a chain built in memory is saved in one pass.
+    pub fn save_to(&self, path: &Path) -> Result<()> {
+        let target = path
+            .to_str()
+            .ok_or_else(|| ChainError::NotFound(format!("a UTF-8 path for {}", path.display())))?;
+        self.conn.execute("VACUUM INTO ?1", [target])?;
+        Ok(())
+    }
+
     /// Checks SQLite's own view of the file.
     pub fn integrity_check(&self) -> Result<String> {
         Ok(self
@@ -600,7 +610,8 @@ impl StoreTx<'_> {
             .prepare_cached(
                 "UPDATE block_txs SET body = NULL
                  WHERE body IS NOT NULL AND prune_height IS NOT NULL AND prune_height <= ?1
-                   AND block IN (SELECT hash FROM canonical WHERE height <= ?2)",
+                   AND EXISTS (SELECT 1 FROM blocks b WHERE b.hash = block_txs.block
+                               AND b.status = 1 AND b.height <= ?2)",
             )?
             .execute(params![tip as i64, floor as i64])?;
         let done = self.meta_u64("undo_pruned_to")?.unwrap_or(0);

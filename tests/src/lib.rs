@@ -329,6 +329,15 @@ impl FakePeer {
         self.net.local_peer_id.to_string()
     }
 
+    /// Its listen multiaddr (with /p2p/), for `--bootstrap`.
+    pub fn addr(&self) -> String {
+        self.runtime
+            .block_on(self.net.listen_addrs())
+            .unwrap()
+            .remove(0)
+            .to_string()
+    }
+
     /// Waits until the peer has a connection (and gossipsub has had time to
     /// exchange subscriptions).
     pub fn wait_connected(&self) {

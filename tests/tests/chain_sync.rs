@@ -128,12 +128,7 @@ fn fast_sync_joins_a_20000_block_chain_while_a_peer_serves_corrupt_chunks() {
     let lc = liar_chain.clone();
     let liar = FakePeer::start(genesis.hash(), &boot, move |r| serve(&lc, r, true));
     liar.wait_connected();
-    let liar_addr = liar
-        .runtime
-        .block_on(liar.net.listen_addrs())
-        .unwrap()
-        .remove(0)
-        .to_string();
+    let liar_addr = liar.addr();
 
     let mut joiner = TestHome::on_genesis(&genesis);
     let joined = Instant::now();
@@ -272,12 +267,7 @@ fn a_peer_lying_about_its_work_does_not_stop_sync_and_a_fast_clock_is_not_a_lie(
         _ => SyncResponse::Blocks(vec![]),
     });
     liar.wait_connected();
-    let liar_addr = liar
-        .runtime
-        .block_on(liar.net.listen_addrs())
-        .unwrap()
-        .remove(0)
-        .to_string();
+    let liar_addr = liar.addr();
 
     let mut joiner = TestHome::on_genesis(&genesis);
     let started = Instant::now();
