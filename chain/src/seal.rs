@@ -28,11 +28,13 @@ use crate::error::BlockError;
 use crate::genesis::EthashParams;
 use crate::pow;
 
-/// Caches kept in memory: the current epoch and its neighbours.
-const CACHES_IN_MEMORY: usize = 3;
+/// Memory for caches (and for small datasets): a mainnet-sized 16 MiB cache
+/// keeps a few epochs, a test chain's tiny ones keep many, so headers of
+/// several epochs checked in parallel do not evict each other's.
+const MEMORY_BUDGET: usize = 64 << 20;
 /// Headers whose seal was recently verified: sync checks a header chain
 /// first and imports the blocks right after, and should not pay twice.
-const VERIFIED_MEMORY: usize = 4096;
+const VERIFIED_MEMORY: usize = 1 << 16;
 /// Datasets up to this size are built whole and kept with their cache.
 pub const FULL_DATASET_MAX: usize = 1 << 20;
 
@@ -70,9 +72,12 @@ impl Ethash {
         (bytes as usize) / ethash::MIX_BYTES * ethash::MIX_BYTES
     }
 
-    /// The light cache of `epoch`: from memory, from disk, or built (and saved).
+    /// The light cache of `epoch`: from memory, from disk, or built (and
+    /// saved). Built under the lock, so threads verifying headers of the
+    /// same new epoch build it once.
     pub fn cache(&self, epoch: u64) -> Arc<Vec<u8>> {
-        if let Some(c) = self.caches.lock().expect("cache lock").get(&epoch) {
+        let mut caches = self.caches.lock().expect("cache lock");
+        if let Some(c) = caches.get(&epoch) {
             return c.clone();
         }
         let size = self.cache_size(epoch);
@@ -80,18 +85,8 @@ impl Ethash {
             .load(epoch, size)
             .unwrap_or_else(|| self.build_and_save(epoch, size));
         let cache = Arc::new(cache);
-        let mut caches = self.caches.lock().expect("cache lock");
         caches.insert(epoch, cache.clone());
-        while caches.len() > CACHES_IN_MEMORY {
-            // Evict the epoch furthest from the one just used.
-            let (&lo, &hi) = (caches.keys().next().unwrap(), caches.keys().last().unwrap());
-            let evict = if epoch - lo.min(epoch) >= hi.max(epoch) - epoch {
-                lo
-            } else {
-                hi
-            };
-            caches.remove(&evict);
-        }
+        evict(&mut caches, epoch);
         cache
     }
 
@@ -197,15 +192,7 @@ impl Ethash {
         ethash::make_dataset(&mut d, cache);
         let d = Arc::new(d);
         datasets.insert(epoch, d.clone());
-        while datasets.len() > CACHES_IN_MEMORY {
-            let oldest = *datasets.keys().next().expect("non-empty");
-            let newest = *datasets.keys().last().expect("non-empty");
-            datasets.remove(if epoch - oldest.min(epoch) >= newest.max(epoch) - epoch {
-                &oldest
-            } else {
-                &newest
-            });
-        }
+        evict(&mut datasets, epoch);
         Some(d)
     }
 
@@ -246,6 +233,21 @@ impl Ethash {
     }
 }
 
+/// Keeps the entries within [`MEMORY_BUDGET`], evicting the epoch furthest
+/// from the one just used (never that one).
+fn evict(map: &mut BTreeMap<u64, Arc<Vec<u8>>>, used: u64) {
+    while map.len() > 1 && map.values().map(|v| v.len()).sum::<usize>() > MEMORY_BUDGET {
+        let lo = *map.keys().next().expect("non-empty");
+        let hi = *map.keys().last().expect("non-empty");
+        let evict = if used.saturating_sub(lo) >= hi.saturating_sub(used) {
+            lo
+        } else {
+            hi
+        };
+        map.remove(&evict);
+    }
+}
+
 /// Seals `block` in place, searching nonces from `start` in batches until one
 /// meets its difficulty. Returns false (block unchanged) if `stop` is raised.
 pub fn seal(
@@ -282,7 +284,12 @@ fn save_atomically(path: &Path, cache: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Unique per process and thread: never two writers on one temporary file.
+    let tmp = path.with_extension(format!(
+        "{}-{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(cache)?;
     f.write_all(&keccak256(cache).0)?;
