@@ -27,6 +27,10 @@ pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Body requests in flight per peer.
 const IN_FLIGHT_PER_PEER: usize = 2;
+/// Peers fast sync would like to fetch from, and how long it waits for
+/// them after the first heavier peer shows up.
+const FAST_SYNC_PEERS: usize = 3;
+const FAST_SYNC_SETTLE: Duration = Duration::from_secs(3);
 /// Longest we wait for a header from a fast clock to become acceptable.
 const MAX_CLOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -53,11 +57,17 @@ pub fn spawn_sync(node: &Arc<Node>, net: &NetHandle) {
 
 async fn catch_up(node: &Arc<Node>, net: &NetHandle) -> Result<()> {
     loop {
-        let candidates = heavier_peers(node, net).await?;
+        let mut candidates = heavier_peers(node, net).await?;
         if candidates.is_empty() {
             return Ok(());
         }
         if node.fast_sync() && super::fast::wanted(node, &candidates) {
+            // Chunks come from several peers at once: give discovery a
+            // moment to find more than the first one or two.
+            if candidates.len() < FAST_SYNC_PEERS {
+                tokio::time::sleep(FAST_SYNC_SETTLE).await;
+                candidates = heavier_peers(node, net).await?;
+            }
             match super::fast::fast_sync(node, net, &candidates).await {
                 Ok(true) => continue,
                 Ok(false) => {}
