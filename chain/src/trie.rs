@@ -26,6 +26,18 @@
 //! all we need; and jmt restores a snapshot only from ordered chunks whose
 //! right edge a lying peer can truncate without being caught, where prefix
 //! chunks here are each checked on their own and in any order.
+//!
+//! The other candidates fit no better. `trie-db` (Parity's Ethereum-style
+//! Merkle Patricia trie) keys nodes by hash in a reference-counted node
+//! database, so each block leaves stale nodes that only a journal with
+//! reference counts (what parity-db/kvdb do) can collect; we would rebuild
+//! that on SQLite, and its extension nodes cross prefix boundaries, so a
+//! fixed-depth prefix is not always a node and chunks could not be checked
+//! against per-prefix summaries. Nervos' `sparse-merkle-tree` is binary:
+//! about four times as many stored nodes per changed key as a hexary tree,
+//! and it has no per-prefix summary or chunked restore either. What is
+//! left to write is small (this file) and property-tested against a
+//! from-scratch rebuild.
 
 use std::collections::HashMap;
 

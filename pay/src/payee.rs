@@ -66,7 +66,13 @@ impl Payee {
             .ledger
             .channel(&channel)
             .ok_or(PayError::NotOnChain(channel))?;
-        if !check_voucher(rec.voucher.as_ref(), &v, &ch, self.ledger.chain_id(), &self.ledger.genesis_hash())? {
+        if !check_voucher(
+            rec.voucher.as_ref(),
+            &v,
+            &ch,
+            self.ledger.chain_id(),
+            &self.ledger.genesis_hash(),
+        )? {
             return Ok(Received::Repeat);
         }
         let before = rec.paid();
