@@ -71,31 +71,9 @@ pub fn init(home: &Home, genesis_arg: &str, out: Output) -> Result<()> {
     Ok(())
 }
 
-pub async fn node_run(
-    home: Home,
-    mine: bool,
-    api: Option<String>,
-    listen: Vec<zennet_net::Multiaddr>,
-    bootstrap: Vec<zennet_net::Multiaddr>,
-    provide: bool,
-    publish: bool,
-    fast_sync: Option<bool>,
-) -> Result<()> {
+pub async fn node_run(home: Home, opts: NodeOptions) -> Result<()> {
     home.require_initialized()?;
-    let handle = NodeHandle::start(
-        home,
-        NodeOptions {
-            mine,
-            api,
-            listen,
-            bootstrap,
-            report: true,
-            provide,
-            publish,
-            fast_sync,
-        },
-    )
-    .await?;
+    let handle = NodeHandle::start(home, opts).await?;
     wait_for_signal().await;
     handle.stop().await
 }

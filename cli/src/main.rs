@@ -342,10 +342,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             publish,
             fast_sync,
         }) => {
-            commands::node_run(
-                home, mine, api, listen, bootstrap, provide, publish, fast_sync,
-            )
-            .await
+            let opts = node::NodeOptions {
+                mine,
+                api,
+                listen,
+                bootstrap,
+                report: true,
+                provide,
+                publish,
+                fast_sync,
+            };
+            commands::node_run(home, opts).await
         }
         Command::Bench { quick } => commands::bench(&home, quick, out).await,
         Command::Image(ImageCmd::Build { id }) => commands::image_build(&home, &id, out).await,

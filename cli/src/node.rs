@@ -41,8 +41,11 @@ pub struct Node {
     /// A read-only connection for serving snapshots without the chain lock.
     reader: Mutex<Option<zennet_chain::store::Store>>,
     /// The last manifest computed (height, block, encoded bytes).
-    manifest: Mutex<Option<(u64, Hash, Arc<Vec<u8>>)>>,
+    manifest: Mutex<Option<Manifest>>,
 }
+
+/// A snapshot manifest as served: its height, its block, its encoding.
+type Manifest = (u64, Hash, Arc<Vec<u8>>);
 
 impl Node {
     /// `fast_sync`: `None` is on for an empty chain (and when full sync

@@ -81,13 +81,11 @@ fn serve(chain: &Mutex<Chain>, request: SyncRequest, corrupt: bool) -> SyncRespo
                 .unwrap()
                 .chunk(depth, index)
                 .unwrap();
-            if corrupt {
-                if let Some((_, v)) = chunk.first_mut() {
-                    *v = StateValue::Account(Account {
-                        balance: u128::MAX,
-                        nonce: 0,
-                    });
-                }
+            if corrupt && let Some((_, v)) = chunk.first_mut() {
+                *v = StateValue::Account(Account {
+                    balance: u128::MAX,
+                    nonce: 0,
+                });
             }
             SyncResponse::Chunk(encode_chunk(&chunk).into())
         }
@@ -167,12 +165,11 @@ fn a_fresh_node_joins_a_chain_whose_early_announcements_are_pruned() {
     let chain = build_chain(&server, &genesis, keys, 600);
     let announced = chain.store().stored_bodies().unwrap();
     let first_task = (1..600)
-        .find_map(|h| {
+        .find(|&h| {
             let b = chain.block_by_height(h).unwrap().unwrap();
             b.txs
                 .iter()
                 .any(|t| matches!(t, zennet_chain::StoredTx::Pruned { .. }))
-                .then_some(h)
         })
         .expect("some announcement body is pruned");
     let (tip, root) = (chain.tip().hash, chain.state().root());

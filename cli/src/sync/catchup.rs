@@ -118,7 +118,7 @@ pub(super) async fn heavier_peers(node: &Arc<Node>, net: &NetHandle) -> Result<V
             out.push(Candidate { peer, status, td });
         }
     }
-    out.sort_by(|a, b| b.td.cmp(&a.td));
+    out.sort_by_key(|c| std::cmp::Reverse(c.td));
     Ok(out)
 }
 
