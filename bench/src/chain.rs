@@ -1,6 +1,13 @@
 //! Chain figures: transaction validation vs raw k256 recovery, block import
-//! into SQLite vs raw SQLite inserts, identity mining vs raw keccak256, and
-//! Ethash light verification per header vs the bare `ethash` crate.
+//! into SQLite vs raw SQLite inserts, identity mining vs raw keccak256,
+//! Ethash light verification per header vs the bare `ethash` crate, and the
+//! chain at scale:
+//!
+//! * block import with 1,000,000 accounts in the state vs an empty state
+//!   (same block shapes: transfers to fresh accounts), the trie's O(log n);
+//! * import tx/s on all cores vs one core (rayon pool of one thread), and
+//!   vs raw k256 recovery × cores — what import is bounded by;
+//! * the snapshot's size per state entry vs the entry's bare borsh size.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +19,7 @@ use zennet_chain::genesis::Genesis;
 use zennet_chain::identity::{self, Role};
 use zennet_chain::seal::{Ethash, seal};
 use zennet_chain::testkit::fast_genesis;
-use zennet_chain::{Address, Block, Chain, SecretKey, SignedTx, Transaction, TxBody};
+use zennet_chain::{Address, Block, Chain, Hash, SecretKey, SignedTx, Transaction, TxBody};
 
 use crate::{rate, row, single};
 
@@ -23,13 +30,17 @@ pub fn run(quick: bool) {
         Duration::from_secs(2)
     };
     println!("== chain (one core each) ==");
-    let validation = tx_validation(budget);
+    let (validation, recover) = tx_validation(budget);
     identity_mining(budget);
     block_import(quick, validation);
     ethash_verification(budget);
+    println!("== chain at scale ==");
+    state_scaling(quick);
+    parallel_import(quick, recover);
 }
 
-fn tx_validation(budget: Duration) -> f64 {
+/// (our validation rate, raw k256 recovery rate), one core each.
+fn tx_validation(budget: Duration) -> (f64, f64) {
     const N: usize = 512;
     let key = SecretKey::generate();
     let txs: Vec<Vec<u8>> = (0..N)
@@ -43,14 +54,14 @@ fn tx_validation(budget: Duration) -> f64 {
                     amount: 1000 + i as u128,
                 },
             }
-            .sign(&key)
+            .sign(&key, &Hash::ZERO)
             .encode()
         })
         .collect();
     let ours = rate(budget, || {
         for bytes in &txs {
             let tx = SignedTx::decode(bytes, 4096).unwrap();
-            std::hint::black_box(tx.verify(98765, 4096).unwrap());
+            std::hint::black_box(tx.verify(98765, &Hash::ZERO, 4096).unwrap());
         }
         N as u64
     });
@@ -58,7 +69,7 @@ fn tx_validation(budget: Duration) -> f64 {
     let raw_key = SigningKey::from_slice(&key.to_bytes()).unwrap();
     let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = (0..N)
         .map(|i| {
-            let prehash = signing_hash("bench", 1, &i.to_le_bytes()).0;
+            let prehash = signing_hash("bench", 1, &Hash::ZERO, &i.to_le_bytes()).0;
             let (sig, recid) = raw_key.sign_prehash_recoverable(&prehash);
             (prehash, sig, recid)
         })
@@ -76,7 +87,7 @@ fn tx_validation(budget: Duration) -> f64 {
         anchor,
         "tx/s",
     );
-    ours
+    (ours, anchor)
 }
 
 fn identity_mining(budget: Duration) {
@@ -136,7 +147,7 @@ fn block_import(quick: bool, validation: f64) {
                         amount: 1 + i as u128,
                     },
                 }
-                .sign(key);
+                .sign(key, &source.genesis_hash());
                 source.submit_tx(tx).unwrap();
             }
         }
@@ -283,4 +294,191 @@ fn ethash_verification(budget: Duration) {
         built_in.as_secs_f64() * 1e3,
         "ms",
     );
+}
+
+/// `blocks` blocks of `per_block` transfers from `senders` to fresh
+/// addresses, built and sealed on `source`.
+fn transfer_blocks(
+    source: &mut Chain,
+    senders: &[SecretKey],
+    blocks: usize,
+    per_block: usize,
+    seed: u64,
+) -> Vec<Block> {
+    let miner = SecretKey::generate().address();
+    let genesis_hash = source.genesis_hash();
+    let mut out = Vec::new();
+    let mut n = seed;
+    for _ in 0..blocks {
+        for i in 0..per_block {
+            let key = &senders[i % senders.len()];
+            n += 1;
+            let to = Address::from_slice(&keccak256(&n.to_be_bytes()).0[..20]).unwrap();
+            let tx = Transaction {
+                chain_id: source.genesis().chain_id,
+                nonce: source.next_nonce(&key.address()),
+                fee_per_byte: 1,
+                body: TxBody::Transfer { to, amount: 1 },
+            }
+            .sign(key, &genesis_hash);
+            source.submit_tx(tx).unwrap();
+        }
+        let tip = source.tip().header.timestamp_ms;
+        let mut block = source.template(miner, tip + 2000);
+        assert_eq!(
+            block.txs.len(),
+            per_block,
+            "the template holds every transfer"
+        );
+        assert!(seal(
+            source.ethash(),
+            &mut block,
+            0,
+            &AtomicBool::new(false)
+        ));
+        source.import_block(block.clone(), u64::MAX / 2).unwrap();
+        out.push(block);
+    }
+    out
+}
+
+/// A fresh chain directory holding `genesis`, and a copy of it: one to
+/// build blocks on, one to import them into.
+fn two_chains(genesis: &Genesis) -> (tempfile::TempDir, Chain, Chain) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    drop(Chain::open(&source, genesis.clone()).unwrap());
+    let target = dir.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::copy(source.join("chain.db"), target.join("chain.db")).unwrap();
+    let s = Chain::open(&source, genesis.clone()).unwrap();
+    let t = Chain::open(&target, genesis.clone()).unwrap();
+    (dir, s, t)
+}
+
+/// Seconds to import `blocks` into `target`.
+fn import_time(target: &mut Chain, blocks: &[Block]) -> f64 {
+    let start = Instant::now();
+    for b in blocks {
+        target.import_block(b.clone(), u64::MAX / 2).unwrap();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn state_scaling(quick: bool) {
+    let accounts: u32 = if quick { 100_000 } else { 1_000_000 };
+    let (blocks, per_block) = if quick { (5, 200) } else { (20, 500) };
+    let senders: Vec<SecretKey> = (0..100).map(|_| SecretKey::generate()).collect();
+    let funded: Vec<(Address, u128)> = senders.iter().map(|k| (k.address(), 1u128 << 80)).collect();
+    let small = fast_genesis(&funded);
+    let mut big_funds = funded.clone();
+    big_funds.extend((0..accounts).map(|i| {
+        let mut a = [0xa5u8; 20];
+        a[..4].copy_from_slice(&i.to_be_bytes());
+        (Address(a), 1u128)
+    }));
+    let mut big = fast_genesis(&big_funds);
+    big.name = "zennet-bench-1m".into();
+
+    let t = Instant::now();
+    let (_d1, mut big_source, mut big_target) = two_chains(&big);
+    let setup = t.elapsed();
+    let (_d2, mut small_source, mut small_target) = two_chains(&small);
+    let big_blocks = transfer_blocks(&mut big_source, &senders, blocks, per_block, 1);
+    let small_blocks = transfer_blocks(&mut small_source, &senders, blocks, per_block, 1);
+    drop((big_source, small_source));
+    // Warm up SQLite's and the OS's caches the same way for both.
+    let big_time = import_time(&mut big_target, &big_blocks);
+    let small_time = import_time(&mut small_target, &small_blocks);
+    let per = |t: f64| 1e3 * t / blocks as f64;
+    row(
+        &format!(
+            "block import, {}k accounts ({per_block} tx)",
+            accounts / 1000
+        ),
+        per(big_time),
+        "empty state",
+        per(small_time),
+        "ms",
+    );
+    single(
+        &format!(
+            "  state entries {} / trie nodes {}",
+            big_target.state().len(),
+            big_target.state().trie().node_count()
+        ),
+        setup.as_secs_f64(),
+        "s to write the genesis state",
+    );
+
+    // The snapshot of the big state, per entry, beside the bare encoding.
+    let mut counter = Counter(0);
+    let tip = big_target.tip().header.height;
+    let info = big_target.export_snapshot(Some(tip), &mut counter).unwrap();
+    let bare = zennet_chain::codec::encode(&(
+        zennet_chain::state::StateKey::Account(Address::ZERO),
+        zennet_chain::state::StateValue::Account(zennet_chain::state::Account {
+            balance: 1,
+            nonce: 0,
+        }),
+    ))
+    .len();
+    row(
+        "snapshot file per state entry",
+        counter.0 as f64 / info.entries as f64,
+        "borsh (key, account)",
+        bare as f64,
+        "B",
+    );
+}
+
+fn parallel_import(quick: bool, recover_one_core: f64) {
+    let (blocks, per_block) = if quick { (5, 200) } else { (20, 1000) };
+    let senders: Vec<SecretKey> = (0..200).map(|_| SecretKey::generate()).collect();
+    let funded: Vec<(Address, u128)> = senders.iter().map(|k| (k.address(), 1u128 << 80)).collect();
+    let genesis = fast_genesis(&funded);
+    let (_d, mut source, mut all_cores) = two_chains(&genesis);
+    let built = transfer_blocks(&mut source, &senders, blocks, per_block, 7);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        _d.path().join("target/chain.db"),
+        dir.path().join("chain.db"),
+    )
+    .unwrap();
+    let mut one_core = Chain::open(dir.path(), genesis).unwrap();
+    drop(source);
+    let txs = (blocks * per_block) as f64;
+    let all = txs / import_time(&mut all_cores, &built);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = txs / pool.install(|| import_time(&mut one_core, &built));
+    let cores = rayon::current_num_threads();
+    row(
+        &format!("block import tx/s, {cores} cores"),
+        all,
+        "one core",
+        one,
+        "tx/s",
+    );
+    row(
+        &format!("block import tx/s, {cores} cores"),
+        all,
+        &format!("raw k256 recover x {cores}"),
+        recover_one_core * cores as f64,
+        "tx/s",
+    );
+}
+
+struct Counter(u64);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

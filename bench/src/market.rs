@@ -315,13 +315,15 @@ fn vouchers(budget: Duration) {
         seq,
         cumulative: seq as u128 * 1_000_000,
     };
-    let signed: Vec<SignedVoucher> = (1..=N).map(|i| voucher(i).sign(&payer)).collect();
+    let signed: Vec<SignedVoucher> = (1..=N)
+        .map(|i| voucher(i).sign(&payer, &Hash::ZERO))
+        .collect();
     let raw: Vec<([u8; 32], EcdsaSignature, RecoveryId)> = signed
         .iter()
         .map(|v| {
             let sig = EcdsaSignature::from_slice(&v.signature.0[..64]).unwrap();
             let recid = RecoveryId::from_byte(v.signature.0[64]).unwrap();
-            (v.voucher.signing_hash().0, sig, recid)
+            (v.voucher.signing_hash(&Hash::ZERO).0, sig, recid)
         })
         .collect();
     let raw_key = SigningKey::from_slice(&payer.to_bytes()).unwrap();
@@ -332,7 +334,7 @@ fn vouchers(budget: Duration) {
     let ours = rate(budget, || {
         let mut c = channel.clone();
         for v in &signed {
-            c.check_voucher(v, CHAIN_ID, 1_000)
+            c.check_voucher(v, CHAIN_ID, &Hash::ZERO, 1_000)
                 .expect("a valid voucher");
             c.last_seq = v.voucher.seq;
             c.claimed = v.voucher.cumulative;
@@ -366,7 +368,7 @@ fn vouchers(budget: Duration) {
     let ours = rate(budget, || {
         for _ in 0..N {
             seq += 1;
-            std::hint::black_box(voucher(seq).sign(&payer));
+            std::hint::black_box(voucher(seq).sign(&payer, &Hash::ZERO));
         }
         N
     });

@@ -8,6 +8,9 @@
 //!   pre-built chain and a fresh node that joins it; blocks/s until caught
 //!   up, and the share of that time the same headers' Ethash verification
 //!   costs.
+//! * Full sync vs snapshot fast sync of the same chain (transfers, tasks and
+//!   channels in its state), each a fresh `zennet` process joining a real
+//!   node: time to the tip, side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +30,88 @@ pub fn run(quick: bool) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(propagation(if quick { 8 } else { 25 }));
     sync_throughput(if quick { 150 } else { 600 });
+    sync_modes(if quick { 1_500 } else { 5_000 });
+}
+
+/// The same chain joined twice: block by block from genesis, and from a
+/// snapshot (then block by block after it).
+fn sync_modes(blocks: u64) {
+    let zennet = zennet_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<SecretKey> = (0..6).map(|_| SecretKey::generate()).collect();
+    let funded: Vec<_> = keys.iter().map(|k| (k.address(), 1u128 << 70)).collect();
+    let mut genesis = bench_genesis(Address::ZERO);
+    genesis.alloc = zennet_chain::testkit::fast_genesis(&funded).alloc;
+    genesis.name = "zennet-bench-sync-modes".into();
+    genesis.consensus.snapshot_interval = 500;
+    let genesis_file = dir.path().join("genesis.toml");
+    std::fs::write(&genesis_file, genesis.to_toml()).unwrap();
+    let init = |name: &str| -> PathBuf {
+        let home = dir.path().join(name);
+        let out = Command::new(&zennet)
+            .arg("--home")
+            .arg(&home)
+            .args(["init", "--genesis", genesis_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        home
+    };
+    let server = init("server");
+    let (tip, entries) = {
+        let mut chain = Chain::open(&server.join("chain"), genesis.clone()).unwrap();
+        let mut activity = zennet_chain::testkit::Activity::new(keys);
+        let miner = SecretKey::generate().address();
+        for i in 0..blocks {
+            if i % 4 == 0 {
+                activity.submit(&mut chain);
+            }
+            let tip = chain.tip().header.timestamp_ms;
+            let mut block = chain.template(miner, tip + 2_000);
+            assert!(seal(chain.ethash(), &mut block, 0, &AtomicBool::new(false)));
+            chain.import_block(block, u64::MAX / 2).unwrap();
+        }
+        (chain.tip().hash.to_string(), chain.state().len())
+    };
+    let server_node = Node::start(&zennet, &server, &[]);
+    let boot = wait_json(&zennet, &server, &["node", "info"])["listen"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let join = |name: &str, extra: &[&str]| -> Duration {
+        let home = init(name);
+        let mut args = vec!["--bootstrap", boot.as_str()];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let node = Node::start(&zennet, &home, &args);
+        loop {
+            let info = wait_json(&zennet, &home, &["chain", "info"]);
+            if info["tip"].as_str() == Some(tip.as_str()) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "{name} did not reach the tip"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(node);
+        started.elapsed()
+    };
+    let full = join("full", &["--fast-sync=false"]);
+    let fast = join("fast", &[]);
+    drop(server_node);
+    crate::row(
+        &format!("snapshot sync to tip ({blocks} blocks, {entries} entries)"),
+        fast.as_secs_f64(),
+        "full sync from genesis",
+        full.as_secs_f64(),
+        "s",
+    );
 }
 
 /// Dev parameters (1 MiB Ethash cache) at difficulty 1: sealing is one hash,

@@ -84,14 +84,19 @@ impl Block {
 
 /// A block as a node stores it: announcements past their prune height are
 /// reduced to their hash, which still lets the header's transaction root be
-/// checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// checked. This is also what sync serves, so a node can join a chain whose
+/// old announcements are pruned everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct StoredBlock {
     pub header: Header,
     pub txs: Vec<StoredTx>,
+    /// Only the header is known: the block lies at or below the snapshot
+    /// this node's state was installed from (`txs` is then empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub header_only: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StoredTx {
     Full { hash: Hash, tx: Box<SignedTx> },
@@ -107,6 +112,30 @@ impl StoredTx {
 }
 
 impl StoredBlock {
+    pub fn decode(bytes: &[u8], max_len: usize) -> Result<StoredBlock, ChainError> {
+        decode(bytes, max_len, "stored block")
+    }
+
+    /// Whether some transaction body is gone (pruned or never known).
+    pub fn is_partial(&self) -> bool {
+        self.header_only
+            || self
+                .txs
+                .iter()
+                .any(|t| matches!(t, StoredTx::Pruned { .. }))
+    }
+
+    /// The stateless checks a partial block still allows: every full
+    /// transaction hashes to its slot and the slots give the tx root.
+    pub fn check_tx_root(&self) -> bool {
+        !self.header_only
+            && self.txs.iter().all(|t| match t {
+                StoredTx::Full { hash, tx } => tx.hash() == *hash,
+                StoredTx::Pruned { .. } => true,
+            })
+            && self.computed_tx_root() == self.header.tx_root
+    }
+
     pub fn computed_tx_root(&self) -> Hash {
         let hashes: Vec<Hash> = self.txs.iter().map(StoredTx::hash).collect();
         tx_root(&hashes)
@@ -114,6 +143,9 @@ impl StoredBlock {
 
     /// The full block, if nothing in it was pruned.
     pub fn into_block(self) -> Option<Block> {
+        if self.header_only {
+            return None;
+        }
         let txs = self
             .txs
             .into_iter()

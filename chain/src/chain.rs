@@ -1,10 +1,29 @@
 //! The chain: block import with fork choice by total difficulty, reorgs that
 //! roll the state back through per-block undo data, the mempool, block
 //! templates for miners, and queries.
+//!
+//! Rules that keep it standing under hostile peers:
+//! * a fork whose point is deeper than the reorg horizon (a genesis
+//!   parameter) — or below the snapshot this node's state came from — is
+//!   refused before anything is stored;
+//! * a side block that would become the tip is executed, with every block
+//!   of its branch, before anything of it is written; the rest are checked
+//!   statelessly (header, seal, roots, signatures) and deleted once they are
+//!   behind the horizon;
+//! * announcement bodies and undo data are dropped only behind the horizon
+//!   (and behind the two newest snapshot heights), so pruning never stops a
+//!   reorg or a fast-syncing node;
+//! * after every tip change each sender's pending transactions are checked
+//!   again, and a transaction that can no longer execute leaves the pool
+//!   with the ones queued after it.
+//!
+//! Signatures of a block's transactions are recovered on all cores (rayon).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::block::{Block, Header, StoredBlock, tx_root};
 use crate::channel::Channel;
@@ -15,9 +34,10 @@ use crate::genesis::Genesis;
 use crate::identity::Role;
 use crate::mempool::{DEFAULT_MAX_TXS, Mempool};
 use crate::seal::Ethash;
-use crate::state::{Account, IdentityRecord, Overlay, State, StateKey, StateValue};
-use crate::store::{BlockMeta, BlockStatus, Store, TxLocation};
+use crate::state::{Account, Changes, IdentityRecord, Overlay, Pending, State, StateRead, Undo};
+use crate::store::{BlockMeta, BlockStatus, Store, StoreTx, TxLocation};
 use crate::task::TaskRecord;
+use crate::trie::{Child, NodeWrites, Update};
 use crate::tx::{SignedTx, VerifiedTx};
 
 /// Bytes kept free in a block for its header and encoding overhead.
@@ -63,6 +83,8 @@ pub struct Chain {
     store: Store,
     state: State,
     tip: BlockMeta,
+    /// Height of the snapshot the state was installed from (0: none).
+    snapshot_base: u64,
     ethash: Arc<Ethash>,
     mempool: Mempool,
 }
@@ -95,17 +117,17 @@ impl Chain {
             Some(_) => {}
             None => {
                 let state = genesis.state();
+                let changes: Changes = state.iter().map(|(k, v)| (*k, Some(v.clone()))).collect();
+                let update = crate::state::trie_update(&State::default(), &changes);
                 store.write(|w| {
                     w.insert_block(
                         &genesis_block,
                         genesis.consensus.initial_difficulty as u128,
                         BlockStatus::Side,
                     )?;
-                    w.make_canonical(&genesis_block)?;
+                    w.make_canonical(&genesis_hash, 0, &[])?;
                     w.set_undo(&genesis_hash, &vec![])?;
-                    for (k, v) in state.iter() {
-                        w.write_state(k, Some(v))?;
-                    }
+                    write_state(w, &changes, &update.writes)?;
                     w.set_meta("genesis", &genesis_hash.0)?;
                     w.set_meta("tip", &genesis_hash.0)
                 })?;
@@ -121,16 +143,18 @@ impl Chain {
         let root = state.root();
         if root != tip.header.state_root {
             return Err(ChainError::Corrupt(format!(
-                "stored state root {root} does not match tip {tip_hash} (height {})",
+                "stored state root {root} does not match tip {tip_hash} (height {}); run `zennet chain verify`",
                 tip.header.height
             )));
         }
+        let snapshot_base = store.meta_u64("snapshot_base")?.unwrap_or(0);
         Ok(Chain {
             genesis,
             genesis_hash,
             store,
             state,
             tip,
+            snapshot_base,
             ethash: Arc::new(ethash),
             mempool: Mempool::new(DEFAULT_MAX_TXS),
         })
@@ -169,6 +193,22 @@ impl Chain {
         self.ethash.clone()
     }
 
+    /// Height of the snapshot this node's state was installed from (0: the
+    /// state was computed from genesis).
+    pub fn snapshot_base(&self) -> u64 {
+        self.snapshot_base
+    }
+
+    /// The lowest height a fork may branch from: the reorg horizon below
+    /// the tip, and never below the snapshot base (no undo data there).
+    pub fn fork_floor(&self) -> u64 {
+        self.tip
+            .header
+            .height
+            .saturating_sub(self.genesis.consensus.reorg_horizon)
+            .max(self.snapshot_base)
+    }
+
     pub fn account(&self, address: &Address) -> Account {
         self.state.account(address)
     }
@@ -184,6 +224,11 @@ impl Chain {
 
     pub fn task(&self, id: &Hash) -> Option<TaskRecord> {
         self.state.task(id)
+    }
+
+    /// Every task still in the state (not yet pruned).
+    pub fn tasks(&self) -> Vec<TaskRecord> {
+        self.state.tasks().cloned().collect()
     }
 
     pub fn channel(&self, id: &Hash) -> Option<Channel> {
@@ -220,9 +265,10 @@ impl Chain {
             return Ok(None);
         };
         let tx = self.store.tx_body(&loc)?;
-        let sender = tx
-            .as_ref()
-            .and_then(|t| crate::crypto::recover_address(&t.tx.signing_hash(), &t.signature).ok());
+        let sender = tx.as_ref().and_then(|t| {
+            crate::crypto::recover_address(&t.tx.signing_hash(&self.genesis_hash), &t.signature)
+                .ok()
+        });
         Ok(Some(TxInfo {
             hash: *hash,
             tx,
@@ -253,7 +299,20 @@ impl Chain {
         if header.parent != parent.hash() {
             return Err(BlockError::UnknownParent(header.parent));
         }
-        self.check_header(header, parent, now_ms)
+        check_header(&self.genesis, &self.ethash, header, parent, now_ms)
+    }
+
+    /// Checks a chain of headers that follows `parent`: linkage, the header
+    /// rules, and every seal (on all cores). Returns how many passed and the
+    /// first failure, so a caller can keep the good prefix — a header from a
+    /// peer whose clock is ahead is `TimestampInFuture`, not a lie.
+    pub fn verify_headers(
+        &self,
+        parent: &Header,
+        headers: &[Header],
+        now_ms: u64,
+    ) -> (usize, Option<BlockError>) {
+        verify_header_chain(&self.genesis, &self.ethash, parent, headers, now_ms)
     }
 
     /// Canonical hashes from the tip back to genesis, dense near the tip and
@@ -309,6 +368,7 @@ impl Chain {
     pub fn submit_tx(&mut self, tx: SignedTx) -> Result<Hash> {
         let vtx = tx.verify(
             self.genesis.chain_id,
+            &self.genesis_hash,
             self.genesis.limits.max_tx_bytes as usize,
         )?;
         if self.store.tx_location(&vtx.hash)?.is_some() {
@@ -376,7 +436,16 @@ impl Chain {
         if parent.status == BlockStatus::Invalid {
             return Err(BlockError::KnownInvalid(parent.hash).into());
         }
-        self.check_header(&block.header, &parent.header, now_ms)?;
+        if parent.hash != self.tip.hash {
+            self.check_fork_depth(&parent)?;
+        }
+        check_header(
+            &self.genesis,
+            &self.ethash,
+            &block.header,
+            &parent.header,
+            now_ms,
+        )?;
         // A header hash names a block only together with the body its
         // transaction root commits to; a wrong body must not taint the hash.
         if block.computed_tx_root() != block.header.tx_root {
@@ -394,109 +463,120 @@ impl Chain {
         let total_difficulty = parent.total_difficulty + block.header.difficulty as u128;
 
         if parent.hash == self.tip.hash {
-            let changes = match self.execute(&self.state, &block.header, &vtxs) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.mark_invalid(&block, parent.total_difficulty)?;
-                    return Err(e.into());
-                }
-            };
-            let undo = self.state.undo_for(&changes);
-            self.store.write(|w| {
-                w.insert_block(&block, total_difficulty, BlockStatus::Side)?;
-                w.make_canonical(&block)?;
-                w.set_undo(&hash, &undo)?;
-                for (k, v) in &changes {
-                    w.write_state(k, v.as_ref())?;
-                }
-                w.set_meta("tip", &hash.0)?;
-                w.prune(block.header.height)?;
-                Ok(())
-            })?;
-            self.state.commit(changes);
-            let height = block.header.height;
-            self.tip = BlockMeta {
-                hash,
-                header: block.header,
-                total_difficulty,
-                status: BlockStatus::Canonical,
-            };
-            self.mempool.prune(&self.state);
-            tracing::debug!(%hash, height, txs = vtxs.len(), "extended chain");
-            return Ok(ImportOutcome::Extended { hash, height });
+            return self.extend(block, vtxs, total_difficulty);
         }
-
+        if total_difficulty > self.tip.total_difficulty {
+            return self.reorganize(block, vtxs, total_difficulty);
+        }
         self.store
             .write(|w| w.insert_block(&block, total_difficulty, BlockStatus::Side))?;
-        if total_difficulty > self.tip.total_difficulty {
-            return self.reorganize_to(hash);
-        }
         Ok(ImportOutcome::SideChain { hash })
+    }
+
+    fn extend(
+        &mut self,
+        block: Block,
+        vtxs: Vec<VerifiedTx>,
+        total_difficulty: u128,
+    ) -> Result<ImportOutcome> {
+        let hash = block.hash();
+        let (changes, update) = match self.execute(&self.state, &block.header, &vtxs) {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_invalid(&block, self.tip.total_difficulty)?;
+                return Err(e.into());
+            }
+        };
+        let undo = self.state.undo_for(&changes);
+        let height = block.header.height;
+        let tx_hashes: Vec<Hash> = vtxs.iter().map(|t| t.hash).collect();
+        let consensus = self.genesis.consensus.clone();
+        self.store.write(|w| {
+            w.insert_block(&block, total_difficulty, BlockStatus::Side)?;
+            w.make_canonical(&hash, height, &tx_hashes)?;
+            w.set_undo(&hash, &undo)?;
+            write_state(w, &changes, &update.writes)?;
+            w.set_meta("tip", &hash.0)?;
+            maintain(w, &consensus, height)
+        })?;
+        self.state.apply(changes, update.root, update.writes);
+        self.tip = BlockMeta {
+            hash,
+            header: block.header,
+            total_difficulty,
+            status: BlockStatus::Canonical,
+            has_body: true,
+        };
+        self.after_tip_change();
+        tracing::debug!(%hash, height, txs = vtxs.len(), "extended chain");
+        Ok(ImportOutcome::Extended { hash, height })
+    }
+
+    /// Refuses a block whose fork from the canonical chain branches below
+    /// the floor; walks at most the horizon's worth of side ancestors.
+    fn check_fork_depth(&self, parent: &BlockMeta) -> Result<()> {
+        let floor = self.fork_floor();
+        let mut cursor = parent.clone();
+        loop {
+            if cursor.header.height < floor {
+                return Err(BlockError::ForkTooDeep {
+                    fork_height: cursor.header.height,
+                    floor,
+                }
+                .into());
+            }
+            if cursor.status == BlockStatus::Canonical {
+                return Ok(());
+            }
+            // A side ancestor may already be deleted: it was behind the horizon.
+            cursor = match self.store.block_meta(&cursor.header.parent)? {
+                Some(m) => m,
+                None => {
+                    return Err(BlockError::ForkTooDeep {
+                        fork_height: cursor.header.height.saturating_sub(1),
+                        floor,
+                    }
+                    .into());
+                }
+            };
+        }
     }
 
     fn next_context(&self, miner: Address) -> BlockContext {
         BlockContext {
             height: self.tip.header.height + 1,
             miner,
+            genesis_hash: self.genesis_hash,
         }
     }
 
-    fn check_header(
-        &self,
-        header: &Header,
-        parent: &Header,
-        now_ms: u64,
-    ) -> Result<(), BlockError> {
-        if header.height != parent.height + 1 {
-            return Err(BlockError::BadHeight {
-                expected: parent.height + 1,
-                got: header.height,
-            });
-        }
-        if header.timestamp_ms <= parent.timestamp_ms {
-            return Err(BlockError::TimestampNotAfterParent {
-                parent: parent.timestamp_ms,
-                got: header.timestamp_ms,
-            });
-        }
-        if header.timestamp_ms > now_ms + self.genesis.consensus.max_future_ms {
-            return Err(BlockError::TimestampInFuture {
-                now: now_ms,
-                got: header.timestamp_ms,
-            });
-        }
-        let expected = self.next_difficulty(parent, header.timestamp_ms);
-        if header.difficulty != expected {
-            return Err(BlockError::BadDifficulty {
-                expected,
-                got: header.difficulty,
-            });
-        }
-        if header.extra.len() > crate::block::MAX_EXTRA_BYTES {
-            return Err(BlockError::ExtraTooLong(header.extra.len()));
-        }
-        self.ethash.verify(header)
-    }
-
-    /// Stateless body checks: transaction root, signatures, duplicates.
+    /// Stateless body checks: transaction root, signatures (recovered in
+    /// parallel on all cores), duplicates.
     fn check_body(&self, block: &Block) -> Result<Vec<VerifiedTx>> {
         if block.computed_tx_root() != block.header.tx_root {
             return Err(BlockError::BadTxRoot.into());
         }
+        let chain_id = self.genesis.chain_id;
+        let max = self.genesis.limits.max_tx_bytes as usize;
+        let genesis_hash = self.genesis_hash;
+        let verified: Vec<Result<VerifiedTx, BlockError>> = block
+            .txs
+            .par_iter()
+            .enumerate()
+            .map(|(index, tx)| {
+                tx.clone()
+                    .verify(chain_id, &genesis_hash, max)
+                    .map_err(|e| BlockError::BadTx {
+                        index,
+                        hash: tx.hash(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect();
         let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(block.txs.len());
-        for (index, tx) in block.txs.iter().enumerate() {
-            let vtx = tx
-                .clone()
-                .verify(
-                    self.genesis.chain_id,
-                    self.genesis.limits.max_tx_bytes as usize,
-                )
-                .map_err(|e| BlockError::BadTx {
-                    index,
-                    hash: tx.hash(),
-                    reason: e.to_string(),
-                })?;
+        let mut out = Vec::with_capacity(verified.len());
+        for vtx in verified {
+            let vtx = vtx?;
             if !seen.insert(vtx.hash) {
                 return Err(BlockError::DuplicateTx(vtx.hash).into());
             }
@@ -508,13 +588,14 @@ impl Chain {
     /// Executes a block's transactions on `base`; the state root must match.
     fn execute(
         &self,
-        base: &State,
+        base: &dyn StateRead,
         header: &Header,
         txs: &[VerifiedTx],
-    ) -> Result<BTreeMap<StateKey, Option<StateValue>>, BlockError> {
+    ) -> Result<(Changes, Update), BlockError> {
         let ctx = BlockContext {
             height: header.height,
             miner: header.miner,
+            genesis_hash: self.genesis_hash,
         };
         let mut overlay = Overlay::new(base);
         let mut fees = 0u128;
@@ -528,14 +609,15 @@ impl Chain {
             fees += fee;
         }
         end_block(&mut overlay, &self.genesis, &ctx, fees);
-        let computed = overlay.root();
+        let update = overlay.update();
+        let computed = update.root.root_hash();
         if computed != header.state_root {
             return Err(BlockError::BadStateRoot {
                 header: header.state_root,
                 computed,
             });
         }
-        Ok(overlay.into_changes())
+        Ok((overlay.into_changes(), update))
     }
 
     fn mark_invalid(&mut self, block: &Block, parent_td: u128) -> Result<()> {
@@ -547,16 +629,26 @@ impl Chain {
         })
     }
 
-    /// Rolls the state back to the fork point and applies the fork up to
-    /// `new_tip`. Everything is computed on a copy first and written in one
-    /// SQL transaction, so a failure (an invalid block on the fork) leaves
-    /// the current chain exactly as it was.
-    fn reorganize_to(&mut self, new_tip: Hash) -> Result<ImportOutcome> {
-        let mut branch = Vec::new();
+    /// Makes the fork ending in `new_block` (not yet stored) the canonical
+    /// chain: rolls the state back to the fork point through undo data and
+    /// applies the fork's blocks, all on a [`Pending`] view. Only when every
+    /// block of the fork has executed is anything written, in one SQL
+    /// transaction; a failing block is remembered as invalid and the current
+    /// chain stays exactly as it was.
+    fn reorganize(
+        &mut self,
+        new_block: Block,
+        new_vtxs: Vec<VerifiedTx>,
+        total_difficulty: u128,
+    ) -> Result<ImportOutcome> {
+        let new_hash = new_block.hash();
+        let new_height = new_block.header.height;
+        // The side ancestors of the new block, newest first, down to the fork.
+        let mut branch: Vec<BlockMeta> = Vec::new();
         let mut cursor = self
             .store
-            .block_meta(&new_tip)?
-            .ok_or_else(|| ChainError::Corrupt(format!("block {new_tip} vanished")))?;
+            .block_meta(&new_block.header.parent)?
+            .ok_or(BlockError::UnknownParent(new_block.header.parent))?;
         while cursor.status != BlockStatus::Canonical {
             let parent = cursor.header.parent;
             branch.push(cursor);
@@ -566,89 +658,285 @@ impl Chain {
                 .ok_or_else(|| ChainError::Corrupt(format!("ancestor {parent} is not stored")))?;
         }
         let fork_height = cursor.header.height;
-        let mut state = self.state.clone();
-        let mut old_blocks = Vec::new();
-        let mut touched: BTreeSet<StateKey> = BTreeSet::new();
+
+        let mut pending = Pending::new(&self.state);
+        let mut old_blocks: Vec<(Hash, StoredBlock)> = Vec::new();
         for height in (fork_height + 1..=self.tip.header.height).rev() {
             let hash = self
                 .store
                 .canonical_hash(height)?
                 .ok_or_else(|| ChainError::Corrupt(format!("no canonical block at {height}")))?;
-            let undo = self.store.undo(&hash)?;
-            touched.extend(undo.iter().map(|(k, _)| *k));
-            state.revert(&undo);
-            old_blocks.push(self.full_block(&hash)?);
+            let undo = self.store.undo(&hash)?.ok_or_else(|| {
+                ChainError::Corrupt(format!(
+                    "no undo data for block {hash} at {height}, inside the reorg horizon"
+                ))
+            })?;
+            pending.revert(&undo);
+            let stored = self
+                .store
+                .stored_block(&hash)?
+                .ok_or_else(|| ChainError::Corrupt(format!("block {hash} is not stored")))?;
+            old_blocks.push((hash, stored));
         }
-        let mut new_blocks = Vec::new();
+
+        let mut applied: Vec<(Block, Vec<Hash>, Undo, bool)> = Vec::new();
+        let mut td = cursor.total_difficulty;
         for meta in branch.iter().rev() {
-            let block = self.full_block(&meta.hash)?;
+            let block = self
+                .store
+                .stored_block(&meta.hash)?
+                .ok_or_else(|| ChainError::Corrupt(format!("block {} vanished", meta.hash)))?
+                .into_block()
+                .ok_or(BlockError::Pruned)?;
             let vtxs = self.check_body(&block)?;
-            let changes = match self.execute(&state, &block.header, &vtxs) {
-                Ok(c) => c,
+            match self.execute(&pending, &block.header, &vtxs) {
+                Ok((changes, update)) => {
+                    let undo = pending.commit(changes, update);
+                    td = meta.total_difficulty;
+                    applied.push((block, vtxs.iter().map(|t| t.hash).collect(), undo, false));
+                }
                 Err(e) => {
                     self.store
                         .write(|w| w.set_status(&meta.hash, BlockStatus::Invalid))?;
                     return Err(e.into());
                 }
-            };
-            touched.extend(changes.keys().copied());
-            let undo = state.commit(changes);
-            new_blocks.push((block, undo));
+            }
         }
-        let tip_meta = branch
-            .first()
-            .cloned()
-            .expect("a heavier fork has at least one block");
+        match self.execute(&pending, &new_block.header, &new_vtxs) {
+            Ok((changes, update)) => {
+                let undo = pending.commit(changes, update);
+                applied.push((
+                    new_block,
+                    new_vtxs.iter().map(|t| t.hash).collect(),
+                    undo,
+                    true,
+                ));
+            }
+            Err(e) => {
+                self.mark_invalid(&new_block, td)?;
+                return Err(e.into());
+            }
+        }
+
+        let (changes, writes, top) = pending.into_parts();
+        let consensus = self.genesis.consensus.clone();
         self.store.write(|w| {
-            for b in &old_blocks {
-                w.make_side(b)?;
+            for (hash, stored) in &old_blocks {
+                let txs: Vec<Hash> = stored.txs.iter().map(|t| t.hash()).collect();
+                w.make_side(hash, stored.header.height, &txs)?;
             }
-            for (b, undo) in &new_blocks {
-                w.make_canonical(b)?;
-                w.set_undo(&b.hash(), undo)?;
+            for (block, txs, undo, is_new) in &applied {
+                let hash = block.hash();
+                if *is_new {
+                    w.insert_block(block, total_difficulty, BlockStatus::Side)?;
+                }
+                w.make_canonical(&hash, block.header.height, txs)?;
+                w.set_undo(&hash, undo)?;
             }
-            for key in &touched {
-                w.write_state(key, state.get(key))?;
-            }
-            w.set_meta("tip", &new_tip.0)?;
-            w.prune(tip_meta.header.height)?;
-            Ok(())
+            write_state(w, &changes, &writes)?;
+            w.set_meta("tip", &new_hash.0)?;
+            maintain(w, &consensus, new_height)
         })?;
-        self.state = state;
-        let height = tip_meta.header.height;
+        self.apply_pending(changes, top, writes);
+        let (tip_block, ..) = applied.last().expect("the new block was applied");
         self.tip = BlockMeta {
+            hash: new_hash,
+            header: tip_block.header.clone(),
+            total_difficulty,
             status: BlockStatus::Canonical,
-            ..tip_meta
+            has_body: true,
         };
         // Transactions only the old branch had go back to the mempool.
-        let included: HashSet<Hash> = new_blocks
+        let included: HashSet<Hash> = applied
             .iter()
-            .flat_map(|(b, _)| b.txs.iter().map(SignedTx::hash))
+            .flat_map(|(_, txs, ..)| txs.iter().copied())
             .collect();
-        self.mempool.prune(&self.state);
-        for b in &old_blocks {
-            for tx in &b.txs {
-                if !included.contains(&tx.hash()) {
-                    let _ = self.submit_tx(tx.clone());
+        let returning: Vec<SignedTx> = old_blocks
+            .iter()
+            .rev()
+            .flat_map(|(_, b)| b.txs.iter())
+            .filter_map(|t| match t {
+                crate::block::StoredTx::Full { hash, tx } if !included.contains(hash) => {
+                    Some((**tx).clone())
                 }
-            }
+                _ => None,
+            })
+            .collect();
+        self.after_tip_change();
+        for tx in returning {
+            let _ = self.submit_tx(tx);
         }
-        tracing::info!(%new_tip, height, rolled_back = old_blocks.len(), applied = new_blocks.len(), "reorganized");
+        tracing::info!(%new_hash, height = new_height, rolled_back = old_blocks.len(), applied = applied.len(), "reorganized");
         Ok(ImportOutcome::Reorganized {
-            hash: new_tip,
-            height,
+            hash: new_hash,
+            height: new_height,
             rolled_back: old_blocks.len(),
-            applied: new_blocks.len(),
+            applied: applied.len(),
         })
     }
 
-    fn full_block(&self, hash: &Hash) -> Result<Block> {
-        self.store
-            .stored_block(hash)?
-            .ok_or_else(|| ChainError::Corrupt(format!("block {hash} is not stored")))?
-            .into_block()
-            .ok_or_else(|| BlockError::Pruned.into())
+    fn apply_pending(&mut self, changes: Changes, top: Child, writes: NodeWrites) {
+        self.state.apply(changes, top, writes);
     }
+
+    /// The mempool follows the tip: what the new state cannot execute goes.
+    fn after_tip_change(&mut self) {
+        let ctx = self.next_context(Address::ZERO);
+        self.mempool.revalidate(&self.state, &self.genesis, &ctx);
+    }
+
+    /// Replaces the state with a verified snapshot at `base`, whose header
+    /// chain `headers` (from our tip's child to `base`, seals and linkage
+    /// already checked) becomes canonical without bodies. See
+    /// [`crate::snapshot`].
+    pub(crate) fn install(
+        &mut self,
+        headers: &[Header],
+        state: State,
+        state_writes: impl FnOnce(&StoreTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let base = headers
+            .last()
+            .ok_or_else(|| ChainError::NotFound("a header to install the snapshot at".into()))?
+            .clone();
+        let mut td = self.tip.total_difficulty;
+        let consensus = self.genesis.consensus.clone();
+        let base_hash = base.hash();
+        let tds: Vec<u128> = headers
+            .iter()
+            .map(|h| {
+                td += h.difficulty as u128;
+                td
+            })
+            .collect();
+        self.store.write(|w| {
+            for (h, td) in headers.iter().zip(&tds) {
+                w.insert_header(h, *td)?;
+            }
+            w.clear_state()?;
+            state_writes(w)?;
+            w.set_meta("tip", &base_hash.0)?;
+            w.set_meta_u64("snapshot_base", base.height)?;
+            maintain(w, &consensus, base.height)
+        })?;
+        self.state = state;
+        self.snapshot_base = base.height;
+        self.tip = BlockMeta {
+            hash: base_hash,
+            header: base,
+            total_difficulty: *tds.last().expect("one header at least"),
+            status: BlockStatus::Canonical,
+            has_body: false,
+        };
+        self.after_tip_change();
+        Ok(())
+    }
+}
+
+/// Writes state changes and trie node writes.
+fn write_state(w: &StoreTx<'_>, changes: &Changes, writes: &NodeWrites) -> Result<()> {
+    for (k, v) in changes {
+        w.write_state(k, v.as_ref())?;
+    }
+    for (prefix, node) in writes {
+        w.write_trie(prefix, node.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Housekeeping behind the horizon after the tip reached `tip`.
+fn maintain(w: &StoreTx<'_>, c: &crate::genesis::Consensus, tip: u64) -> Result<()> {
+    let pruned = w.prune(c.retain_floor(tip), tip)?;
+    let deleted = w.delete_side_blocks(tip.saturating_sub(c.reorg_horizon))?;
+    if pruned + deleted > 0 {
+        tracing::debug!(pruned, deleted, tip, "pruned behind the horizon");
+    }
+    Ok(())
+}
+
+fn check_header(
+    genesis: &Genesis,
+    ethash: &Ethash,
+    header: &Header,
+    parent: &Header,
+    now_ms: u64,
+) -> Result<(), BlockError> {
+    check_header_rules(genesis, header, parent, now_ms)?;
+    ethash.verify(header)
+}
+
+/// Every header rule but the seal.
+fn check_header_rules(
+    genesis: &Genesis,
+    header: &Header,
+    parent: &Header,
+    now_ms: u64,
+) -> Result<(), BlockError> {
+    if header.height != parent.height + 1 {
+        return Err(BlockError::BadHeight {
+            expected: parent.height + 1,
+            got: header.height,
+        });
+    }
+    if header.timestamp_ms <= parent.timestamp_ms {
+        return Err(BlockError::TimestampNotAfterParent {
+            parent: parent.timestamp_ms,
+            got: header.timestamp_ms,
+        });
+    }
+    let expected = next_difficulty(genesis, parent, header.timestamp_ms);
+    if header.difficulty != expected {
+        return Err(BlockError::BadDifficulty {
+            expected,
+            got: header.difficulty,
+        });
+    }
+    if header.extra.len() > crate::block::MAX_EXTRA_BYTES {
+        return Err(BlockError::ExtraTooLong(header.extra.len()));
+    }
+    // Last: a block from a peer whose clock runs ahead is otherwise valid.
+    if header.timestamp_ms > now_ms + genesis.consensus.max_future_ms {
+        return Err(BlockError::TimestampInFuture {
+            now: now_ms,
+            got: header.timestamp_ms,
+        });
+    }
+    Ok(())
+}
+
+/// See [`Chain::verify_headers`]; seals are checked in parallel after the
+/// cheap rules have run in order.
+pub fn verify_header_chain(
+    genesis: &Genesis,
+    ethash: &Ethash,
+    parent: &Header,
+    headers: &[Header],
+    now_ms: u64,
+) -> (usize, Option<BlockError>) {
+    let mut good = 0;
+    let mut failure = None;
+    let mut prev = parent;
+    for h in headers {
+        if h.parent != prev.hash() {
+            failure = Some(BlockError::UnknownParent(h.parent));
+            break;
+        }
+        if let Err(e) = check_header_rules(genesis, h, prev, now_ms) {
+            failure = Some(e);
+            break;
+        }
+        good += 1;
+        prev = h;
+    }
+    let seals: Vec<Result<(), BlockError>> = headers[..good]
+        .par_iter()
+        .map(|h| ethash.verify(h))
+        .collect();
+    if let Some(bad) = seals.iter().position(Result::is_err) {
+        let e = seals[bad].clone().unwrap_err();
+        return (bad, Some(e));
+    }
+    (good, failure)
 }
 
 /// Homestead-style retarget toward the genesis block time: each block moves

@@ -34,12 +34,14 @@ impl Channel {
     }
 
     /// Checks a voucher against this channel at `height`: right chain and
-    /// channel, signed by the payer, strictly above what was claimed, within
-    /// the deposit, and the channel still claimable.
+    /// channel, signed by the payer (for the chain whose genesis hash is
+    /// `genesis`), strictly above what was claimed, within the deposit, and
+    /// the channel still claimable.
     pub fn check_voucher(
         &self,
         voucher: &SignedVoucher,
         chain_id: u64,
+        genesis: &Hash,
         height: u64,
     ) -> Result<(), TxError> {
         let v = &voucher.voucher;
@@ -84,7 +86,7 @@ impl Channel {
                 v.cumulative, self.deposit
             ));
         }
-        match voucher.signer() {
+        match voucher.signer(genesis) {
             Ok(signer) if signer == self.payer => Ok(()),
             _ => bad(format!("not signed by the payer {}", self.payer)),
         }
@@ -102,13 +104,16 @@ pub struct Voucher {
 
 impl Voucher {
     /// Domain-separated from transactions, so a voucher signature can never
-    /// be replayed as a transaction signature or the reverse.
-    pub fn signing_hash(&self) -> Hash {
-        signing_hash("voucher", self.chain_id, &encode(self))
+    /// be replayed as a transaction signature or the reverse; bound to one
+    /// chain by its id and `genesis` (its genesis hash), since a payee
+    /// redeems it on chain like a transaction.
+    pub fn signing_hash(&self, genesis: &Hash) -> Hash {
+        signing_hash("voucher", self.chain_id, genesis, &encode(self))
     }
 
-    pub fn sign(self, payer: &SecretKey) -> SignedVoucher {
-        let signature = payer.sign(&self.signing_hash());
+    /// Signs for the chain whose genesis hash is `genesis`.
+    pub fn sign(self, payer: &SecretKey, genesis: &Hash) -> SignedVoucher {
+        let signature = payer.sign(&self.signing_hash(genesis));
         SignedVoucher {
             voucher: self,
             signature,
@@ -123,7 +128,8 @@ pub struct SignedVoucher {
 }
 
 impl SignedVoucher {
-    pub fn signer(&self) -> Result<Address, crate::error::ChainError> {
-        recover_address(&self.voucher.signing_hash(), &self.signature)
+    /// The payer who signed this voucher for the chain whose genesis hash is `genesis`.
+    pub fn signer(&self, genesis: &Hash) -> Result<Address, crate::error::ChainError> {
+        recover_address(&self.voucher.signing_hash(genesis), &self.signature)
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Accounts are Ethereum-style: a secp256k1 key whose address is the last 20
 //! bytes of keccak256 of the uncompressed public key (without the 0x04 tag).
-//! Every signature is over a domain-separated hash that includes the chain id,
-//! so a transaction or voucher signed for one chain is worthless on another.
+//! Every signature is over a domain-separated hash that includes the chain id
+//! and the genesis hash, so a transaction or voucher signed for one chain is
+//! worthless on another — even on another dev chain with the same id.
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,13 +31,16 @@ pub fn keccak256_concat(parts: &[&[u8]]) -> Hash {
 }
 
 /// The hash every signature in Zennet is made over: a domain tag (what is being
-/// signed), the chain id, then the canonical payload bytes.
-pub fn signing_hash(domain: &str, chain_id: u64, payload: &[u8]) -> Hash {
+/// signed), the chain id, the chain's genesis hash, then the canonical payload
+/// bytes. The chain id alone is not enough: every dev chain has the same one,
+/// and a signature must not be replayable from one dev chain onto another.
+pub fn signing_hash(domain: &str, chain_id: u64, genesis: &Hash, payload: &[u8]) -> Hash {
     keccak256_concat(&[
         b"zennet:",
         domain.as_bytes(),
         &[0],
         &chain_id.to_be_bytes(),
+        &genesis.0,
         payload,
     ])
 }
@@ -240,7 +244,7 @@ mod tests {
     #[test]
     fn sign_then_recover_gives_the_signer() {
         let key = SecretKey::generate();
-        let msg = signing_hash("test", 98765, b"payload");
+        let msg = signing_hash("test", 98765, &Hash::ZERO, b"payload");
         let sig = key.sign(&msg);
         assert_eq!(recover_address(&msg, &sig).unwrap(), key.address());
         assert_eq!(recover_public_key(&msg, &sig).unwrap(), key.public_key());
@@ -250,9 +254,11 @@ mod tests {
     #[test]
     fn signature_over_other_chain_recovers_someone_else() {
         let key = SecretKey::generate();
-        let sig = key.sign(&signing_hash("test", 1, b"x"));
-        let other = recover_address(&signing_hash("test", 2, b"x"), &sig);
+        let sig = key.sign(&signing_hash("test", 1, &Hash::ZERO, b"x"));
+        let other = recover_address(&signing_hash("test", 2, &Hash::ZERO, b"x"), &sig);
         assert_ne!(other.ok(), Some(key.address()));
+        let other_genesis = recover_address(&signing_hash("test", 1, &Hash([1; 32]), b"x"), &sig);
+        assert_ne!(other_genesis.ok(), Some(key.address()));
     }
 
     #[test]
@@ -270,7 +276,7 @@ mod tests {
     #[test]
     fn rejects_high_s_and_bad_recovery_id() {
         let key = SecretKey::generate();
-        let msg = signing_hash("t", 1, b"m");
+        let msg = signing_hash("t", 1, &Hash::ZERO, b"m");
         let mut sig = key.sign(&msg);
         sig.0[64] = 7;
         assert!(matches!(

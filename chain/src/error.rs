@@ -26,6 +26,8 @@ pub enum ChainError {
     Corrupt(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Why a transaction is invalid against the current state. Each rule of the
@@ -136,6 +138,10 @@ pub enum BlockError {
     DuplicateTx(Hash),
     #[error("block has pruned transactions and cannot be executed")]
     Pruned,
+    #[error(
+        "fork from height {fork_height} is deeper than the reorg horizon (oldest fork point allowed: {floor})"
+    )]
+    ForkTooDeep { fork_height: u64, floor: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,8 @@ use crate::tx::{Amount, TxBody, VerifiedTx};
 pub struct BlockContext {
     pub height: u64,
     pub miner: Address,
+    /// The chain's genesis hash, which every signature (vouchers too) is bound to.
+    pub genesis_hash: Hash,
 }
 
 /// Applies one verified transaction. Returns the fee it pays the miner.
@@ -85,10 +87,8 @@ pub fn apply_tx(
 /// prune height has come.
 pub fn end_block(state: &mut Overlay<'_>, genesis: &Genesis, ctx: &BlockContext, fees: Amount) {
     credit(state, ctx.miner, genesis.economics.block_reward + fees);
-    for task in state.tasks() {
-        if task.announcement.prune_height <= ctx.height {
-            state.set(StateKey::Task(task.id), None);
-        }
+    for id in state.tasks_due(ctx.height) {
+        state.set(StateKey::Task(id), None);
     }
 }
 
@@ -193,12 +193,12 @@ fn check_body(
         }
         TxBody::ChannelClaim { voucher } => {
             let c = payee_channel(state, &voucher.voucher.channel, sender)?;
-            c.check_voucher(voucher, genesis.chain_id, ctx.height)?;
+            c.check_voucher(voucher, genesis.chain_id, &ctx.genesis_hash, ctx.height)?;
         }
         TxBody::ChannelClose { channel, voucher } => {
             let c = payee_channel(state, channel, sender)?;
             if let Some(v) = voucher {
-                c.check_voucher(v, genesis.chain_id, ctx.height)?;
+                c.check_voucher(v, genesis.chain_id, &ctx.genesis_hash, ctx.height)?;
             }
         }
         TxBody::ChannelSettle { channel } => {

@@ -45,6 +45,42 @@ pub struct Consensus {
     pub difficulty_divisor: u64,
     /// How far ahead of the local clock a block's timestamp may be.
     pub max_future_ms: u64,
+    /// Blocks this deep below the tip are final: a fork whose point is
+    /// deeper is refused, and only behind this depth are announcement
+    /// bodies pruned and side blocks deleted.
+    #[serde(default = "default_reorg_horizon")]
+    pub reorg_horizon: u64,
+    /// State snapshots for fast sync are taken at multiples of this height
+    /// (the newest one at least `reorg_horizon` below the tip).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: u64,
+}
+
+fn default_reorg_horizon() -> u64 {
+    100
+}
+
+fn default_snapshot_interval() -> u64 {
+    100
+}
+
+impl Consensus {
+    /// The newest height a snapshot is served at when the tip is `tip`:
+    /// the highest multiple of the interval at least the horizon below it.
+    pub fn snapshot_height(&self, tip: u64) -> Option<u64> {
+        let final_height = tip.checked_sub(self.reorg_horizon)?;
+        let h = final_height / self.snapshot_interval * self.snapshot_interval;
+        (h > 0).then_some(h)
+    }
+
+    /// Blocks at or below this height keep neither announcement bodies nor
+    /// undo data: behind the horizon, and behind the two newest snapshot
+    /// heights, so a node fast-syncing from either can apply every block
+    /// after it.
+    pub fn retain_floor(&self, tip: u64) -> u64 {
+        self.snapshot_height(tip)
+            .map_or(0, |h| h.saturating_sub(self.snapshot_interval))
+    }
 }
 
 /// Ethash sizes. Mainnet Ethereum uses a 16 MiB cache and a 1 GiB dataset
@@ -113,6 +149,8 @@ impl Genesis {
                 min_difficulty: 100,
                 difficulty_divisor: 16,
                 max_future_ms: 15_000,
+                reorg_horizon: 100,
+                snapshot_interval: 100,
             },
             ethash: EthashParams {
                 epoch_length: 1_000,
@@ -170,6 +208,9 @@ impl Genesis {
         if c.block_time_ms == 0 || c.difficulty_divisor == 0 {
             return bad("consensus.block_time_ms and difficulty_divisor must be positive");
         }
+        if c.reorg_horizon == 0 || c.snapshot_interval == 0 {
+            return bad("consensus.reorg_horizon and snapshot_interval must be positive");
+        }
         if c.min_difficulty == 0 || c.initial_difficulty < c.min_difficulty {
             return bad(
                 "consensus.min_difficulty must be positive and not above initial_difficulty",
@@ -206,17 +247,15 @@ impl Genesis {
 
     /// The initial state: the allocations.
     pub fn state(&self) -> State {
-        let mut state = State::default();
-        for a in &self.alloc {
-            state.insert(
+        State::from_entries(self.alloc.iter().map(|a| {
+            (
                 StateKey::Account(a.address),
                 StateValue::Account(Account {
                     balance: a.balance,
                     nonce: 0,
                 }),
-            );
-        }
-        state
+            )
+        }))
     }
 
     /// Block 0. Its `extra` commits to every genesis parameter, so two chains
@@ -242,6 +281,22 @@ impl Genesis {
 
     pub fn hash(&self) -> Hash {
         self.block().header.hash()
+    }
+}
+
+#[cfg(test)]
+mod snapshot_height_tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_heights_stay_behind_the_horizon() {
+        let c = Genesis::dev(Address::ZERO, 0).consensus;
+        assert_eq!(c.snapshot_height(150), None);
+        assert_eq!(c.snapshot_height(200), Some(100));
+        assert_eq!(c.snapshot_height(299), Some(100));
+        assert_eq!(c.snapshot_height(300), Some(200));
+        assert_eq!(c.retain_floor(299), 0);
+        assert_eq!(c.retain_floor(300), 100);
     }
 }
 

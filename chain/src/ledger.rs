@@ -16,6 +16,11 @@ pub trait Ledger: Send + Sync + 'static {
     fn chain_id(&self) -> u64 {
         self.genesis().chain_id
     }
+    /// The genesis hash every signature on this chain is bound to (pass it
+    /// to `Transaction::sign`, `Voucher::sign` and `SignedVoucher::signer`).
+    fn genesis_hash(&self) -> Hash {
+        self.genesis().hash()
+    }
     /// The account this node signs with.
     fn address(&self) -> Address;
     fn height(&self) -> u64;

@@ -2,11 +2,19 @@
 //! per byte, bounded in count. A transaction is admitted only if it would
 //! execute on top of the current state plus its sender's earlier pending
 //! transactions, so a user learns at once why a transaction cannot go in.
+//!
+//! After every tip change [`Mempool::revalidate`] runs each sender's queue
+//! again on the new state: the first transaction that no longer executes
+//! (an acceptance that lost the race for the last instance, a spend the
+//! new branch made unaffordable) is dropped with everything after it from
+//! that sender, so it never blocks the sender's later transactions, which
+//! are then signed again from the freed nonce. Why a transaction left is
+//! kept for a while ([`Mempool::dropped`]).
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use crate::crypto::{Address, Hash};
-use crate::error::MempoolError;
+use crate::error::{MempoolError, TxError};
 use crate::execute::{BlockContext, apply_tx};
 use crate::genesis::Genesis;
 use crate::state::{Overlay, State};
@@ -14,11 +22,23 @@ use crate::tx::VerifiedTx;
 
 pub const DEFAULT_MAX_TXS: usize = 10_000;
 pub const MAX_PER_SENDER: usize = 256;
+/// How many dropped transactions keep their reason.
+const DROPPED_MEMORY: usize = 1024;
 
 pub struct Mempool {
     max_txs: usize,
     txs: HashMap<Hash, VerifiedTx>,
     by_sender: BTreeMap<Address, BTreeMap<u64, Hash>>,
+    dropped: VecDeque<(Hash, Dropped)>,
+}
+
+/// Why a pending transaction left the pool without being mined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// It no longer executes on the new tip's state.
+    Invalid(TxError),
+    /// An earlier transaction of the same sender was dropped; its nonce is free again.
+    AfterDropped(Hash),
 }
 
 impl Mempool {
@@ -27,7 +47,55 @@ impl Mempool {
             max_txs,
             txs: HashMap::new(),
             by_sender: BTreeMap::new(),
+            dropped: VecDeque::new(),
         }
+    }
+
+    /// Why `hash` was dropped, if it was recently.
+    pub fn dropped(&self, hash: &Hash) -> Option<&Dropped> {
+        self.dropped.iter().find(|(h, _)| h == hash).map(|(_, d)| d)
+    }
+
+    /// Re-checks every sender's queue on `state` (the new tip's): drops what
+    /// the tip made stale, then the first transaction per sender that no
+    /// longer executes and everything queued after it. Returns the dropped.
+    pub fn revalidate(
+        &mut self,
+        state: &State,
+        genesis: &Genesis,
+        ctx: &BlockContext,
+    ) -> Vec<(Hash, Dropped)> {
+        self.prune(state);
+        let mut failed = Vec::new();
+        for queue in self.by_sender.values() {
+            let mut overlay = Overlay::new(state);
+            for h in queue.values() {
+                if let Err(e) = apply_tx(&mut overlay, genesis, ctx, &self.txs[h]) {
+                    failed.push((*h, e));
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (first, reason) in failed {
+            let removed = self.remove(&first);
+            for h in removed {
+                let why = if h == first {
+                    Dropped::Invalid(reason.clone())
+                } else {
+                    Dropped::AfterDropped(first)
+                };
+                tracing::debug!(tx = %h, ?why, "dropped from the mempool");
+                out.push((h, why));
+            }
+        }
+        for d in &out {
+            if self.dropped.len() >= DROPPED_MEMORY {
+                self.dropped.pop_front();
+            }
+            self.dropped.push_back(d.clone());
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -162,22 +230,28 @@ impl Mempool {
         }
     }
 
-    /// Removes one transaction and everything after it from the same sender.
-    pub fn remove(&mut self, hash: &Hash) {
-        let Some(tx) = self.txs.get(hash) else { return };
+    /// Removes one transaction and everything after it from the same
+    /// sender; returns the removed hashes in nonce order.
+    pub fn remove(&mut self, hash: &Hash) -> Vec<Hash> {
+        let Some(tx) = self.txs.get(hash) else {
+            return vec![];
+        };
         let sender = tx.sender;
         let nonce = tx.tx().nonce;
+        let mut removed = Vec::new();
         if let Some(queue) = self.by_sender.get_mut(&sender) {
             let later: Vec<u64> = queue.range(nonce..).map(|(n, _)| *n).collect();
             for n in later {
                 if let Some(h) = queue.remove(&n) {
                     self.txs.remove(&h);
+                    removed.push(h);
                 }
             }
             if queue.is_empty() {
                 self.by_sender.remove(&sender);
             }
         }
+        removed
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &VerifiedTx> {

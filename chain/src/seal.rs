@@ -6,6 +6,12 @@
 //! keccak256(keccak512(seal hash ‖ nonce) ‖ mix digest), so a header whose
 //! claimed mix digest cannot meet its difficulty is rejected after two hashes
 //! — and only then the full light computation that recomputes the mix.
+//!
+//! A light hash computes 128 dataset items from the cache; when an epoch's
+//! whole dataset is small (test chains: at most [`FULL_DATASET_MAX`]) it is
+//! built once and hashes read it instead (`hashimoto_full`, the same result
+//! a thousand times faster), which is what lets a test build a 20,000-block
+//! chain in seconds.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,16 +28,21 @@ use crate::error::BlockError;
 use crate::genesis::EthashParams;
 use crate::pow;
 
-/// Caches kept in memory: the current epoch and its neighbours.
-const CACHES_IN_MEMORY: usize = 3;
+/// Memory for caches (and for small datasets): a mainnet-sized 16 MiB cache
+/// keeps a few epochs, a test chain's tiny ones keep many, so headers of
+/// several epochs checked in parallel do not evict each other's.
+const MEMORY_BUDGET: usize = 64 << 20;
 /// Headers whose seal was recently verified: sync checks a header chain
 /// first and imports the blocks right after, and should not pay twice.
-const VERIFIED_MEMORY: usize = 4096;
+const VERIFIED_MEMORY: usize = 1 << 16;
+/// Datasets up to this size are built whole and kept with their cache.
+pub const FULL_DATASET_MAX: usize = 1 << 20;
 
 pub struct Ethash {
     params: EthashParams,
     dir: Option<PathBuf>,
     caches: Mutex<BTreeMap<u64, Arc<Vec<u8>>>>,
+    datasets: Mutex<BTreeMap<u64, Arc<Vec<u8>>>>,
     verified: Mutex<std::collections::HashSet<Hash>>,
 }
 
@@ -42,6 +53,7 @@ impl Ethash {
             params,
             dir,
             caches: Mutex::new(BTreeMap::new()),
+            datasets: Mutex::new(BTreeMap::new()),
             verified: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -60,9 +72,12 @@ impl Ethash {
         (bytes as usize) / ethash::MIX_BYTES * ethash::MIX_BYTES
     }
 
-    /// The light cache of `epoch`: from memory, from disk, or built (and saved).
+    /// The light cache of `epoch`: from memory, from disk, or built (and
+    /// saved). Built under the lock, so threads verifying headers of the
+    /// same new epoch build it once.
     pub fn cache(&self, epoch: u64) -> Arc<Vec<u8>> {
-        if let Some(c) = self.caches.lock().expect("cache lock").get(&epoch) {
+        let mut caches = self.caches.lock().expect("cache lock");
+        if let Some(c) = caches.get(&epoch) {
             return c.clone();
         }
         let size = self.cache_size(epoch);
@@ -70,18 +85,8 @@ impl Ethash {
             .load(epoch, size)
             .unwrap_or_else(|| self.build_and_save(epoch, size));
         let cache = Arc::new(cache);
-        let mut caches = self.caches.lock().expect("cache lock");
         caches.insert(epoch, cache.clone());
-        while caches.len() > CACHES_IN_MEMORY {
-            // Evict the epoch furthest from the one just used.
-            let (&lo, &hi) = (caches.keys().next().unwrap(), caches.keys().last().unwrap());
-            let evict = if epoch - lo.min(epoch) >= hi.max(epoch) - epoch {
-                lo
-            } else {
-                hi
-            };
-            caches.remove(&evict);
-        }
+        evict(&mut caches, epoch);
         cache
     }
 
@@ -101,12 +106,16 @@ impl Ethash {
             return Ok(());
         }
         self.verify_seal(header)?;
+        self.remember(id);
+        Ok(())
+    }
+
+    fn remember(&self, id: Hash) {
         let mut verified = self.verified.lock().expect("verified lock");
         if verified.len() >= VERIFIED_MEMORY {
             verified.clear();
         }
         verified.insert(id);
-        Ok(())
     }
 
     /// The seal check itself, without the memory of verified headers.
@@ -148,6 +157,12 @@ impl Ethash {
             let nonce = start.wrapping_add(i);
             let (mix, result) = self.compute_with(&cache, epoch, &seal_hash, nonce);
             if primitive_types::U256::from_big_endian(&result.0) <= target {
+                // A seal found here is valid by construction: importing the
+                // block right after need not compute it again.
+                let mut sealed = header.clone();
+                sealed.nonce = nonce;
+                sealed.mix_digest = mix;
+                self.remember(sealed.hash());
                 return Some((nonce, mix));
             }
         }
@@ -155,13 +170,30 @@ impl Ethash {
     }
 
     fn compute_with(&self, cache: &[u8], epoch: u64, seal_hash: &Hash, nonce: u64) -> (Hash, Hash) {
-        let (mix, result) = ethash::hashimoto_light(
-            H256::from(seal_hash.0),
-            H64::from(nonce.to_be_bytes()),
-            self.dataset_size(epoch),
-            cache,
-        );
+        let size = self.dataset_size(epoch);
+        let (header, nonce) = (H256::from(seal_hash.0), H64::from(nonce.to_be_bytes()));
+        let (mix, result) = match self.dataset(epoch, size, cache) {
+            Some(dataset) => ethash::hashimoto_full(header, nonce, size, &dataset),
+            None => ethash::hashimoto_light(header, nonce, size, cache),
+        };
         (Hash(mix.0), Hash(result.0))
+    }
+
+    /// The whole dataset of a small epoch, built once from its cache.
+    fn dataset(&self, epoch: u64, size: usize, cache: &[u8]) -> Option<Arc<Vec<u8>>> {
+        if size > FULL_DATASET_MAX {
+            return None;
+        }
+        let mut datasets = self.datasets.lock().expect("dataset lock");
+        if let Some(d) = datasets.get(&epoch) {
+            return Some(d.clone());
+        }
+        let mut d = vec![0u8; size];
+        ethash::make_dataset(&mut d, cache);
+        let d = Arc::new(d);
+        datasets.insert(epoch, d.clone());
+        evict(&mut datasets, epoch);
+        Some(d)
     }
 
     fn path(&self, epoch: u64, size: usize) -> Option<PathBuf> {
@@ -201,6 +233,21 @@ impl Ethash {
     }
 }
 
+/// Keeps the entries within [`MEMORY_BUDGET`], evicting the epoch furthest
+/// from the one just used (never that one).
+fn evict(map: &mut BTreeMap<u64, Arc<Vec<u8>>>, used: u64) {
+    while map.len() > 1 && map.values().map(|v| v.len()).sum::<usize>() > MEMORY_BUDGET {
+        let lo = *map.keys().next().expect("non-empty");
+        let hi = *map.keys().last().expect("non-empty");
+        let evict = if used.saturating_sub(lo) >= hi.saturating_sub(used) {
+            lo
+        } else {
+            hi
+        };
+        map.remove(&evict);
+    }
+}
+
 /// Seals `block` in place, searching nonces from `start` in batches until one
 /// meets its difficulty. Returns false (block unchanged) if `stop` is raised.
 pub fn seal(
@@ -237,7 +284,12 @@ fn save_atomically(path: &Path, cache: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Unique per process and thread: never two writers on one temporary file.
+    let tmp = path.with_extension(format!(
+        "{}-{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(cache)?;
     f.write_all(&keccak256(cache).0)?;
@@ -304,6 +356,30 @@ mod tests {
             }
         }
         assert!(ok < 20);
+    }
+
+    #[test]
+    fn full_and_light_datasets_give_the_same_seal() {
+        let small = Ethash::new(params(), None);
+        let mut big_params = params();
+        big_params.dataset_bytes = (FULL_DATASET_MAX + 128) as u64;
+        let big = Ethash::new(big_params.clone(), None);
+        let light_of_small = {
+            let cache = small.cache(0);
+            let h = header(1).seal_hash();
+            ethash::hashimoto_light(
+                H256::from(h.0),
+                H64::from(5u64.to_be_bytes()),
+                small.dataset_size(0),
+                &cache,
+            )
+        };
+        let (mix, result) = small.compute(&header(1).seal_hash(), 5, 7);
+        assert_eq!((mix.0, result.0), (light_of_small.0.0, light_of_small.1.0));
+        assert!(
+            big.dataset(0, big.dataset_size(0), &big.cache(0)).is_none(),
+            "big datasets stay light"
+        );
     }
 
     #[test]

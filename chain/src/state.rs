@@ -1,22 +1,28 @@
-//! The ledger state: accounts, identities, open tasks and channels, in one
-//! ordered map so that one mechanism serves the state root, the database
-//! mirror and per-block undo data.
+//! The ledger state: accounts, identities, open tasks and channels, with the
+//! [`Trie`] that commits to them.
 //!
-//! Blocks execute against an [`Overlay`] over the state; only a block that
+//! The state is one map from [`StateKey`] to [`StateValue`]; each entry is a
+//! leaf of the trie at `keccak256(borsh(key))`, holding `keccak256(borsh(value))`.
+//! One mechanism thus serves the state root, the database mirror, per-block
+//! undo data and snapshots.
+//!
+//! Blocks execute against an [`Overlay`] over anything that reads like a
+//! state ([`StateRead`]): the committed [`State`], or a [`Pending`] stack of
+//! changes a reorg builds up before it writes anything. Only a block that
 //! executes completely is committed, which yields the undo record a reorg
 //! uses to roll the block back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
-use crate::block::merkle_root;
 use crate::channel::Channel;
 use crate::codec::{amount_str, encode};
-use crate::crypto::{Address, Hash, keccak256_concat};
+use crate::crypto::{Address, Hash, keccak256};
 use crate::identity::{Identity, Role};
 use crate::task::TaskRecord;
+use crate::trie::{self, Child, LeafChange, NodeSource, NodeWrites, Prefix, Trie, Update};
 use crate::tx::Amount;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
@@ -27,12 +33,40 @@ pub enum StateKey {
     Channel(Hash),
 }
 
+impl StateKey {
+    /// Where this key's leaf sits in the trie.
+    pub fn path(&self) -> Hash {
+        keccak256(&encode(self))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub enum StateValue {
     Account(Account),
     Identity(IdentityRecord),
     Task(Box<TaskRecord>),
     Channel(Channel),
+}
+
+impl StateValue {
+    /// What the trie leaf holds.
+    pub fn hash(&self) -> Hash {
+        keccak256(&encode(self))
+    }
+
+    /// A value of the kind its key names: a snapshot or a stored row that
+    /// pairs a key with a value of another kind is corrupt.
+    pub fn fits(&self, key: &StateKey) -> bool {
+        match (key, self) {
+            (StateKey::Account(_), StateValue::Account(_)) => true,
+            (StateKey::Identity(a, r), StateValue::Identity(i)) => {
+                i.identity.role == *r && i.identity.public_key.address().ok() == Some(*a)
+            }
+            (StateKey::Task(id), StateValue::Task(t)) => t.id == *id,
+            (StateKey::Channel(id), StateValue::Channel(c)) => c.id == *id,
+            _ => false,
+        }
+    }
 }
 
 #[derive(
@@ -50,21 +84,75 @@ pub struct IdentityRecord {
     pub registered_at: u64,
 }
 
-/// Previous values of every key a block changed, in the order to restore them.
+/// Previous values of every key a block changed.
 pub type Undo = Vec<(StateKey, Option<StateValue>)>;
+
+/// New values by key (`None` deletes).
+pub type Changes = BTreeMap<StateKey, Option<StateValue>>;
+
+/// Read access to a state, committed or pending.
+pub trait StateRead {
+    fn get(&self, key: &StateKey) -> Option<StateValue>;
+    /// Ids of tasks whose prune height is at or below `height`.
+    fn tasks_due(&self, height: u64) -> Vec<Hash>;
+    /// The trie's nodes as this state sees them.
+    fn nodes(&self) -> &dyn NodeSource;
+    fn trie_root(&self) -> Child;
+}
+
+/// The trie update that `changes` make on top of `base`.
+pub fn trie_update(base: &dyn StateRead, changes: &Changes) -> Update {
+    let mut list: Vec<LeafChange> = changes
+        .iter()
+        .map(|(k, v)| (k.path(), v.as_ref().map(StateValue::hash)))
+        .collect();
+    list.sort_unstable_by_key(|a| a.0);
+    trie::update(base.nodes(), base.trie_root(), &list)
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     entries: BTreeMap<StateKey, StateValue>,
+    trie: Trie,
+    /// (prune height, id) of every task, so a block finds the tasks it
+    /// drops without scanning them all.
+    task_expiry: BTreeSet<(u64, Hash)>,
 }
 
 impl State {
-    pub fn get(&self, key: &StateKey) -> Option<&StateValue> {
-        self.entries.get(key)
+    /// A state from its entries and stored trie nodes (as loaded from disk).
+    pub fn from_parts(
+        entries: BTreeMap<StateKey, StateValue>,
+        nodes: std::collections::HashMap<Prefix, trie::Node>,
+    ) -> State {
+        let single = match entries.iter().next() {
+            Some((k, v)) if entries.len() == 1 => Some((k.path(), v.hash())),
+            _ => None,
+        };
+        let task_expiry = entries
+            .values()
+            .filter_map(|v| match v {
+                StateValue::Task(t) => Some((t.announcement.prune_height, t.id)),
+                _ => None,
+            })
+            .collect();
+        State {
+            entries,
+            trie: Trie::from_nodes(nodes, single),
+            task_expiry,
+        }
     }
 
-    pub fn insert(&mut self, key: StateKey, value: StateValue) {
-        self.entries.insert(key, value);
+    /// A state holding `entries`, with its trie built from scratch.
+    pub fn from_entries(entries: impl IntoIterator<Item = (StateKey, StateValue)>) -> State {
+        let mut state = State::default();
+        let changes: Changes = entries.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        state.commit(changes);
+        state
+    }
+
+    pub fn get(&self, key: &StateKey) -> Option<&StateValue> {
+        self.entries.get(key)
     }
 
     pub fn len(&self) -> usize {
@@ -77,6 +165,10 @@ impl State {
 
     pub fn iter(&self) -> impl Iterator<Item = (&StateKey, &StateValue)> {
         self.entries.iter()
+    }
+
+    pub fn trie(&self) -> &Trie {
+        &self.trie
     }
 
     pub fn account(&self, address: &Address) -> Account {
@@ -108,78 +200,207 @@ impl State {
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
-        self.entries.values().filter_map(|v| match v {
-            StateValue::Task(t) => Some(&**t),
-            _ => None,
-        })
+        self.entries
+            .range(StateKey::Task(Hash::ZERO)..=StateKey::Task(Hash([0xff; 32])))
+            .filter_map(|(_, v)| match v {
+                StateValue::Task(t) => Some(&**t),
+                _ => None,
+            })
     }
 
     pub fn channels(&self) -> impl Iterator<Item = &Channel> {
-        self.entries.values().filter_map(|v| match v {
-            StateValue::Channel(c) => Some(c),
-            _ => None,
-        })
+        self.entries
+            .range(StateKey::Channel(Hash::ZERO)..=StateKey::Channel(Hash([0xff; 32])))
+            .filter_map(|(_, v)| match v {
+                StateValue::Channel(c) => Some(c),
+                _ => None,
+            })
     }
 
-    /// Merkle root over every (key, value) in key order.
+    /// The state root: the trie's root hash, kept current as blocks commit.
     pub fn root(&self) -> Hash {
-        merkle_root(self.entries.iter().map(|(k, v)| leaf(k, v)).collect())
+        self.trie.root_hash()
     }
 
     /// What [`State::commit`] of `changes` would return, without committing.
-    pub fn undo_for(&self, changes: &BTreeMap<StateKey, Option<StateValue>>) -> Undo {
-        changes
-            .keys()
-            .map(|k| (*k, self.entries.get(k).cloned()))
-            .collect()
+    pub fn undo_for(&self, changes: &Changes) -> Undo {
+        undo_for(self, changes)
     }
 
     /// Applies `changes`, returning what is needed to undo them.
-    pub fn commit(&mut self, changes: BTreeMap<StateKey, Option<StateValue>>) -> Undo {
-        let mut undo = Vec::with_capacity(changes.len());
-        for (key, value) in changes {
-            let previous = match value {
-                Some(v) => self.entries.insert(key, v),
-                None => self.entries.remove(&key),
-            };
-            undo.push((key, previous));
-        }
+    pub fn commit(&mut self, changes: Changes) -> Undo {
+        let update = trie_update(self, &changes);
+        let undo = self.undo_for(&changes);
+        self.apply(changes, update.root, update.writes);
         undo
     }
 
     /// Restores the values an earlier [`State::commit`] replaced.
     pub fn revert(&mut self, undo: &Undo) {
-        for (key, previous) in undo.iter().rev() {
-            match previous {
-                Some(v) => self.entries.insert(*key, v.clone()),
-                None => self.entries.remove(key),
+        self.commit(undo.iter().cloned().collect());
+    }
+
+    /// Applies changes whose trie update was computed already (against this
+    /// state, or through a [`Pending`] over it whose writes are all here).
+    pub fn apply(&mut self, changes: Changes, root: Child, writes: NodeWrites) {
+        for (key, value) in changes {
+            if let StateKey::Task(id) = key {
+                if let Some(StateValue::Task(t)) = self.entries.get(&key) {
+                    self.task_expiry.remove(&(t.announcement.prune_height, id));
+                }
+                if let Some(StateValue::Task(t)) = &value {
+                    self.task_expiry.insert((t.announcement.prune_height, id));
+                }
+            }
+            match value {
+                Some(v) => self.entries.insert(key, v),
+                None => self.entries.remove(&key),
             };
+        }
+        self.trie.apply(root, writes);
+    }
+}
+
+impl StateRead for State {
+    fn get(&self, key: &StateKey) -> Option<StateValue> {
+        self.entries.get(key).cloned()
+    }
+
+    fn tasks_due(&self, height: u64) -> Vec<Hash> {
+        self.task_expiry
+            .range(..=(height, Hash([0xff; 32])))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    fn nodes(&self) -> &dyn NodeSource {
+        &self.trie
+    }
+
+    fn trie_root(&self) -> Child {
+        self.trie.root()
+    }
+}
+
+fn undo_for(base: &dyn StateRead, changes: &Changes) -> Undo {
+    changes.keys().map(|k| (*k, base.get(k))).collect()
+}
+
+/// Changes stacked on a committed [`State`] without touching it: a reorg
+/// rolls back and re-applies blocks here, and writes the result only once
+/// every block of the new branch has executed.
+pub struct Pending<'a> {
+    base: &'a State,
+    changes: Changes,
+    writes: NodeWrites,
+    root: Child,
+}
+
+impl<'a> Pending<'a> {
+    pub fn new(base: &'a State) -> Pending<'a> {
+        Pending {
+            base,
+            changes: Changes::new(),
+            writes: NodeWrites::new(),
+            root: base.trie.root(),
+        }
+    }
+
+    /// Applies `changes` whose trie update was computed against this
+    /// pending state; returns the undo record.
+    pub fn commit(&mut self, changes: Changes, update: Update) -> Undo {
+        let undo = undo_for(self, &changes);
+        self.changes.extend(changes);
+        self.writes.extend(update.writes);
+        self.root = update.root;
+        undo
+    }
+
+    /// Rolls back one block through its undo record.
+    pub fn revert(&mut self, undo: &Undo) {
+        let changes: Changes = undo.iter().cloned().collect();
+        let update = trie_update(self, &changes);
+        self.commit(changes, update);
+    }
+
+    pub fn root(&self) -> Hash {
+        self.root.root_hash()
+    }
+
+    /// Everything to write: state changes, trie writes and the new top.
+    pub fn into_parts(self) -> (Changes, NodeWrites, Child) {
+        (self.changes, self.writes, self.root)
+    }
+}
+
+impl StateRead for Pending<'_> {
+    fn get(&self, key: &StateKey) -> Option<StateValue> {
+        match self.changes.get(key) {
+            Some(v) => v.clone(),
+            None => self.base.get(key).cloned(),
+        }
+    }
+
+    fn tasks_due(&self, height: u64) -> Vec<Hash> {
+        due_with(self.base.tasks_due(height), &self.changes, height)
+    }
+
+    fn nodes(&self) -> &dyn NodeSource {
+        self
+    }
+
+    fn trie_root(&self) -> Child {
+        self.root
+    }
+}
+
+impl NodeSource for Pending<'_> {
+    fn node(&self, prefix: &Prefix) -> Option<&trie::Node> {
+        match self.writes.get(prefix) {
+            Some(n) => n.as_ref(),
+            None => self.base.trie.node(prefix),
         }
     }
 }
 
-fn leaf(key: &StateKey, value: &StateValue) -> Hash {
-    keccak256_concat(&[&[0u8], &encode(key), &encode(value)])
+/// Tasks due at `height`: those of the base, less those `changes` delete,
+/// plus those `changes` add. (A task's prune height never changes.)
+fn due_with(base: Vec<Hash>, changes: &Changes, height: u64) -> Vec<Hash> {
+    let mut due: BTreeSet<Hash> = base.into_iter().collect();
+    for (key, value) in changes {
+        if let StateKey::Task(id) = key {
+            match value {
+                Some(StateValue::Task(t)) if t.announcement.prune_height <= height => {
+                    due.insert(*id);
+                }
+                None => {
+                    due.remove(id);
+                }
+                _ => {}
+            }
+        }
+    }
+    due.into_iter().collect()
 }
 
-/// Pending changes on top of a [`State`]; reads see the changes first.
+/// Pending changes on top of a state; reads see the changes first.
 pub struct Overlay<'a> {
-    base: &'a State,
-    changes: BTreeMap<StateKey, Option<StateValue>>,
+    base: &'a dyn StateRead,
+    changes: Changes,
 }
 
 impl<'a> Overlay<'a> {
-    pub fn new(base: &'a State) -> Overlay<'a> {
+    pub fn new(base: &'a dyn StateRead) -> Overlay<'a> {
         Overlay {
             base,
-            changes: BTreeMap::new(),
+            changes: Changes::new(),
         }
     }
 
     pub fn get(&self, key: &StateKey) -> Option<StateValue> {
         match self.changes.get(key) {
             Some(v) => v.clone(),
-            None => self.base.get(key).cloned(),
+            None => self.base.get(key),
         }
     }
 
@@ -187,7 +408,11 @@ impl<'a> Overlay<'a> {
         self.changes.insert(key, value);
     }
 
-    pub fn into_changes(self) -> BTreeMap<StateKey, Option<StateValue>> {
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    pub fn into_changes(self) -> Changes {
         self.changes
     }
 
@@ -240,60 +465,20 @@ impl<'a> Overlay<'a> {
         );
     }
 
-    /// Tasks as they stand with the pending changes applied.
-    pub fn tasks(&self) -> Vec<TaskRecord> {
-        let mut out: BTreeMap<Hash, TaskRecord> =
-            self.base.tasks().map(|t| (t.id, t.clone())).collect();
-        for (key, value) in &self.changes {
-            if let StateKey::Task(id) = key {
-                match value {
-                    Some(StateValue::Task(t)) => {
-                        out.insert(*id, (**t).clone());
-                    }
-                    _ => {
-                        out.remove(id);
-                    }
-                }
-            }
-        }
-        out.into_values().collect()
+    /// Ids of tasks (with the pending changes applied) whose prune height
+    /// is at or below `height`.
+    pub fn tasks_due(&self, height: u64) -> Vec<Hash> {
+        due_with(self.base.tasks_due(height), &self.changes, height)
+    }
+
+    /// The trie update these changes make on the base.
+    pub fn update(&self) -> Update {
+        trie_update(self.base, &self.changes)
     }
 
     /// The state root the base would have after committing these changes.
     pub fn root(&self) -> Hash {
-        let mut leaves = Vec::with_capacity(self.base.len() + self.changes.len());
-        let mut base = self.base.entries.iter().peekable();
-        let mut changes = self.changes.iter().peekable();
-        loop {
-            match (base.peek(), changes.peek()) {
-                (Some((bk, bv)), Some((ck, cv))) => {
-                    if bk < ck {
-                        leaves.push(leaf(bk, bv));
-                        base.next();
-                    } else {
-                        if bk == ck {
-                            base.next();
-                        }
-                        if let Some(v) = cv {
-                            leaves.push(leaf(ck, v));
-                        }
-                        changes.next();
-                    }
-                }
-                (Some((bk, bv)), None) => {
-                    leaves.push(leaf(bk, bv));
-                    base.next();
-                }
-                (None, Some((ck, cv))) => {
-                    if let Some(v) = cv {
-                        leaves.push(leaf(ck, v));
-                    }
-                    changes.next();
-                }
-                (None, None) => break,
-            }
-        }
-        merkle_root(leaves)
+        self.update().root.root_hash()
     }
 }
 
@@ -308,9 +493,11 @@ mod tests {
     #[test]
     fn overlay_root_equals_committed_root_and_revert_restores() {
         let mut s = State::default();
+        let mut init = Changes::new();
         for i in 0..10u8 {
-            s.insert(StateKey::Account(Address([i; 20])), acct(i as u128));
+            init.insert(StateKey::Account(Address([i; 20])), Some(acct(i as u128)));
         }
+        s.commit(init);
         let before = s.clone();
         let root_before = s.root();
         let mut o = Overlay::new(&s);
@@ -325,5 +512,33 @@ mod tests {
         s.revert(&undo);
         assert_eq!(s, before);
         assert_eq!(s.root(), root_before);
+    }
+
+    #[test]
+    fn pending_reverts_and_reapplies_without_touching_the_base() {
+        let mut s =
+            State::from_entries((0..20u8).map(|i| (StateKey::Account(Address([i; 20])), acct(1))));
+        let mut c1 = Changes::new();
+        c1.insert(StateKey::Account(Address([1; 20])), Some(acct(5)));
+        c1.insert(StateKey::Account(Address([99; 20])), Some(acct(7)));
+        let undo = s.commit(c1);
+        let committed = s.clone();
+
+        let mut p = Pending::new(&s);
+        p.revert(&undo);
+        let mut c2 = Changes::new();
+        c2.insert(StateKey::Account(Address([2; 20])), None);
+        let u = trie_update(&p, &c2);
+        p.commit(c2.clone(), u);
+        let root = p.root();
+        let (changes, writes, top) = p.into_parts();
+        assert_eq!(s, committed, "the base is untouched until applied");
+
+        let mut direct = committed.clone();
+        direct.revert(&undo);
+        direct.commit(c2);
+        s.apply(changes, top, writes);
+        assert_eq!(s.root(), root);
+        assert_eq!(s, direct);
     }
 }

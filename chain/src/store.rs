@@ -1,11 +1,19 @@
 //! The SQLite store: blocks (canonical and side), the canonical index, the
-//! transaction index, per-block undo data and a mirror of the state.
+//! transaction index, per-block undo data, the state (one row per trie leaf,
+//! keyed by its path) and the state trie's internal nodes.
 //!
 //! WAL mode; every block import or reorg is one SQL transaction, so a crash
-//! (even `kill -9`) leaves either the block fully applied or not at all.
-//! The schema is versioned with `PRAGMA user_version` and migrated on open.
+//! (even `kill -9`) leaves either the block fully applied — state rows and
+//! trie nodes included — or not at all. The schema is versioned with
+//! `PRAGMA user_version` and migrated on open.
+//!
+//! State rows are keyed by their trie path, so a snapshot chunk (every leaf
+//! under one prefix) is one range scan, served from a separate read
+//! connection ([`Store::reader`]) that sees one consistent tip while the
+//! node keeps importing.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -14,6 +22,7 @@ use crate::codec::{decode, encode};
 use crate::crypto::Hash;
 use crate::error::{ChainError, Result};
 use crate::state::{State, StateKey, StateValue, Undo};
+use crate::trie::{Node, Prefix};
 use crate::tx::{SignedTx, TxBody};
 
 /// Migrations, in order; `user_version` is the number applied.
@@ -42,6 +51,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX block_txs_prunable ON block_txs(prune_height) WHERE body IS NOT NULL AND prune_height IS NOT NULL;
      CREATE TABLE tx_index (hash BLOB PRIMARY KEY, block BLOB NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL);
      CREATE TABLE state (key BLOB PRIMARY KEY, value BLOB NOT NULL);",
+    // 2: the state trie (state root format 2): state rows keyed by trie
+    // path, the trie's internal nodes, header-only blocks below a snapshot.
+    "DROP TABLE state;
+     CREATE TABLE state (path BLOB PRIMARY KEY, key BLOB NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+     CREATE TABLE trie (prefix BLOB PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
+     ALTER TABLE blocks ADD COLUMN has_body INTEGER NOT NULL DEFAULT 1;
+     CREATE INDEX blocks_height ON blocks(height);",
 ];
 
 /// Upper bound on any stored blob we decode (a block is the largest).
@@ -73,6 +89,8 @@ pub struct BlockMeta {
     pub header: Header,
     pub total_difficulty: u128,
     pub status: BlockStatus,
+    /// False for headers installed with a snapshot (no transactions known).
+    pub has_body: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,25 +102,46 @@ pub struct TxLocation {
 
 pub struct Store {
     conn: Connection,
+    path: Option<PathBuf>,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
-        Self::with_connection(conn)
+        Self::with_connection(conn, Some(path.to_path_buf()))
     }
 
     pub fn in_memory() -> Result<Store> {
-        Self::with_connection(Connection::open_in_memory()?)
+        Self::with_connection(Connection::open_in_memory()?, None)
     }
 
-    fn with_connection(mut conn: Connection) -> Result<Store> {
+    /// A second, read-only connection to the same database file, for work
+    /// that must not hold the chain (serving snapshots). WAL lets it read a
+    /// consistent state while the writer goes on.
+    pub fn reader(&self) -> Result<Store> {
+        let path = self.path.as_ref().ok_or_else(|| {
+            ChainError::NotFound("a reader connection (the chain is in memory)".into())
+        })?;
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Store {
+            conn,
+            path: Some(path.clone()),
+        })
+    }
+
+    fn with_connection(mut conn: Connection, path: Option<PathBuf>) -> Result<Store> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 64 MiB of page cache: the trie's upper levels and hot state rows.
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Store { conn })
+        Ok(Store { conn, path })
     }
 
     pub fn schema_version(&self) -> Result<i64> {
@@ -121,6 +160,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `f` inside one read transaction, so every query sees the same
+    /// committed state.
+    pub fn read<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
@@ -132,26 +180,38 @@ impl Store {
         self.meta(key)?.map(|b| Hash::from_slice(&b)).transpose()
     }
 
+    pub fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.meta(key)?
+            .map(|b| {
+                let arr: [u8; 8] = b.as_slice().try_into().map_err(|_| {
+                    ChainError::Corrupt(format!("meta {key} is not an 8-byte number"))
+                })?;
+                Ok(u64::from_be_bytes(arr))
+            })
+            .transpose()
+    }
+
     pub fn block_meta(&self, hash: &Hash) -> Result<Option<BlockMeta>> {
         self.conn
-            .query_row(
-                "SELECT header, total_difficulty, status FROM blocks WHERE hash = ?1",
-                [&hash.0[..]],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )
+            .prepare_cached(
+                "SELECT header, total_difficulty, status, has_body FROM blocks WHERE hash = ?1",
+            )?
+            .query_row([&hash.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
             .optional()?
-            .map(|(header, td, status)| {
+            .map(|(header, td, status, has_body)| {
                 Ok(BlockMeta {
                     hash: *hash,
                     header: decode(&header, MAX_BLOB, "stored header")?,
                     total_difficulty: decode_td(&td)?,
                     status: BlockStatus::from_i64(status)?,
+                    has_body,
                 })
             })
             .transpose()
@@ -159,11 +219,8 @@ impl Store {
 
     pub fn canonical_hash(&self, height: u64) -> Result<Option<Hash>> {
         self.conn
-            .query_row(
-                "SELECT hash FROM canonical WHERE height = ?1",
-                [height as i64],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
+            .prepare_cached("SELECT hash FROM canonical WHERE height = ?1")?
+            .query_row([height as i64], |r| r.get::<_, Vec<u8>>(0))
             .optional()?
             .map(|b| Hash::from_slice(&b))
             .transpose()
@@ -194,37 +251,31 @@ impl Store {
         Ok(Some(StoredBlock {
             header: meta.header,
             txs,
+            header_only: !meta.has_body,
         }))
     }
 
-    pub fn undo(&self, hash: &Hash) -> Result<Undo> {
+    /// The block's undo record; `None` once pruned (behind the horizon).
+    pub fn undo(&self, hash: &Hash) -> Result<Option<Undo>> {
         let blob: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT undo FROM blocks WHERE hash = ?1",
-                [&hash.0[..]],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT undo FROM blocks WHERE hash = ?1")?
+            .query_row([&hash.0[..]], |r| r.get(0))
             .optional()?
             .flatten();
-        let blob =
-            blob.ok_or_else(|| ChainError::Corrupt(format!("no undo data for block {hash}")))?;
-        decode(&blob, MAX_BLOB, "undo data")
+        blob.map(|b| decode(&b, MAX_BLOB, "undo data")).transpose()
     }
 
     pub fn tx_location(&self, hash: &Hash) -> Result<Option<TxLocation>> {
         self.conn
-            .query_row(
-                "SELECT block, height, idx FROM tx_index WHERE hash = ?1",
-                [&hash.0[..]],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )
+            .prepare_cached("SELECT block, height, idx FROM tx_index WHERE hash = ?1")?
+            .query_row([&hash.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
             .optional()?
             .map(|(b, h, i)| {
                 Ok(TxLocation {
@@ -260,6 +311,15 @@ impl Store {
         )? as u64)
     }
 
+    /// Blocks stored off the canonical chain (side and invalid).
+    pub fn side_blocks(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM blocks WHERE status != 1", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
     /// Hashes of the children of `parent` that are not known invalid.
     pub fn children(&self, parent: &Hash) -> Result<Vec<Hash>> {
         let mut stmt = self
@@ -270,18 +330,82 @@ impl Store {
     }
 
     pub fn load_state(&self) -> Result<State> {
-        let mut stmt = self.conn.prepare("SELECT key, value FROM state")?;
+        let mut stmt = self.conn.prepare("SELECT path, key, value FROM state")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut entries = BTreeMap::new();
+        for row in rows {
+            let (path, k, v) = row?;
+            let (key, value) = decode_entry(&path, &k, &v)?;
+            entries.insert(key, value);
+        }
+        let mut stmt = self.conn.prepare("SELECT prefix, node FROM trie")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
-        let mut state = State::default();
+        let mut nodes = HashMap::new();
         for row in rows {
-            let (k, v) = row?;
-            let key: StateKey = decode(&k, MAX_BLOB, "state key")?;
-            let value: StateValue = decode(&v, MAX_BLOB, "state value")?;
-            state.insert(key, value);
+            let (p, n) = row?;
+            let prefix = Prefix::decode(&p)
+                .ok_or_else(|| ChainError::Corrupt("a trie node's prefix is malformed".into()))?;
+            nodes.insert(prefix, decode::<Node>(&n, MAX_BLOB, "trie node")?);
         }
-        Ok(state)
+        Ok(State::from_parts(entries, nodes))
+    }
+
+    /// Every state entry whose path lies under `prefix`, in path order.
+    pub fn state_under(&self, prefix: &Prefix) -> Result<Vec<(Hash, StateKey, StateValue)>> {
+        let mut out = Vec::new();
+        self.for_each_state_under(prefix, |path, key, value| {
+            out.push((path, key, value));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every state entry under `prefix`, in path order.
+    pub fn for_each_state_under(
+        &self,
+        prefix: &Prefix,
+        mut f: impl FnMut(Hash, StateKey, StateValue) -> Result<()>,
+    ) -> Result<()> {
+        let start = prefix.first_path();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path, key, value FROM state WHERE path >= ?1 ORDER BY path")?;
+        let mut rows = stmt.query([&start.0[..]])?;
+        while let Some(r) = rows.next()? {
+            let path: Vec<u8> = r.get(0)?;
+            let p = Hash::from_slice(&path)?;
+            if !prefix.contains(&p) {
+                break;
+            }
+            let (key, value) =
+                decode_entry(&path, &r.get::<_, Vec<u8>>(1)?, &r.get::<_, Vec<u8>>(2)?)?;
+            f(p, key, value)?;
+        }
+        Ok(())
+    }
+
+    pub fn state_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM state", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Writes a compact copy of the whole database to `path` (which must
+    /// not exist): a chain built in memory is saved in one pass.
+    pub fn save_to(&self, path: &Path) -> Result<()> {
+        let target = path
+            .to_str()
+            .ok_or_else(|| ChainError::NotFound(format!("a UTF-8 path for {}", path.display())))?;
+        self.conn.execute("VACUUM INTO ?1", [target])?;
+        Ok(())
     }
 
     /// Checks SQLite's own view of the file.
@@ -307,6 +431,19 @@ impl StoreTx<'_> {
         Ok(())
     }
 
+    pub fn set_meta_u64(&self, key: &str, value: u64) -> Result<()> {
+        self.set_meta(key, &value.to_be_bytes())
+    }
+
+    pub fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
+        let v: Option<Vec<u8>> = self
+            .tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
     pub fn insert_block(
         &self,
         block: &Block,
@@ -314,18 +451,7 @@ impl StoreTx<'_> {
         status: BlockStatus,
     ) -> Result<()> {
         let hash = block.hash();
-        self.tx.execute(
-            "INSERT OR IGNORE INTO blocks (hash, parent, height, total_difficulty, header, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                &hash.0[..],
-                &block.header.parent.0[..],
-                block.header.height as i64,
-                &total_difficulty.to_be_bytes()[..],
-                encode(&block.header),
-                status as i64
-            ],
-        )?;
+        self.insert_row(&block.header, total_difficulty, status, true)?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO block_txs (block, idx, hash, body, prune_height) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -345,83 +471,192 @@ impl StoreTx<'_> {
         Ok(())
     }
 
-    pub fn set_status(&self, hash: &Hash, status: BlockStatus) -> Result<()> {
+    /// A canonical block known by its header only (below a snapshot).
+    pub fn insert_header(&self, header: &Header, total_difficulty: u128) -> Result<()> {
+        self.insert_row(header, total_difficulty, BlockStatus::Canonical, false)?;
         self.tx.execute(
-            "UPDATE blocks SET status = ?2 WHERE hash = ?1",
-            params![&hash.0[..], status as i64],
+            "INSERT INTO canonical (height, hash) VALUES (?1, ?2)
+             ON CONFLICT(height) DO UPDATE SET hash = excluded.hash",
+            params![header.height as i64, &header.hash().0[..]],
         )?;
+        Ok(())
+    }
+
+    fn insert_row(
+        &self,
+        header: &Header,
+        total_difficulty: u128,
+        status: BlockStatus,
+        has_body: bool,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blocks (hash, parent, height, total_difficulty, header, status, has_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                &header.hash().0[..],
+                &header.parent.0[..],
+                header.height as i64,
+                &total_difficulty.to_be_bytes()[..],
+                encode(header),
+                status as i64,
+                has_body
+            ])?;
+        Ok(())
+    }
+
+    pub fn set_status(&self, hash: &Hash, status: BlockStatus) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE blocks SET status = ?2 WHERE hash = ?1")?
+            .execute(params![&hash.0[..], status as i64])?;
         Ok(())
     }
 
     pub fn set_undo(&self, hash: &Hash, undo: &Undo) -> Result<()> {
-        self.tx.execute(
-            "UPDATE blocks SET undo = ?2 WHERE hash = ?1",
-            params![&hash.0[..], encode(undo)],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE blocks SET undo = ?2 WHERE hash = ?1")?
+            .execute(params![&hash.0[..], encode(undo)])?;
         Ok(())
     }
 
-    /// Makes `block` the canonical block at its height and indexes its transactions.
-    pub fn make_canonical(&self, block: &Block) -> Result<()> {
-        let hash = block.hash();
-        let height = block.header.height as i64;
-        self.tx.execute(
-            "INSERT INTO canonical (height, hash) VALUES (?1, ?2)
-             ON CONFLICT(height) DO UPDATE SET hash = excluded.hash",
-            params![height, &hash.0[..]],
-        )?;
-        self.set_status(&hash, BlockStatus::Canonical)?;
+    /// Makes `block` the canonical block at its height and indexes its
+    /// transactions (given by hash: a rolled-back block's pruned ones too).
+    pub fn make_canonical(&self, hash: &Hash, height: u64, txs: &[Hash]) -> Result<()> {
+        let height = height as i64;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO canonical (height, hash) VALUES (?1, ?2)
+                 ON CONFLICT(height) DO UPDATE SET hash = excluded.hash",
+            )?
+            .execute(params![height, &hash.0[..]])?;
+        self.set_status(hash, BlockStatus::Canonical)?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO tx_index (hash, block, height, idx) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(hash) DO UPDATE SET block = excluded.block, height = excluded.height, idx = excluded.idx",
         )?;
-        for (i, tx) in block.txs.iter().enumerate() {
-            stmt.execute(params![&tx.hash().0[..], &hash.0[..], height, i as i64])?;
+        for (i, tx) in txs.iter().enumerate() {
+            stmt.execute(params![&tx.0[..], &hash.0[..], height, i as i64])?;
         }
         Ok(())
     }
 
     /// Takes a rolled-back block off the canonical chain.
-    pub fn make_side(&self, block: &Block) -> Result<()> {
-        let hash = block.hash();
+    pub fn make_side(&self, hash: &Hash, height: u64, txs: &[Hash]) -> Result<()> {
         self.tx.execute(
             "DELETE FROM canonical WHERE height = ?1 AND hash = ?2",
-            params![block.header.height as i64, &hash.0[..]],
+            params![height as i64, &hash.0[..]],
         )?;
-        self.set_status(&hash, BlockStatus::Side)?;
+        self.set_status(hash, BlockStatus::Side)?;
         let mut stmt = self
             .tx
             .prepare_cached("DELETE FROM tx_index WHERE hash = ?1 AND block = ?2")?;
-        for tx in &block.txs {
-            stmt.execute(params![&tx.hash().0[..], &hash.0[..]])?;
+        for tx in txs {
+            stmt.execute(params![&tx.0[..], &hash.0[..]])?;
         }
         Ok(())
     }
 
     pub fn write_state(&self, key: &StateKey, value: Option<&StateValue>) -> Result<()> {
+        let path = key.path();
         match value {
-            Some(v) => self.tx.execute(
-                "INSERT INTO state (key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![encode(key), encode(v)],
-            )?,
+            Some(v) => self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO state (path, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(path) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![&path.0[..], encode(key), encode(v)])?,
             None => self
                 .tx
-                .execute("DELETE FROM state WHERE key = ?1", params![encode(key)])?,
+                .prepare_cached("DELETE FROM state WHERE path = ?1")?
+                .execute(params![&path.0[..]])?,
         };
         Ok(())
     }
 
-    /// Drops the bodies of canonical announcements whose prune height is at
-    /// or below `height`. Their hashes stay, so transaction roots still check.
-    pub fn prune(&self, height: u64) -> Result<usize> {
-        Ok(self.tx.execute(
-            "UPDATE block_txs SET body = NULL
-             WHERE body IS NOT NULL AND prune_height IS NOT NULL AND prune_height <= ?1
-               AND block IN (SELECT hash FROM canonical)",
-            [height as i64],
-        )?)
+    pub fn write_trie(&self, prefix: &Prefix, node: Option<&Node>) -> Result<()> {
+        match node {
+            Some(n) => self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO trie (prefix, node) VALUES (?1, ?2)
+                     ON CONFLICT(prefix) DO UPDATE SET node = excluded.node",
+                )?
+                .execute(params![prefix.encode(), encode(n)])?,
+            None => self
+                .tx
+                .prepare_cached("DELETE FROM trie WHERE prefix = ?1")?
+                .execute(params![prefix.encode()])?,
+        };
+        Ok(())
     }
+
+    /// Removes every state row and trie node (before a snapshot goes in).
+    pub fn clear_state(&self) -> Result<()> {
+        self.tx
+            .execute_batch("DELETE FROM state; DELETE FROM trie;")?;
+        Ok(())
+    }
+
+    /// Drops what blocks at or below `floor` no longer need: the bodies of
+    /// announcements whose prune height `tip` has reached (their hashes
+    /// stay, so transaction roots still check) and undo data. `floor` is
+    /// behind the reorg horizon, so nothing dropped is ever needed to roll
+    /// back or re-apply a block.
+    pub fn prune(&self, floor: u64, tip: u64) -> Result<usize> {
+        let bodies = self
+            .tx
+            .prepare_cached(
+                "UPDATE block_txs SET body = NULL
+                 WHERE body IS NOT NULL AND prune_height IS NOT NULL AND prune_height <= ?1
+                   AND EXISTS (SELECT 1 FROM blocks b WHERE b.hash = block_txs.block
+                               AND b.status = 1 AND b.height <= ?2)",
+            )?
+            .execute(params![tip as i64, floor as i64])?;
+        let done = self.meta_u64("undo_pruned_to")?.unwrap_or(0);
+        if floor > done {
+            self.tx
+                .prepare_cached(
+                    "UPDATE blocks SET undo = NULL WHERE height > ?1 AND height <= ?2 AND undo IS NOT NULL",
+                )?
+                .execute(params![done as i64, floor as i64])?;
+            self.set_meta_u64("undo_pruned_to", floor)?;
+        }
+        Ok(bodies)
+    }
+
+    /// Deletes side and invalid blocks at heights up to `height`: their fork
+    /// point lies behind the horizon, so they can never become canonical.
+    pub fn delete_side_blocks(&self, height: u64) -> Result<usize> {
+        let done = self.meta_u64("side_deleted_to")?.unwrap_or(0);
+        if height <= done {
+            return Ok(0);
+        }
+        let range = params![done as i64, height as i64];
+        self.tx.execute(
+            "DELETE FROM block_txs WHERE block IN
+               (SELECT hash FROM blocks WHERE height > ?1 AND height <= ?2 AND status != 1)",
+            range,
+        )?;
+        let n = self.tx.execute(
+            "DELETE FROM blocks WHERE height > ?1 AND height <= ?2 AND status != 1",
+            range,
+        )?;
+        self.set_meta_u64("side_deleted_to", height)?;
+        Ok(n)
+    }
+}
+
+fn decode_entry(path: &[u8], key: &[u8], value: &[u8]) -> Result<(StateKey, StateValue)> {
+    let key: StateKey = decode(key, MAX_BLOB, "state key")?;
+    let value: StateValue = decode(value, MAX_BLOB, "state value")?;
+    if key.path().0[..] != *path || !value.fits(&key) {
+        return Err(ChainError::Corrupt(format!(
+            "state row {key:?} is not where its key says or holds another kind of value"
+        )));
+    }
+    Ok((key, value))
 }
 
 fn decode_td(bytes: &[u8]) -> Result<u128> {
@@ -441,10 +676,54 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
+        if i == 1 {
+            // The state root format changed with the trie: a chain written
+            // before cannot be carried over (its headers commit to the old
+            // roots). Dev chains only: start a fresh one.
+            let blocks: i64 = tx.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get(0))?;
+            if blocks > 0 {
+                return Err(ChainError::Corrupt(
+                    "this chain database was written by an older zennet whose state root format is gone; \
+                     move the home's chain/ directory away and sync the chain again"
+                        .into(),
+                ));
+            }
+        }
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         tracing::debug!(version = i + 1, "migrated chain database");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_with_blocks_is_refused_and_an_empty_one_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO blocks (hash, parent, height, total_difficulty, header, status) VALUES (x'00', x'00', 0, x'00', x'00', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let err = Store::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("older zennet"), "{err}");
+        let empty = dir.path().join("empty.db");
+        {
+            let conn = Connection::open(&empty).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = Store::open(&empty).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
 }

@@ -22,7 +22,7 @@ pub fn fast_genesis(funded: &[(Address, Amount)]) -> Genesis {
     g.ethash.cache_bytes = 4096;
     g.ethash.cache_growth_bytes = 64;
     g.ethash.dataset_bytes = 64 * 1024;
-    g.ethash.epoch_length = 50;
+    g.ethash.epoch_length = 1000;
     g.pow.publisher_identity_difficulty = 8;
     g.pow.node_identity_difficulty = 4;
     g.pow.min_announcement_difficulty = 4;
@@ -44,7 +44,7 @@ pub fn signed(chain: &Chain, key: &SecretKey, body: TxBody) -> SignedTx {
         fee_per_byte: chain.genesis().economics.min_fee_per_byte,
         body,
     }
-    .sign(key)
+    .sign(key, &chain.genesis_hash())
 }
 
 /// Builds, seals and imports the next block (with whatever the mempool
@@ -170,6 +170,9 @@ impl crate::Ledger for TestLedger {
     fn genesis(&self) -> Genesis {
         self.chain.chain().genesis().clone()
     }
+    fn genesis_hash(&self) -> crate::Hash {
+        self.chain.chain().genesis_hash()
+    }
     fn address(&self) -> Address {
         self.key.address()
     }
@@ -207,5 +210,215 @@ impl crate::Ledger for TestLedger {
     }
     fn pending(&self, tx: &crate::Hash) -> bool {
         self.chain.chain().mempool().contains(tx)
+    }
+}
+
+/// A deterministic mix of every kind of transaction, block after block, so
+/// that a test chain's state holds accounts, identities, tasks (some with
+/// acceptances, some pruned) and open, claimed and closed channels.
+pub struct Activity {
+    pub keys: Vec<SecretKey>,
+    publisher: Option<usize>,
+    nodes: Vec<usize>,
+    tasks: Vec<crate::crypto::Hash>,
+    channels: Vec<(crate::crypto::Hash, usize, usize, u64)>,
+    step: u64,
+}
+
+impl Activity {
+    /// `keys` must be funded in the genesis.
+    pub fn new(keys: Vec<SecretKey>) -> Activity {
+        assert!(keys.len() >= 4, "activity needs four funded keys");
+        Activity {
+            keys,
+            publisher: None,
+            nodes: vec![],
+            tasks: vec![],
+            channels: vec![],
+            step: 0,
+        }
+    }
+
+    /// Submits this block's transactions to `chain`'s mempool.
+    pub fn submit(&mut self, chain: &mut Chain) {
+        use crate::identity::{self, Role};
+        use crate::task::{
+            CoreChoice, ImageChoice, Rates, TaskAcceptance, TaskAnnouncement, VmRequirements,
+        };
+        let step = self.step;
+        self.step += 1;
+        let height = chain.tip().header.height + 1;
+        let n = self.keys.len();
+        let mut txs = Vec::new();
+        let key = |i: usize| self.keys[i % n].clone();
+        // Transfers to fresh accounts: the state keeps growing.
+        let fresh = crate::crypto::keccak256(&step.to_be_bytes());
+        txs.push((
+            key(step as usize),
+            TxBody::Transfer {
+                to: Address::from_slice(&fresh.0[..20]).expect("20 bytes"),
+                amount: 1 + step as u128 % 1000,
+            },
+        ));
+        let stop = AtomicBool::new(false);
+        match step {
+            0 => {
+                self.publisher = Some(0);
+                let id = identity::mine(
+                    Role::Publisher,
+                    key(0).public_key(),
+                    &chain.genesis().pow,
+                    0,
+                    &stop,
+                    |_| {},
+                )
+                .expect("mined");
+                txs.push((key(0), TxBody::RegisterIdentity { identity: id }));
+            }
+            1 | 2 => {
+                let i = step as usize;
+                self.nodes.push(i);
+                let id = identity::mine(
+                    Role::Node,
+                    key(i).public_key(),
+                    &chain.genesis().pow,
+                    0,
+                    &stop,
+                    |_| {},
+                )
+                .expect("mined");
+                txs.push((key(i), TxBody::RegisterIdentity { identity: id }));
+            }
+            _ => {}
+        }
+        if step >= 3 && step.is_multiple_of(5) {
+            let publisher = key(self.publisher.expect("registered"));
+            let mut a = TaskAnnouncement {
+                vm: VmRequirements {
+                    images: vec![ImageChoice {
+                        id: "zennet-tiny".into(),
+                        hash: crate::crypto::Hash([0x11; 32]),
+                    }],
+                    min_bandwidth_mbps: 10,
+                    min_disk_gib: 1,
+                    min_disk_mbps: 50,
+                    persistent_storage_gib: 0,
+                    cores: vec![CoreChoice {
+                        cores: 1,
+                        min_compute_per_core: 1,
+                    }],
+                    memory_mib_per_core: 256,
+                    min_memory_mbps: 100,
+                },
+                min_instances: 1,
+                max_instances: 2,
+                endpoint: "127.0.0.1:7522".into(),
+                host_key_fingerprint: crate::crypto::Hash([0x22; 32]),
+                lease_min_secs: 60,
+                lease_max_secs: 3600,
+                payout_interval_secs: 5,
+                rates: Rates {
+                    base_per_second: 1,
+                    ..Rates::default()
+                },
+                acceptance_window: 20,
+                acceptance_difficulty: 2,
+                // Some tasks live long, most are pruned soon.
+                prune_height: height + if step.is_multiple_of(3) { 400 } else { 24 },
+                info: format!("https://example.org/{step}"),
+                pow_nonce: 0,
+            };
+            let d = chain.genesis().pow.min_announcement_difficulty;
+            let addr = publisher.address();
+            a.pow_nonce = crate::pow::search(0, u64::MAX, d, |nonce| {
+                a.pow_nonce = nonce;
+                a.pow_hash(&addr)
+            })
+            .expect("solved");
+            txs.push((publisher, TxBody::AnnounceTask { announcement: a }));
+        }
+        if step % 5 == 2
+            && let Some(task) = self.tasks.last().copied()
+            && let Some(t) = chain.task(&task)
+            && t.accept_until() >= height
+        {
+            let node = key(self.nodes[(step as usize / 5) % self.nodes.len()]);
+            if !t.acceptances.iter().any(|a| a.node == node.address()) {
+                let mut acc = TaskAcceptance {
+                    task,
+                    image: t.announcement.vm.images[0].hash,
+                    cores: 1,
+                    ssh_key_fingerprint: crate::crypto::Hash([0x33; 32]),
+                    compute_score: 10,
+                    pow_nonce: 0,
+                };
+                let addr = node.address();
+                acc.pow_nonce = crate::pow::search(
+                    0,
+                    u64::MAX,
+                    t.announcement.acceptance_difficulty,
+                    |nonce| {
+                        acc.pow_nonce = nonce;
+                        acc.pow_hash(&addr)
+                    },
+                )
+                .expect("solved");
+                txs.push((node, TxBody::AcceptTask { acceptance: acc }));
+            }
+        }
+        if step % 7 == 3 {
+            let (payer, payee) = (step as usize % n, (step as usize + 1) % n);
+            txs.push((
+                key(payer),
+                TxBody::ChannelOpen {
+                    payee: key(payee).address(),
+                    deposit: 10_000,
+                    expiry_height: height + 5_000,
+                },
+            ));
+        }
+        if step % 7 == 5
+            && let Some(&(channel, payer, payee, seq)) = self.channels.last()
+            && chain.channel(&channel).is_some()
+        {
+            let voucher = crate::channel::Voucher {
+                chain_id: chain.genesis().chain_id,
+                channel,
+                seq: seq + 1,
+                cumulative: 100 * (seq as u128 + 1),
+            }
+            .sign(&key(payer), &chain.genesis_hash());
+            let body = if step % 21 == 19 {
+                TxBody::ChannelClose {
+                    channel,
+                    voucher: Some(voucher),
+                }
+            } else {
+                TxBody::ChannelClaim { voucher }
+            };
+            txs.push((key(payee), body));
+            if let Some(last) = self.channels.last_mut() {
+                last.3 += 1;
+            }
+        }
+        for (k, body) in txs {
+            let kind = body.kind();
+            let tx = signed(chain, &k, body);
+            let hash = tx.hash();
+            if chain.submit_tx(tx).is_ok() {
+                match kind {
+                    "announce_task" => self.tasks.push(hash),
+                    "channel_open" => {
+                        let payer = self
+                            .keys
+                            .iter()
+                            .position(|x| x.address() == k.address())
+                            .expect("ours");
+                        self.channels.push((hash, payer, (payer + 1) % n, 0));
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

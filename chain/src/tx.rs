@@ -108,12 +108,15 @@ impl TxBody {
 }
 
 impl Transaction {
-    pub fn signing_hash(&self) -> Hash {
-        signing_hash("tx", self.chain_id, &encode(self))
+    /// What the sender signs: bound to this chain by its id and `genesis`
+    /// (the chain's genesis hash).
+    pub fn signing_hash(&self, genesis: &Hash) -> Hash {
+        signing_hash("tx", self.chain_id, genesis, &encode(self))
     }
 
-    pub fn sign(self, key: &SecretKey) -> SignedTx {
-        let signature = key.sign(&self.signing_hash());
+    /// Signs for the chain whose genesis hash is `genesis`.
+    pub fn sign(self, key: &SecretKey, genesis: &Hash) -> SignedTx {
+        let signature = key.sign(&self.signing_hash(genesis));
         SignedTx {
             tx: self,
             signature,
@@ -140,8 +143,14 @@ impl SignedTx {
         keccak256(&self.encode())
     }
 
-    /// Checks everything that needs no state: size, chain id, signature.
-    pub fn verify(self, chain_id: u64, max_tx_bytes: usize) -> Result<VerifiedTx, ChainError> {
+    /// Checks everything that needs no state: size, chain id, signature (made
+    /// for the chain whose genesis hash is `genesis`).
+    pub fn verify(
+        self,
+        chain_id: u64,
+        genesis: &Hash,
+        max_tx_bytes: usize,
+    ) -> Result<VerifiedTx, ChainError> {
         let bytes = self.encode();
         if bytes.len() > max_tx_bytes {
             return Err(TxError::TooLarge {
@@ -157,7 +166,7 @@ impl SignedTx {
             }
             .into());
         }
-        let sender = recover_address(&self.tx.signing_hash(), &self.signature)?;
+        let sender = recover_address(&self.tx.signing_hash(genesis), &self.signature)?;
         Ok(VerifiedTx {
             hash: keccak256(&bytes),
             size: bytes.len(),

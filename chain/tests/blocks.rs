@@ -303,7 +303,9 @@ fn reorg_back_and_forth_and_state_survives_reopen() {
 fn pruned_announcements_are_gone_but_blocks_still_verify() {
     let dir = tempfile::tempdir().unwrap();
     let alice = SecretKey::generate();
-    let genesis = fast_genesis(&[(alice.address(), FUNDS)]);
+    let mut genesis = fast_genesis(&[(alice.address(), FUNDS)]);
+    genesis.consensus.reorg_horizon = 5;
+    genesis.consensus.snapshot_interval = 5;
     let mut chain = Chain::open(dir.path(), genesis).unwrap();
     let miner = SecretKey::generate().address();
     let id = mine_identity(&chain, &alice, Role::Publisher);
@@ -334,6 +336,15 @@ fn pruned_announcements_are_gone_but_blocks_still_verify() {
         chain.task(&task).is_none(),
         "the task leaves the state at its prune height"
     );
+    assert_eq!(
+        chain.store().stored_bodies().unwrap(),
+        bodies_before,
+        "the body stays while its block could still be rolled back"
+    );
+    let consensus = chain.genesis().consensus.clone();
+    while consensus.retain_floor(chain.tip().header.height) < height {
+        mine(&mut chain, miner);
+    }
     assert_eq!(chain.store().stored_bodies().unwrap(), bodies_before - 1);
     let stored = chain.block_by_height(height).unwrap().unwrap();
     assert!(matches!(stored.txs[0], StoredTx::Pruned { hash } if hash == task));

@@ -40,7 +40,7 @@ fn general_rules_reject() {
         fee_per_byte: 1,
         body: TxBody::Transfer { to, amount: 1 },
     }
-    .sign(&w.alice);
+    .sign(&w.alice, &w.chain.genesis_hash());
     assert!(matches!(
         reject_reason(w.chain.submit_tx(tx).unwrap_err()),
         TxError::WrongChain {
@@ -56,7 +56,7 @@ fn general_rules_reject() {
         fee_per_byte: 0,
         body: TxBody::Transfer { to, amount: 1 },
     }
-    .sign(&w.alice);
+    .sign(&w.alice, &w.chain.genesis_hash());
     assert!(matches!(
         reject_reason(w.chain.submit_tx(tx).unwrap_err()),
         TxError::FeeTooLow { min: 1, got: 0 }
@@ -102,7 +102,7 @@ fn general_rules_reject() {
         fee_per_byte: 1,
         body: TxBody::Transfer { to, amount: 2 },
     }
-    .sign(&w.alice);
+    .sign(&w.alice, &w.chain.genesis_hash());
     assert!(matches!(
         reject_reason(w.chain.submit_tx(stale).unwrap_err()),
         TxError::BadNonce {
@@ -119,7 +119,7 @@ fn general_rules_reject() {
         fee_per_byte: 1,
         body: TxBody::Transfer { to, amount: 2 },
     }
-    .sign(&w.alice);
+    .sign(&w.alice, &w.chain.genesis_hash());
     assert!(matches!(
         w.chain.submit_tx(gap).unwrap_err(),
         zennet_chain::ChainError::Mempool(MempoolError::NonceGap {
@@ -156,7 +156,7 @@ fn mempool_counts_pending_spends() {
         fee_per_byte: 1,
         body: TxBody::Transfer { to, amount: half },
     }
-    .sign(&w.alice);
+    .sign(&w.alice, &w.chain.genesis_hash());
     assert!(matches!(
         w.chain.submit_tx(dup).unwrap_err(),
         zennet_chain::ChainError::Mempool(MempoolError::Duplicate(_))
@@ -447,7 +447,7 @@ fn voucher(w: &World, channel: Hash, seq: u64, cumulative: u128) -> zennet_chain
         seq,
         cumulative,
     }
-    .sign(&w.alice)
+    .sign(&w.alice, &w.chain.genesis_hash())
 }
 
 #[test]
@@ -707,7 +707,7 @@ fn channel_rules_reject() {
         seq: 1,
         cumulative: 100,
     }
-    .sign(&alice);
+    .sign(&alice, &w.chain.genesis_hash());
     assert!(matches!(
         w.rejects(
             &bob,
@@ -733,7 +733,7 @@ fn channel_rules_reject() {
         seq: 1,
         cumulative: 100,
     }
-    .sign(&carol);
+    .sign(&carol, &w.chain.genesis_hash());
     assert!(matches!(
         w.rejects(
             &bob,

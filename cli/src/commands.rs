@@ -71,29 +71,9 @@ pub fn init(home: &Home, genesis_arg: &str, out: Output) -> Result<()> {
     Ok(())
 }
 
-pub async fn node_run(
-    home: Home,
-    mine: bool,
-    api: Option<String>,
-    listen: Vec<zennet_net::Multiaddr>,
-    bootstrap: Vec<zennet_net::Multiaddr>,
-    provide: bool,
-    publish: bool,
-) -> Result<()> {
+pub async fn node_run(home: Home, opts: NodeOptions) -> Result<()> {
     home.require_initialized()?;
-    let handle = NodeHandle::start(
-        home,
-        NodeOptions {
-            mine,
-            api,
-            listen,
-            bootstrap,
-            report: true,
-            provide,
-            publish,
-        },
-    )
-    .await?;
+    let handle = NodeHandle::start(home, opts).await?;
     wait_for_signal().await;
     handle.stop().await
 }
@@ -422,7 +402,7 @@ pub async fn submit(
         fee_per_byte: fee_per_byte.unwrap_or(genesis.economics.min_fee_per_byte),
         body,
     }
-    .sign(key);
+    .sign(key, &genesis.hash());
     let raw = format!("0x{}", hex::encode(tx.encode()));
     let submitted: Submitted = client.post("/v1/txs", &SubmitTx { raw }).await?;
     Ok(submitted.hash)

@@ -36,6 +36,9 @@ impl Ledger for NodeLedger {
     fn chain_id(&self) -> u64 {
         self.node.chain().genesis().chain_id
     }
+    fn genesis_hash(&self) -> Hash {
+        self.node.chain().genesis_hash()
+    }
     fn address(&self) -> Address {
         self.key.address()
     }
@@ -67,8 +70,8 @@ impl Ledger for NodeLedger {
                 fee_per_byte: chain.genesis().economics.min_fee_per_byte,
                 body,
             }
-        }
-        .sign(&self.key);
+            .sign(&self.key, &chain.genesis_hash())
+        };
         self.node.submit_tx(tx)
     }
     fn included_at(&self, tx: &Hash) -> Option<u64> {

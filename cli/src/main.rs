@@ -1,6 +1,7 @@
 //! `zennet`: one client for the Zennet market. See `zennet --help`.
 
 mod api;
+mod chain_cmds;
 mod client;
 mod commands;
 mod devnet;
@@ -212,6 +213,12 @@ enum NodeCmd {
         /// Run the publisher: the SSH server nodes dial into, and the payer.
         #[arg(long)]
         publish: bool,
+        /// Join from a verified state snapshot when peers are far ahead
+        /// (headers and seals checked, state root checked against them).
+        /// Default: on for a home whose chain is empty; `--fast-sync=false`
+        /// executes every block from genesis instead.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        fast_sync: Option<bool>,
     },
     /// This node's peer id and listen addresses.
     Info,
@@ -249,6 +256,27 @@ enum ChainCmd {
     Tx { hash: String },
     /// Print the chain's genesis file (to create another home on this chain).
     Genesis,
+    /// State snapshots: for auditors, and to seed a node offline.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Recompute the state root from the stored state and compare it with
+    /// the tip header's (exits non-zero if they differ).
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Write the state at a final height, with every header up to it, to FILE.
+    Export {
+        file: PathBuf,
+        /// Height to export (default: the newest snapshot height, at least
+        /// the reorg horizon below the tip; else the tip).
+        #[arg(long)]
+        height: Option<u64>,
+    },
+    /// Check FILE completely (headers, seals, state root) and install it
+    /// into this home's empty chain; the node syncs on from there.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -312,7 +340,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             provide,
             publish,
-        }) => commands::node_run(home, mine, api, listen, bootstrap, provide, publish).await,
+            fast_sync,
+        }) => {
+            let opts = node::NodeOptions {
+                mine,
+                api,
+                listen,
+                bootstrap,
+                report: true,
+                provide,
+                publish,
+                fast_sync,
+            };
+            commands::node_run(home, opts).await
+        }
         Command::Bench { quick } => commands::bench(&home, quick, out).await,
         Command::Image(ImageCmd::Build { id }) => commands::image_build(&home, &id, out).await,
         Command::Image(ImageCmd::List) => commands::image_list(&home, out),
@@ -356,6 +397,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chain(ChainCmd::Block { id }) => commands::chain_block(&home, &id, out).await,
         Command::Chain(ChainCmd::Tx { hash }) => commands::chain_tx(&home, &hash, out).await,
         Command::Chain(ChainCmd::Genesis) => commands::chain_genesis(&home).await,
+        Command::Chain(ChainCmd::Snapshot(SnapshotCmd::Export { file, height })) => {
+            chain_cmds::export(&home, &file, height, out).await
+        }
+        Command::Chain(ChainCmd::Snapshot(SnapshotCmd::Import { file })) => {
+            chain_cmds::import(&home, &file, out).await
+        }
+        Command::Chain(ChainCmd::Verify) => chain_cmds::verify(&home, out).await,
         Command::Id(IdCmd::Mine {
             role,
             no_register,

@@ -1,5 +1,6 @@
 //! The node runtime: the chain behind a lock, the HTTP API, miner threads,
-//! and a reporter that prints each new block with the balances it touched.
+//! sync (with snapshot fast sync for a new home), and a reporter that prints
+//! each new block with the balances it touched.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,23 +20,47 @@ use crate::home::{Home, NodeFile};
 /// Shared by the API handlers, miners and reporter.
 pub struct Node {
     chain: Mutex<Chain>,
+    /// The tip's height, for services that react to new blocks.
+    tip: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever the tip or the mempool changes, so miners rebuild
     /// their templates and the reporter wakes up.
     generation: AtomicU64,
     mining: AtomicBool,
     shutdown: AtomicBool,
-    /// The tip's height, for services that react to new blocks.
-    tip: tokio::sync::watch::Sender<u64>,
     net: Option<NetHandle>,
     vms: std::sync::OnceLock<Arc<zennet_vm::Runtime>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
     provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
+    /// Take the state from a snapshot when far behind (default: when the
+    /// home's chain is empty, or when full sync meets pruned bodies).
+    fast_sync: AtomicBool,
+    /// False when the operator turned fast sync off.
+    fast_sync_allowed: bool,
+    peers: Mutex<crate::sync::peers::PeerBook>,
+    hold: Mutex<crate::sync::peers::HoldBack>,
+    /// A read-only connection for serving snapshots without the chain lock.
+    reader: Mutex<Option<zennet_chain::store::Store>>,
+    /// The last manifest computed (height, block, encoded bytes).
+    manifest: Mutex<Option<Manifest>>,
 }
 
+/// A snapshot manifest as served: its height, its block, its encoding.
+type Manifest = (u64, Hash, Arc<Vec<u8>>);
+
 impl Node {
-    pub fn new(chain: Chain, net: Option<NetHandle>) -> Arc<Node> {
+    /// `fast_sync`: `None` is on for an empty chain (and when full sync
+    /// meets pruned bodies), `Some` forces it on or off.
+    pub fn with_sync(chain: Chain, net: Option<NetHandle>, fast_sync: Option<bool>) -> Arc<Node> {
+        let fast_sync_allowed = fast_sync != Some(false);
+        let fast_sync = fast_sync.unwrap_or(chain.tip().header.height == 0);
+        let c = &chain.genesis().consensus;
+        let peers = crate::sync::peers::PeerBook::new(
+            c.reorg_horizon as usize,
+            c.reorg_horizon * c.block_time_ms,
+        );
+        let reader = chain.store().reader().ok();
         let height = chain.tip().header.height;
         Arc::new(Node {
             tip: tokio::sync::watch::channel(height).0,
@@ -48,7 +73,74 @@ impl Node {
             publisher: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
+            fast_sync: AtomicBool::new(fast_sync),
+            fast_sync_allowed,
+            peers: Mutex::new(peers),
+            hold: Mutex::new(Default::default()),
+            reader: Mutex::new(reader),
+            manifest: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn fast_sync(&self) -> bool {
+        self.fast_sync.load(Ordering::Relaxed)
+    }
+
+    /// Full sync met blocks it cannot execute (pruned bodies): take the
+    /// state from a snapshot, unless the operator said no.
+    pub(crate) fn need_snapshot(&self) {
+        if self.fast_sync_allowed {
+            self.fast_sync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn peers(&self) -> MutexGuard<'_, crate::sync::peers::PeerBook> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn hold(&self) -> MutexGuard<'_, crate::sync::peers::HoldBack> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the read-only snapshot connection (never the chain lock).
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&zennet_chain::store::Store) -> Result<T, ChainError>,
+    ) -> Result<T> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let store = reader
+            .as_ref()
+            .context("this node keeps its chain in memory and serves no snapshots")?;
+        Ok(f(store)?)
+    }
+
+    /// The encoded snapshot manifest at `height`, computed once per block.
+    pub(crate) fn manifest(&self, height: u64) -> Result<Arc<Vec<u8>>> {
+        let block = self
+            .chain()
+            .store()
+            .canonical_hash(height)?
+            .context("no canonical block at that height")?;
+        if let Some((h, b, bytes)) = &*self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+            && *h == height
+            && *b == block
+        {
+            return Ok(bytes.clone());
+        }
+        let started = Instant::now();
+        let manifest = self.with_reader(|store| {
+            store.read(|s| zennet_chain::snapshot::Source::new(s, height)?.manifest())
+        })?;
+        let bytes = Arc::new(manifest.encode());
+        tracing::info!(
+            height,
+            chunks = manifest.chunks(),
+            ms = started.elapsed().as_millis() as u64,
+            "computed snapshot manifest"
+        );
+        *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((height, manifest.block, bytes.clone()));
+        Ok(bytes)
     }
 
     pub fn net(&self) -> Option<&NetHandle> {
@@ -119,6 +211,14 @@ impl Node {
         Ok(outcome)
     }
 
+    /// Wakes miners, the reporter and tip watchers (the tip moved, e.g. a
+    /// snapshot was imported).
+    pub(crate) fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let height = self.chain().tip().header.height;
+        self.tip.send_replace(height);
+    }
+
     /// A watch of the tip's height.
     pub fn tip(&self) -> tokio::sync::watch::Receiver<u64> {
         self.tip.subscribe()
@@ -147,6 +247,8 @@ pub struct NodeOptions {
     pub provide: bool,
     /// Run the publisher (SSH server, payer) in this node.
     pub publish: bool,
+    /// Snapshot fast sync: `None` means on for a home whose chain is empty.
+    pub fast_sync: Option<bool>,
 }
 
 /// A started node; [`NodeHandle::stop`] shuts it down cleanly.
@@ -182,7 +284,12 @@ impl NodeHandle {
             false => None,
         };
         let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
-        let node = Node::new(chain, Some(net.clone()));
+        let node = Node::with_sync(chain, Some(net.clone()), opts.fast_sync);
+        if node.fast_sync() {
+            tracing::info!(
+                "fast sync on: the state comes from a verified snapshot when peers are far ahead"
+            );
+        }
         let ledger = crate::ledger::NodeLedger::new(node.clone(), key.clone());
         if let Some(vms) = vms {
             tokio::spawn(vms.clone().meter());

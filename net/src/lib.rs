@@ -1,23 +1,28 @@
 //! Zennet networking on libp2p: TCP + noise + yamux, identify, Kademlia
 //! discovery from bootstrap addresses, gossipsub topics for blocks and
 //! transactions (validated by the node before they propagate), a
-//! request-response protocol for header-first chain sync, connection limits,
-//! and banning of peers that send invalid data.
+//! request-response protocol for header-first chain sync and state
+//! snapshots, connection limits, per-peer rate limits on gossip, and banning
+//! of peers that send invalid data.
 //!
 //! One task owns the swarm ([`Network::start`]); the node talks to it through
 //! a typed [`NetHandle`] and receives [`NetEvent`]s. The libp2p identity is
 //! the node's chain key (secp256k1), so every peer id maps to a chain address
 //! ([`peer_address`]).
 
+mod limit;
 mod protocol;
 mod service;
 
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::{Multiaddr, PeerId};
+pub use limit::{Rate, RateLimiter};
 pub use protocol::{
     MAX_BLOCKS, MAX_HEADERS, Status, SyncRequest, SyncResponse, hash_bytes, parse_hashes,
 };
-pub use service::{NetConfig, NetError, NetEvent, NetHandle, Network, PeerInfo, Verdict};
+pub use service::{
+    BLOCK_RATE, NetConfig, NetError, NetEvent, NetHandle, Network, PeerInfo, TX_RATE, Verdict,
+};
 
 use zennet_chain::{Address, PublicKey, SecretKey};
 

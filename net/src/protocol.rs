@@ -1,6 +1,12 @@
 //! The chain sync request-response protocol. Payloads (headers, blocks,
-//! hashes) are borsh bytes carried as CBOR byte strings (`serde_bytes`), not
-//! as arrays of integers, which keeps them compact and fast to decode.
+//! hashes, snapshot manifests and chunks) are borsh bytes carried as CBOR
+//! byte strings (`serde_bytes`), not as arrays of integers, which keeps them
+//! compact and fast to decode.
+//!
+//! Blocks are served as the node stores them (`StoredBlock`): a block whose
+//! old announcements are pruned still travels as its header, its
+//! transaction hashes and the bodies that remain, so a joining node can
+//! check what is left and take the state from a snapshot instead.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -24,8 +30,13 @@ pub enum SyncRequest {
     /// The locator lists our canonical hashes from the tip back to genesis
     /// with growing gaps, so the fork point is found in one round trip.
     Headers { locator: Vec<ByteBuf>, max: u32 },
-    /// Full blocks by hash (at most [`MAX_BLOCKS`]).
+    /// Blocks by hash (at most [`MAX_BLOCKS`]), as stored: pruned bodies
+    /// are left as hashes.
     Blocks { hashes: Vec<ByteBuf> },
+    /// The state snapshot manifest at `height` (see `zennet_chain::snapshot`).
+    SnapshotManifest { height: u64 },
+    /// Every state entry under chunk `index` of a `depth`-nibble manifest.
+    SnapshotChunk { height: u64, depth: u8, index: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +44,12 @@ pub enum SyncResponse {
     Status(Status),
     /// Borsh-encoded headers, oldest first.
     Headers(Vec<ByteBuf>),
-    /// Borsh-encoded blocks in the order asked (missing ones left out).
+    /// Borsh-encoded `StoredBlock`s in the order asked (unknown ones left out).
     Blocks(Vec<ByteBuf>),
+    /// A borsh-encoded snapshot manifest.
+    Manifest(ByteBuf),
+    /// A borsh-encoded snapshot chunk.
+    Chunk(ByteBuf),
     /// The request could not be served.
     Error(String),
 }
@@ -46,6 +61,10 @@ pub struct Status {
     pub tip: ByteBuf,
     /// u128, big-endian.
     pub total_difficulty: ByteBuf,
+    /// Height of the snapshot the peer's state came from (0: from genesis):
+    /// it serves snapshots at or above it only.
+    #[serde(default)]
+    pub snapshot_base: u64,
 }
 
 impl Status {
@@ -55,6 +74,7 @@ impl Status {
             height,
             tip: ByteBuf::from(tip.0.to_vec()),
             total_difficulty: ByteBuf::from(total_difficulty.to_be_bytes().to_vec()),
+            snapshot_base: 0,
         }
     }
 

@@ -17,6 +17,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 use zennet_chain::{Address, Hash, SecretKey};
 
+use crate::limit::{Rate, RateLimiter};
 use crate::protocol::{
     MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
@@ -26,6 +27,17 @@ const MAX_GOSSIP_BYTES: usize = 2 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often to re-dial unreachable bootstrap peers and refresh Kademlia.
 const MAINTENANCE: Duration = Duration::from_secs(5);
+/// Gossiped transactions a peer may relay to us: a busy relay forwards
+/// many users' transactions, a flood beyond this is dropped unread.
+pub const TX_RATE: Rate = Rate {
+    per_second: 200.0,
+    burst: 2000.0,
+};
+/// Gossiped blocks: a new tip every block time, and a burst after a partition.
+pub const BLOCK_RATE: Rate = Rate {
+    per_second: 20.0,
+    burst: 200.0,
+};
 
 pub struct NetConfig {
     /// The node's chain key; it is also its libp2p identity.
@@ -327,6 +339,9 @@ impl Network {
             next_inbound: 0,
             connected: HashMap::new(),
             banned: HashSet::new(),
+            tx_limit: RateLimiter::new(TX_RATE),
+            block_limit: RateLimiter::new(BLOCK_RATE),
+            limited: 0,
         };
         task.dial_bootstrap();
         tokio::spawn(task.run(commands_rx));
@@ -354,6 +369,10 @@ struct Task {
     /// Connected peers and the address of one of their connections.
     connected: HashMap<PeerId, Multiaddr>,
     banned: HashSet<PeerId>,
+    tx_limit: RateLimiter<PeerId>,
+    block_limit: RateLimiter<PeerId>,
+    /// Gossip messages dropped by the rate limits (logged now and then).
+    limited: u64,
 }
 
 impl Task {
@@ -519,6 +538,8 @@ impl Task {
                 ..
             } => {
                 self.connected.remove(&peer_id);
+                self.tx_limit.remove(&peer_id);
+                self.block_limit.remove(&peer_id);
                 tracing::info!(peer = %peer_id, "peer disconnected");
                 self.emit(NetEvent::PeerDisconnected { peer: peer_id });
             }
@@ -543,7 +564,29 @@ impl Task {
                 message_id,
                 message,
             })) => {
-                let event = if message.topic == self.blocks_topic.hash() {
+                let is_block = message.topic == self.blocks_topic.hash();
+                let limit = if is_block {
+                    &mut self.block_limit
+                } else {
+                    &mut self.tx_limit
+                };
+                if !limit.allow(&propagation_source, std::time::Instant::now()) {
+                    // Over its share: dropped unread and not forwarded.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossip
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    self.limited += 1;
+                    if self.limited.is_power_of_two() {
+                        tracing::warn!(peer = %propagation_source, dropped = self.limited, is_block, "gossip over the rate limit");
+                    }
+                    return;
+                }
+                let event = if is_block {
                     NetEvent::Block {
                         source: propagation_source,
                         message_id,

@@ -40,6 +40,7 @@ pub fn check_voucher(
     v: &SignedVoucher,
     channel: &Channel,
     chain_id: u64,
+    genesis: &Hash,
 ) -> Result<bool, VoucherRejected> {
     let vv = &v.voucher;
     if vv.chain_id != chain_id {
@@ -79,7 +80,7 @@ pub fn check_voucher(
             deposit: channel.deposit,
         });
     }
-    match v.signer() {
+    match v.signer(genesis) {
         Ok(s) if s == channel.payer => Ok(true),
         _ => Err(VoucherRejected::NotPayer {
             payer: channel.payer,
@@ -99,7 +100,7 @@ mod tests {
             seq,
             cumulative,
         }
-        .sign(key)
+        .sign(key, &Hash::ZERO)
     }
 
     #[test]
@@ -116,15 +117,15 @@ mod tests {
             settle_at: None,
         };
         let first = voucher(&payer, ch.id, 1, 100);
-        assert_eq!(check_voucher(None, &first, &ch, 7), Ok(true));
+        assert_eq!(check_voucher(None, &first, &ch, 7, &Hash::ZERO), Ok(true));
         let held = Some(&first);
         assert_eq!(
-            check_voucher(held, &first, &ch, 7),
+            check_voucher(held, &first, &ch, 7, &Hash::ZERO),
             Ok(false),
             "a repeat is not new"
         );
         assert_eq!(
-            check_voucher(held, &voucher(&payer, ch.id, 2, 150), &ch, 7),
+            check_voucher(held, &voucher(&payer, ch.id, 2, 150), &ch, 7, &Hash::ZERO),
             Ok(true)
         );
         let stranger = SecretKey::generate();
@@ -142,7 +143,7 @@ mod tests {
             (voucher(&stranger, ch.id, 3, 200), 7, "payer"),
         ];
         for (v, chain_id, why) in bad {
-            let err = check_voucher(held, &v, &ch, chain_id).unwrap_err();
+            let err = check_voucher(held, &v, &ch, chain_id, &Hash::ZERO).unwrap_err();
             let matched = match why {
                 "chain" => matches!(err, VoucherRejected::WrongChain { got: 7, want: 8 }),
                 "channel" => matches!(err, VoucherRejected::WrongChannel { .. }),

@@ -109,7 +109,13 @@ impl Payee {
             .ledger
             .channel(&channel)
             .ok_or(PayError::NotOnChain(channel))?;
-        if !check_voucher(rec.voucher.as_ref(), &v, &ch, self.ledger.chain_id())? {
+        if !check_voucher(
+            rec.voucher.as_ref(),
+            &v,
+            &ch,
+            self.ledger.chain_id(),
+            &self.ledger.genesis_hash(),
+        )? {
             return Ok(Received::Repeat);
         }
         // Only what can still be claimed counts.

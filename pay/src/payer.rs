@@ -145,7 +145,7 @@ impl Payer {
             seq: o.seq + 1,
             cumulative,
         }
-        .sign(&self.key);
+        .sign(&self.key, &self.ledger.genesis_hash());
         o.seq += 1;
         o.paid = cumulative;
         o.voucher = Some(v.clone());

@@ -116,7 +116,7 @@ mod tests {
             seq: 2,
             cumulative: 99,
         }
-        .sign(&key);
+        .sign(&key, &Hash::ZERO);
         let inc = Incoming {
             channel: Hash([3; 32]),
             payer: key.address(),

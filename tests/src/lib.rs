@@ -247,3 +247,147 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 pub fn amount(v: &Value) -> u128 {
     v.as_str().expect("amounts are strings").parse().unwrap()
 }
+
+impl TestHome {
+    /// The home's secret key (the node's chain key).
+    pub fn secret_key(&self) -> zennet_chain::SecretKey {
+        let text = std::fs::read_to_string(self.dir.join("key")).unwrap();
+        zennet_chain::SecretKey::from_bytes(&hex::decode(text.trim()).unwrap()).unwrap()
+    }
+
+    /// The running node's API base URL.
+    pub fn api(&self) -> String {
+        let node: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("node.json")).unwrap())
+                .unwrap();
+        format!("http://{}", node["api"].as_str().unwrap())
+    }
+
+    /// A fresh home on `genesis` (its own key, whatever the genesis funds).
+    pub fn on_genesis(genesis: &zennet_chain::Genesis) -> TestHome {
+        let h = TestHome::new();
+        let file = h.dir.parent().unwrap().join("genesis.toml");
+        std::fs::write(&file, genesis.to_toml()).unwrap();
+        h.ok(&["init", "--genesis", file.to_str().unwrap()]);
+        h
+    }
+}
+
+/// A libp2p peer run by the test itself, answering sync requests with
+/// whatever `respond` says: the adversary of the network tests.
+pub struct FakePeer {
+    pub net: zennet_net::NetHandle,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl FakePeer {
+    pub fn start(
+        genesis: zennet_chain::Hash,
+        bootstrap: &str,
+        respond: impl Fn(zennet_net::SyncRequest) -> zennet_net::SyncResponse + Send + Sync + 'static,
+    ) -> FakePeer {
+        use zennet_net::{NetConfig, NetEvent, Network, Verdict};
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let bootstrap: zennet_net::Multiaddr = bootstrap.parse().unwrap();
+        let net = runtime.block_on(async {
+            let (net, mut events) = Network::start(NetConfig {
+                secret: zennet_chain::SecretKey::generate(),
+                genesis,
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: vec![bootstrap],
+                max_peers: 10,
+            })
+            .await
+            .unwrap();
+            let handle = net.clone();
+            let respond = std::sync::Arc::new(respond);
+            tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    match e {
+                        NetEvent::Request { id, request, .. } => {
+                            let (respond, handle) = (respond.clone(), handle.clone());
+                            tokio::task::spawn_blocking(move || {
+                                handle.respond(id, respond(request))
+                            });
+                        }
+                        NetEvent::Block {
+                            source, message_id, ..
+                        }
+                        | NetEvent::Tx {
+                            source, message_id, ..
+                        } => handle.validate(message_id, source, Verdict::Ignore),
+                        _ => {}
+                    }
+                }
+            });
+            net
+        });
+        FakePeer { net, runtime }
+    }
+
+    pub fn peer_id(&self) -> String {
+        self.net.local_peer_id.to_string()
+    }
+
+    /// Its listen multiaddr (with /p2p/), for `--bootstrap`.
+    pub fn addr(&self) -> String {
+        self.runtime
+            .block_on(self.net.listen_addrs())
+            .unwrap()
+            .remove(0)
+            .to_string()
+    }
+
+    /// Waits until the peer has a connection (and gossipsub has had time to
+    /// exchange subscriptions).
+    pub fn wait_connected(&self) {
+        let net = self.net.clone();
+        wait_until(Duration::from_secs(20), "the fake peer to connect", || {
+            !self.runtime.block_on(net.peers()).unwrap().is_empty()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Whether `home`'s node lists `peer` among its connections.
+pub fn lists_peer(home: &TestHome, peer: &str) -> bool {
+    home.json(&["node", "peers"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["peer_id"] == peer)
+}
+
+/// Writes a chain of `blocks` blocks into `home`'s database in-process,
+/// with the testkit's cheap seals and a mix of every transaction kind
+/// (funded by `keys` in `genesis`); returns it still open.
+pub fn build_chain(
+    home: &TestHome,
+    genesis: &zennet_chain::Genesis,
+    keys: Vec<zennet_chain::SecretKey>,
+    blocks: u64,
+) -> zennet_chain::Chain {
+    build_chain_sparse(home, genesis, keys, blocks, 1)
+}
+
+/// [`build_chain`] with transactions in every `every`-th block only (a
+/// long chain is built faster; empty blocks cost one Ethash hash each).
+pub fn build_chain_sparse(
+    home: &TestHome,
+    genesis: &zennet_chain::Genesis,
+    keys: Vec<zennet_chain::SecretKey>,
+    blocks: u64,
+    every: u64,
+) -> zennet_chain::Chain {
+    std::fs::write(home.dir.join("genesis.toml"), genesis.to_toml()).unwrap();
+    let mut chain = zennet_chain::Chain::open(&home.dir.join("chain"), genesis.clone()).unwrap();
+    let mut activity = zennet_chain::testkit::Activity::new(keys);
+    let miner = zennet_chain::SecretKey::generate().address();
+    for i in 0..blocks {
+        if i % every == 0 {
+            activity.submit(&mut chain);
+        }
+        zennet_chain::testkit::mine(&mut chain, miner);
+    }
+    chain
+}

@@ -8,6 +8,6 @@ use zennet_chain::SignedTx;
 fuzz_target!(|data: &[u8]| {
     if let Ok(tx) = SignedTx::decode(data, 4096) {
         assert_eq!(tx.encode(), data, "canonical encoding");
-        let _ = tx.verify(98765, 4096);
+        let _ = tx.verify(98765, &zennet_chain::Hash::ZERO, 4096);
     }
 });

@@ -24,14 +24,20 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        World::with(|_| {})
+    }
+
+    /// A world whose genesis `tweak` adjusts (horizon, interval…).
+    pub fn with(tweak: impl FnOnce(&mut zennet_chain::Genesis)) -> World {
         let alice = SecretKey::generate();
         let bob = SecretKey::generate();
         let carol = SecretKey::generate();
-        let genesis = fast_genesis(&[
+        let mut genesis = fast_genesis(&[
             (alice.address(), FUNDS),
             (bob.address(), FUNDS),
             (carol.address(), FUNDS),
         ]);
+        tweak(&mut genesis);
         World {
             chain: Chain::in_memory(genesis).unwrap(),
             alice,

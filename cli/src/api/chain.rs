@@ -178,10 +178,10 @@ async fn block(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResu
         chain.block_by_hash(&parse::<Hash>(&id)?)?
     };
     let stored = stored.ok_or_else(|| not_found(format!("no block {id}")))?;
-    Ok(Json(block_view(stored)))
+    Ok(Json(block_view(stored, &chain.genesis_hash())))
 }
 
-fn block_view(stored: StoredBlock) -> BlockView {
+pub fn block_view(stored: StoredBlock, genesis: &Hash) -> BlockView {
     let hash = stored.header.hash();
     let height = stored.header.height;
     let txs = stored
@@ -195,7 +195,7 @@ fn block_view(stored: StoredBlock) -> BlockView {
                 block: Some(hash),
                 height: Some(height),
                 index: Some(i as u32),
-                sender: sender_of(&tx),
+                sender: sender_of(&tx, genesis),
                 kind: Some(tx.tx.body.kind().into()),
                 tx: Some(tx.tx.clone()),
             },
@@ -218,8 +218,8 @@ fn block_view(stored: StoredBlock) -> BlockView {
     }
 }
 
-fn sender_of(tx: &SignedTx) -> Option<Address> {
-    zennet_chain::crypto::recover_address(&tx.tx.signing_hash(), &tx.signature).ok()
+fn sender_of(tx: &SignedTx, genesis: &zennet_chain::Hash) -> Option<Address> {
+    zennet_chain::crypto::recover_address(&tx.tx.signing_hash(genesis), &tx.signature).ok()
 }
 
 async fn submit(State(node): State<Arc<Node>>, Json(req): Json<SubmitTx>) -> ApiResult<Submitted> {
