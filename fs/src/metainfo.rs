@@ -279,7 +279,7 @@ impl Metainfo {
                 i.piece_length
             ));
         }
-        if i.pieces.len() % 20 != 0 {
+        if !i.pieces.len().is_multiple_of(20) {
             return bad(format!(
                 "pieces is {} bytes, not a multiple of 20",
                 i.pieces.len()

@@ -28,12 +28,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
-use zennet_chain::Amount;
+use zennet_chain::{Address, Amount};
 
 use crate::bitfield::Bitfield;
 use crate::crypt::{self, FileKey, SEGMENT, Sealer};
 use crate::error::{CryptError, StoreError};
 use crate::metainfo::{FileEntry, FileId, Metainfo, PIECE_LEN};
+use crate::service::Account;
 
 /// How a file is to be encrypted when added.
 pub struct Encryption {
@@ -545,6 +546,64 @@ impl Store {
         result.map(|()| out)
     }
 
+    /// What was served to (`earned`) or bought from each peer address.
+    pub fn accounts(&self) -> Result<Vec<(Address, bool, Account)>, StoreError> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT address, earned, parts, bytes, owed, paid FROM accounts")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (address, earned, parts, bytes, owed, paid) = row?;
+            let Ok(address) = address.parse() else {
+                continue;
+            };
+            out.push((
+                address,
+                earned,
+                Account {
+                    parts: parts as u64,
+                    bytes: bytes as u64,
+                    owed: owed.parse().unwrap_or(0),
+                    paid: paid.parse().unwrap_or(0),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn save_account(
+        &self,
+        address: &Address,
+        earned: bool,
+        a: &Account,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO accounts (address, earned, parts, bytes, owed, paid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(address, earned) DO UPDATE SET
+                 parts = ?3, bytes = ?4, owed = ?5, paid = ?6",
+            params![
+                address.to_string(),
+                earned,
+                a.parts as i64,
+                a.bytes as i64,
+                a.owed.to_string(),
+                a.paid.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
     fn meta(&self, id: &FileId) -> Result<Arc<Metainfo>, StoreError> {
         self.files()
             .get(id)
@@ -673,6 +732,15 @@ fn migrate(db: &Connection) -> Result<(), StoreError> {
                  hash BLOB PRIMARY KEY,
                  size INTEGER NOT NULL,
                  refs INTEGER NOT NULL
+             );
+             CREATE TABLE accounts (
+                 address TEXT NOT NULL,
+                 earned INTEGER NOT NULL,
+                 parts INTEGER NOT NULL,
+                 bytes INTEGER NOT NULL,
+                 owed TEXT NOT NULL,
+                 paid TEXT NOT NULL,
+                 PRIMARY KEY (address, earned)
              );
              PRAGMA user_version = 1;",
         )?;
