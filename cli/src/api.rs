@@ -134,6 +134,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/publisher/vms", get(publisher_vms))
         .route("/v1/publisher/vms/{id}", get(publisher_vm))
         .route("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm))
+        .merge(crate::fs::routes())
         .with_state(node)
 }
 

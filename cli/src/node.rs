@@ -28,6 +28,7 @@ pub struct Node {
     agent: std::sync::OnceLock<Arc<zennet_agent::Agent>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
     provider: std::sync::OnceLock<Arc<zennet_agent::provider::Provider>>,
+    fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
@@ -43,6 +44,7 @@ impl Node {
             agent: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
+            fs: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -61,6 +63,10 @@ impl Node {
 
     pub fn provider(&self) -> Option<&Arc<zennet_agent::provider::Provider>> {
         self.provider.get()
+    }
+
+    pub fn fs(&self) -> Option<&Arc<zennet_fs::Fs>> {
+        self.fs.get()
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -181,6 +187,9 @@ impl NodeHandle {
             tracing::info!(endpoint = publisher.endpoint(), host_key = %publisher.host_key_fingerprint(), "publisher");
             let _ = node.publisher.set(publisher);
         }
+        let chain_id = node.chain().genesis().chain_id;
+        let fs = crate::fs::start(&home, &net, &key, chain_id).await?;
+        let _ = node.fs.set(fs);
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 
         let api = opts.api.unwrap_or(config.node.api.clone());

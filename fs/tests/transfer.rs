@@ -187,12 +187,14 @@ async fn fake_seeder(n: &Node, meta: Vec<u8>, have: Vec<u8>, file: FileId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_metainfo_and_wrong_bitfields_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("real"), random_bytes(PIECE_LEN as usize * 3)).unwrap();
+    std::fs::write(
+        dir.path().join("real"),
+        random_bytes(PIECE_LEN as usize * 3),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("other"), random_bytes(100)).unwrap();
     let scratch = zennet_fs::Store::open(&dir.path().join("scratch"), 1 << 30).unwrap();
-    let real = scratch
-        .add_path(&dir.path().join("real"), None, 0)
-        .unwrap();
+    let real = scratch.add_path(&dir.path().join("real"), None, 0).unwrap();
     let other = scratch
         .add_path(&dir.path().join("other"), None, 0)
         .unwrap();
@@ -264,7 +266,10 @@ async fn a_frame_over_the_cap_ends_the_session_unread() {
         .await
         .unwrap();
     wire::flush(&mut wr).await.unwrap();
-    assert!(matches!(wire::read(&mut rd).await.unwrap(), Frame::Offer(_)));
+    assert!(matches!(
+        wire::read(&mut rd).await.unwrap(),
+        Frame::Offer(_)
+    ));
     // A "get" claiming 1 GiB of body: the seeder reads 5 bytes and hangs up.
     let mut head = (1u32 << 30).to_be_bytes().to_vec();
     head.push(6);
