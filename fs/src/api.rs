@@ -81,6 +81,8 @@ pub struct TransferView {
     pub duplicate_parts: u32,
     pub started_ms: u64,
     pub elapsed_ms: u64,
+    /// When parts started to flow: seeders found, offers and metainfo checked.
+    pub found_ms: u64,
     /// Bytes per second fetched in this run.
     pub rate: f64,
     pub eta_secs: Option<f64>,

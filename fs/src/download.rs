@@ -26,7 +26,8 @@ use crate::error::{CryptError, FsError, StoreError, WireError};
 use crate::metainfo::{FileId, Metainfo, PIECE_LEN};
 use crate::payment::part_cost;
 use crate::schedule::{Delivery, Dropped, ScheduleConfig, Scheduler};
-use crate::service::{Account, Fs, Role};
+use crate::payment::Account;
+use crate::service::{Fs, Role};
 use crate::store::{ExportTarget, now_ms};
 use crate::wire::{self, Frame, Offer};
 
@@ -58,6 +59,7 @@ impl Transfer {
                 duplicate_parts: 0,
                 started_ms: now_ms(),
                 elapsed_ms: 0,
+                found_ms: 0,
                 rate: 0.0,
                 eta_secs: None,
                 spent: 0,
@@ -305,6 +307,7 @@ async fn fetch(
         v.resumed_parts = have.count();
         v.have_bytes = have.ones().map(|i| meta.piece_len(i)).sum();
         v.state = TransferState::Downloading;
+        v.found_ms = t.started.elapsed().as_millis() as u64;
         v.seeders = usable
             .iter()
             .map(|(s, b)| SeederView {

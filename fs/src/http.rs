@@ -30,7 +30,8 @@ use zennet_chain::SignedVoucher;
 
 use crate::metainfo::{FileId, PIECE_LEN};
 use crate::payment::part_cost;
-use crate::service::{Account, Fs, HttpMode, Role, file_view};
+use crate::payment::Account;
+use crate::service::{Fs, HttpMode, Role, file_view};
 use crate::store::StoredFile;
 
 pub const VOUCHER_HEADER: &str = "x-zennet-voucher";

@@ -19,6 +19,9 @@
 //! - [`api`]: request and view types of the node's API.
 //! - [`error`]: one error enum per layer.
 //!
+//! Without the default `node` feature only the formats and the store are
+//! built (no libp2p, HTTP or runtime): what the fuzz targets need.
+//!
 //! Crates: `serde_bencode` encodes canonically (sorted keys); metainfo
 //! from peers is hashed as received and must re-encode to the same bytes,
 //! so the id is right even for input the crate would re-encode
@@ -31,13 +34,17 @@
 pub mod api;
 pub mod bitfield;
 pub mod crypt;
+#[cfg(feature = "node")]
 mod download;
 pub mod error;
+#[cfg(feature = "node")]
 pub mod http;
 pub mod metainfo;
 pub mod payment;
 pub mod schedule;
+#[cfg(feature = "node")]
 mod seed;
+#[cfg(feature = "node")]
 pub mod service;
 pub mod store;
 pub mod wire;
@@ -45,5 +52,6 @@ pub mod wire;
 pub use bitfield::Bitfield;
 pub use error::{CryptError, FsError, MetainfoError, StoreError, WireError};
 pub use metainfo::{FileId, Metainfo, PIECE_LEN};
+#[cfg(feature = "node")]
 pub use service::{Fs, FsConfig, HttpMode};
 pub use store::Store;

@@ -16,6 +16,39 @@ use crate::error::FsError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+#[derive(Debug, Clone, Default)]
+pub struct Account {
+    pub parts: u64,
+    pub bytes: u64,
+    /// Cost of the parts served (or bought).
+    pub owed: Amount,
+    /// Vouchers taken (or given).
+    pub paid: Amount,
+}
+
+impl Account {
+    /// A change of `parts` parts and `bytes` bytes costing `owed`.
+    pub fn served(parts: u64, bytes: u64, owed: Amount) -> Account {
+        Account {
+            parts,
+            bytes,
+            owed,
+            paid: 0,
+        }
+    }
+
+    pub fn paid(paid: Amount) -> Account {
+        Account {
+            paid,
+            ..Default::default()
+        }
+    }
+
+    pub fn unpaid(&self) -> Amount {
+        self.owed.saturating_sub(self.paid)
+    }
+}
+
 /// What one part costs.
 pub fn part_cost(price_per_mib: Amount, bytes: u64) -> Amount {
     (price_per_mib * bytes as Amount).div_ceil(1 << 20)

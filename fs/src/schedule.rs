@@ -12,7 +12,9 @@
 //!   `gone_after` is given up.
 //! - Endgame: when every missing part is requested, an idle seeder asks
 //!   for a part already requested elsewhere (oldest request first, at most
-//!   `endgame_copies` requests per part); the first verified copy wins.
+//!   `endgame_copies` requests per part, and only while that seeder has
+//!   fewer than `endgame_window` requests of its own outstanding); the
+//!   first verified copy wins.
 //! - A seeder that sent a bad part is dropped and never asked again.
 
 use std::collections::HashMap;
@@ -27,6 +29,10 @@ pub struct ScheduleConfig {
     pub min_timeout: Duration,
     pub gone_after: Duration,
     pub endgame_copies: usize,
+    /// A seeder takes endgame copies only while it has fewer requests
+    /// than this outstanding (there is no cancel, so each copy may be
+    /// served in full).
+    pub endgame_window: usize,
 }
 
 impl Default for ScheduleConfig {
@@ -35,6 +41,7 @@ impl Default for ScheduleConfig {
             min_timeout: Duration::from_secs(5),
             gone_after: Duration::from_secs(30),
             endgame_copies: 2,
+            endgame_window: 2,
         }
     }
 }
@@ -288,8 +295,11 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Scheduler<P> {
     }
 
     fn endgame_pick(&self, peer: P, p: &Peer) -> Option<u32> {
-        // Only once nothing missing is left unrequested.
-        if (0..self.have.len()).any(|i| !self.have.get(i) && !self.is_requested(i)) {
+        // Only once nothing missing is left unrequested, and only for a
+        // seeder that is nearly idle.
+        if p.outstanding >= self.config.endgame_window
+            || (0..self.have.len()).any(|i| !self.have.get(i) && !self.is_requested(i))
+        {
             return None;
         }
         self.requests
@@ -360,7 +370,14 @@ mod tests {
             n,
             "no part asked twice before the endgame"
         );
-        // Endgame: every part is requested; an idle seeder copies one.
+        // Endgame: every part is requested; a busy seeder copies nothing,
+        // a nearly idle one copies the oldest request.
+        assert_eq!(s.next(0, S), None, "peer 0 has 22 parts outstanding");
+        for i in asked.iter().copied() {
+            if i % 3 == 0 {
+                s.delivered(0, i, PIECE_LEN, S);
+            }
+        }
         let copy = s.next(0, S).expect("endgame copy");
         assert_eq!(s.delivered(1, copy, PIECE_LEN, 2 * S), Delivery::First);
         assert_eq!(s.delivered(0, copy, PIECE_LEN, 2 * S), Delivery::Duplicate);

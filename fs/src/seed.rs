@@ -19,7 +19,8 @@ use crate::bitfield::Bitfield;
 use crate::error::{StoreError, WireError};
 use crate::metainfo::PIECE_LEN;
 use crate::payment::part_cost;
-use crate::service::{Account, Fs, Role};
+use crate::payment::Account;
+use crate::service::{Fs, Role};
 use crate::wire::{self, Frame, Offer};
 
 /// A downloader silent this long is dropped.

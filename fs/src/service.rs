@@ -20,7 +20,7 @@ use crate::crypt::{self, FileKey};
 use crate::download::Transfer;
 use crate::error::{FsError, StoreError};
 use crate::metainfo::FileId;
-use crate::payment::{PartPayee, PartPayer};
+use crate::payment::{Account, PartPayee, PartPayer};
 use crate::store::{Encryption, Store, StoredFile};
 use crate::wire;
 
@@ -85,39 +85,6 @@ impl FsConfig {
 pub enum Role {
     Earned,
     Spent,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Account {
-    pub parts: u64,
-    pub bytes: u64,
-    /// Cost of the parts served (or bought).
-    pub owed: Amount,
-    /// Vouchers taken (or given).
-    pub paid: Amount,
-}
-
-impl Account {
-    /// A change of `parts` parts and `bytes` bytes costing `owed`.
-    pub fn served(parts: u64, bytes: u64, owed: Amount) -> Account {
-        Account {
-            parts,
-            bytes,
-            owed,
-            paid: 0,
-        }
-    }
-
-    pub fn paid(paid: Amount) -> Account {
-        Account {
-            paid,
-            ..Default::default()
-        }
-    }
-
-    pub fn unpaid(&self) -> Amount {
-        self.owed.saturating_sub(self.paid)
-    }
 }
 
 pub struct Fs {

@@ -34,7 +34,7 @@ use crate::bitfield::Bitfield;
 use crate::crypt::{self, FileKey, SEGMENT, Sealer};
 use crate::error::{CryptError, StoreError};
 use crate::metainfo::{FileEntry, FileId, Metainfo, PIECE_LEN};
-use crate::service::Account;
+use crate::payment::Account;
 
 /// How a file is to be encrypted when added.
 pub struct Encryption {
