@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use zennet_agent::hwbench::{BenchOptions, run as hwbench};
+use zennet_hwbench::{BenchOptions, run as hwbench};
 
 use crate::row;
 

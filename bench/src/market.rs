@@ -30,10 +30,9 @@ use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, Verifying
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use zennet_agent::tunnel::Tunnel;
 use zennet_chain::{Address, Channel, Hash, SecretKey, SignedVoucher, Voucher};
-use zennet_publisher::server::{Gate, SshServer};
-use zennet_publisher::sshkey;
+use zennet_tunnel::keys as sshkey;
+use zennet_tunnel::{Gate, SshServer, Tunnel};
 
 use crate::{rate, row, single};
 
@@ -187,17 +186,17 @@ async fn through_russh(bytes: u64) -> f64 {
     let host_fp = sshkey::fingerprint(host.public_key());
     let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
     let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
-    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate).await.unwrap();
-    let tunnel = Tunnel::dial(
-        &server.local_addr.to_string(),
-        host_fp,
-        node,
-        Arc::new(AtomicU64::new(0)),
-    )
-    .await
-    .expect("tunnel dials");
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, "zennet-pay")
+        .await
+        .unwrap();
+    let tunnel = Tunnel::dial(&server.local_addr.to_string(), host_fp, node)
+        .await
+        .expect("tunnel dials");
     let (sink_port, mut done) = sink(bytes).await;
-    let port = tunnel.forward(sink_port, 0).await.expect("remote forward");
+    let port = tunnel
+        .forward(sink_port, 0, Arc::new(AtomicU64::new(0)))
+        .await
+        .expect("remote forward");
     let mbs = push(port, &mut done, bytes).await;
     tunnel.close().await;
     mbs

@@ -1,5 +1,5 @@
 //! VM figures (TCG here; KVM where it works):
-//! * launch → sshd ready through the agent's QEMU backend (cgroup, uid drop,
+//! * launch → sshd ready through the node's QEMU backend (cgroup, uid drop,
 //!   seccomp, fd passing, QMP) vs the same image booted by a bare
 //!   `qemu-system-x86_64` command line;
 //! * the node's own CPU use while it runs and meters two VMs.
@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use zennet_agent::qemu::{self, QemuConfig, VmSpec};
+use zennet_vm::qemu::{QemuBackend, QemuConfig};
+use zennet_vm::{Backend, NetworkSpec, VmSpec};
 
 use crate::{row, single};
 
@@ -32,7 +33,7 @@ pub fn run(quick: bool) {
         v[v.len() / 2]
     };
     row(
-        "VM launch → sshd ready (agent, TCG)",
+        "VM launch → sshd ready (node, TCG)",
         median(ours),
         "bare qemu-system-x86_64",
         median(bare),
@@ -54,14 +55,18 @@ async fn launch_ours(image: &zennet_images::Image, round: usize) -> f64 {
         scratch_gib: 1,
         persistent: None,
         ssh_port: free_port(),
+        network: NetworkSpec::UserNat,
+        run_as: None,
     };
+    let backend = QemuBackend::new(QemuConfig::default());
     let started = Instant::now();
-    let (vm, qmp) = qemu::launch(&QemuConfig::default(), &spec, &dir.path().join("vm"))
+    let vm = backend
+        .launch(&spec, &dir.path().join("vm"))
         .await
         .expect("VM launches");
-    wait_marker(&vm.serial_log);
+    wait_marker(&vm.process().serial_log);
     let t = started.elapsed().as_secs_f64();
-    qemu::shutdown(&spec.id, vm.pid, Some(&qmp), Duration::from_secs(5)).await;
+    vm.shutdown(Duration::from_secs(5)).await;
     t
 }
 

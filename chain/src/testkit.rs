@@ -1,5 +1,7 @@
 //! Helpers for tests and benchmarks: a genesis whose seals cost almost
-//! nothing, and one-call signing and mining. Real code paths throughout —
+//! nothing, one-call signing and mining, and [`TestChain`]: an in-memory
+//! chain shared by in-process parties through [`Ledger`](crate::Ledger)s,
+//! mined on demand. Real code paths throughout —
 //! blocks built here go through the same template, seal and import as a
 //! node's.
 
@@ -75,4 +77,110 @@ pub fn include(chain: &mut Chain, miner: Address, tx: SignedTx) -> Block {
         "transaction was not mined"
     );
     block
+}
+
+/// An in-memory chain that several in-process parties share, each through
+/// its own [`Ledger`](crate::Ledger) (its own key). Nothing is mined until
+/// a test says so ([`TestChain::mine`]), so tests decide exactly when a
+/// transaction lands. Real code paths: the mempool, execution and import
+/// are a node's.
+pub struct TestChain {
+    chain: std::sync::Mutex<Chain>,
+    miner: Address,
+}
+
+impl TestChain {
+    /// A fresh chain on [`fast_genesis`] with `funded` accounts.
+    pub fn new(funded: &[(Address, Amount)]) -> std::sync::Arc<TestChain> {
+        let chain = Chain::in_memory(fast_genesis(funded)).expect("an in-memory chain opens");
+        std::sync::Arc::new(TestChain {
+            chain: std::sync::Mutex::new(chain),
+            miner: SecretKey::generate().address(),
+        })
+    }
+
+    /// A ledger signing with `key` on this chain.
+    pub fn ledger(self: &std::sync::Arc<Self>, key: SecretKey) -> std::sync::Arc<TestLedger> {
+        std::sync::Arc::new(TestLedger {
+            chain: self.clone(),
+            key,
+        })
+    }
+
+    /// Mines one block with whatever the mempool holds.
+    pub fn mine(&self) -> Block {
+        mine(&mut self.chain(), self.miner)
+    }
+
+    /// Mines `n` blocks.
+    pub fn mine_blocks(&self, n: u64) {
+        for _ in 0..n {
+            self.mine();
+        }
+    }
+
+    pub fn height(&self) -> u64 {
+        self.chain().tip().header.height
+    }
+
+    /// The chain itself, for what the [`Ledger`](crate::Ledger) does not show.
+    pub fn chain(&self) -> std::sync::MutexGuard<'_, Chain> {
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One party's view of a [`TestChain`].
+pub struct TestLedger {
+    chain: std::sync::Arc<TestChain>,
+    key: SecretKey,
+}
+
+impl TestLedger {
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+    pub fn test_chain(&self) -> &std::sync::Arc<TestChain> {
+        &self.chain
+    }
+}
+
+impl crate::Ledger for TestLedger {
+    fn genesis(&self) -> Genesis {
+        self.chain.chain().genesis().clone()
+    }
+    fn address(&self) -> Address {
+        self.key.address()
+    }
+    fn height(&self) -> u64 {
+        self.chain.height()
+    }
+    fn balance(&self, address: &Address) -> Amount {
+        self.chain.chain().account(address).balance
+    }
+    fn task(&self, id: &crate::Hash) -> Option<crate::TaskRecord> {
+        self.chain.chain().task(id)
+    }
+    fn tasks(&self) -> Vec<crate::TaskRecord> {
+        self.chain.chain().state().tasks().cloned().collect()
+    }
+    fn channel(&self, id: &crate::Hash) -> Option<crate::Channel> {
+        self.chain.chain().channel(id)
+    }
+    fn submit(&self, body: TxBody) -> Result<crate::Hash, crate::ChainError> {
+        let mut chain = self.chain.chain();
+        let tx = signed(&chain, &self.key, body);
+        chain.submit_tx(tx)
+    }
+    fn included_at(&self, tx: &crate::Hash) -> Option<u64> {
+        self.chain
+            .chain()
+            .store()
+            .tx_location(tx)
+            .ok()
+            .flatten()
+            .map(|l| l.height)
+    }
+    fn pending(&self, tx: &crate::Hash) -> bool {
+        self.chain.chain().mempool().contains(tx)
+    }
 }

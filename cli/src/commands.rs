@@ -102,10 +102,14 @@ pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
     home.require_initialized()?;
     // The VM part needs the image and the privileges to confine QEMU.
     let vm = match zennet_images::load(&home.images_dir(), zennet_images::DEFAULT_IMAGE_ID) {
-        Ok(image) if nix_is_root() => Some(zennet_agent::hwbench::VmBench {
-            qemu: crate::node::qemu_config(home, &image).await?,
-            image,
-        }),
+        Ok(image) if nix_is_root() => {
+            let qemu = crate::services::qemu_config(home, &image).await?;
+            Some(zennet_hwbench::VmBench {
+                nice: qemu.nice,
+                backend: std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(qemu)),
+                image,
+            })
+        }
         _ => {
             eprintln!("note: no VM figures (needs root and `zennet image build`)");
             None
@@ -114,7 +118,7 @@ pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("zennet-bench-")
         .tempdir_in(home.dir())?;
-    let opts = zennet_agent::hwbench::BenchOptions {
+    let opts = zennet_hwbench::BenchOptions {
         quick,
         scratch_dir: scratch.path().to_path_buf(),
         vm,
@@ -123,7 +127,7 @@ pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
     bar.enable_steady_tick(Duration::from_millis(120));
     let progress_bar = bar.clone();
     let mut progress = move |step: &str| progress_bar.set_message(step.to_string());
-    let profile = zennet_agent::hwbench::run(&opts, &mut progress).await?;
+    let profile = zennet_hwbench::run(&opts, &mut progress).await?;
     bar.finish_and_clear();
     let path = home.dir().join("capacity.json");
     crate::home::write_atomic(&path, &serde_json::to_vec_pretty(&profile)?, 0o644)?;
@@ -147,7 +151,7 @@ pub async fn bench(home: &Home, quick: bool, out: Output) -> Result<()> {
         if let Some(v) = &profile.vm {
             s.push_str(&format!(
                 "\nvm ({}): ready in {} ms, efficiency {:.2}",
-                v.accel.name(),
+                v.accel,
                 v.launch_to_ready_ms,
                 v.efficiency
             ));
@@ -226,16 +230,16 @@ pub fn read_public_key(path: &Path) -> Result<String> {
     Ok(key.to_string())
 }
 
-pub async fn agent_vm_start(home: &Home, req: zennet_agent::StartVm, out: Output) -> Result<()> {
+pub async fn agent_vm_start(home: &Home, req: zennet_vm::StartVm, out: Output) -> Result<()> {
     let client = Client::new(home.api_url()?);
-    let vm: zennet_agent::VmInfo = client.post("/v1/agent/vms", &req).await?;
+    let vm: zennet_vm::VmInfo = client.post("/v1/agent/vms", &req).await?;
     out.print(&vm, || format!("{} ssh port {}", vm.id, vm.ssh_port));
     Ok(())
 }
 
 pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
     let client = Client::new(home.api_url()?);
-    let vms: Vec<zennet_agent::VmInfo> = client.get("/v1/agent/vms").await?;
+    let vms: Vec<zennet_vm::VmInfo> = client.get("/v1/agent/vms").await?;
     out.print(&vms, || {
         vms.iter()
             .map(|v| {
@@ -261,7 +265,7 @@ pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
 
 pub async fn agent_vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
     let client = Client::new(home.api_url()?);
-    let vm: zennet_agent::VmInfo = client
+    let vm: zennet_vm::VmInfo = client
         .post(&format!("/v1/agent/vms/{id}/stop"), &())
         .await?;
     out.print(&vm, || format!("{} stopped", vm.id));

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use zennet_agent::provider::{Contract, Phase};
 use zennet_chain::genesis::Allocation;
 use zennet_chain::{Address, Amount, Genesis, TxBody};
+use zennet_provider::{ContractView as Contract, Phase};
 use zennet_publisher::VmView;
 
 use crate::api::{AccountView, AnnounceTask, BlockView, Info, NodeInfo, Submitted, TxView};
@@ -82,7 +82,7 @@ struct Summary {
 struct ProviderSummary {
     address: Address,
     vm_boot_ms: u64,
-    usage: zennet_publisher::wire::Usage,
+    usage: zennet_proto::Usage,
     #[serde(with = "zennet_chain::codec::amount_str")]
     paid: Amount,
     #[serde(with = "zennet_chain::codec::amount_str")]
@@ -335,7 +335,7 @@ base_per_second = "10"
                         v.task == task
                             && v.connected
                             && v.ssh_port.is_some()
-                            && v.phase == zennet_publisher::wire::VmPhase::Running
+                            && v.phase == zennet_proto::VmPhase::Running
                     })
                     .count()
                     == providers as usize)
@@ -618,18 +618,11 @@ base_per_second = "10"
     /// Stops any VM still running, then every node.
     async fn shutdown(&mut self) {
         for n in &self.nodes[2.min(self.nodes.len())..] {
-            if let Ok(vms) = n
-                .api
-                .get::<Vec<zennet_agent::VmInfo>>("/v1/agent/vms")
-                .await
-            {
+            if let Ok(vms) = n.api.get::<Vec<zennet_vm::VmInfo>>("/v1/agent/vms").await {
                 for vm in vms.iter().filter(|v| v.pid.is_some()) {
                     let _ = n
                         .api
-                        .post::<_, zennet_agent::VmInfo>(
-                            &format!("/v1/agent/vms/{}/stop", vm.id),
-                            &(),
-                        )
+                        .post::<_, zennet_vm::VmInfo>(&format!("/v1/agent/vms/{}/stop", vm.id), &())
                         .await;
                 }
             }

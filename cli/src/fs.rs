@@ -1,17 +1,12 @@
 //! The file network in the node and the CLI: the `[fs]` config section,
-//! starting [`zennet_fs::Fs`] with its HTTP listener, the node API routes
-//! under `/v1/fs/`, and the `zennet fs …` commands that call them.
+//! starting [`zennet_fs::Fs`] with its HTTP listener, and the `zennet fs …`
+//! commands that call the node's `/v1/fs/` routes (`api/fs.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use zennet_chain::SecretKey;
@@ -20,14 +15,12 @@ use zennet_fs::api::{
     AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferState,
     TransferView,
 };
-use zennet_fs::{FileId, Fs, FsConfig, FsError, HttpMode};
+use zennet_fs::{FileId, Fs, FsConfig, HttpMode};
 use zennet_net::NetHandle;
 
-use crate::api::ErrorBody;
 use crate::client::Client;
 use crate::commands::Output;
 use crate::home::Home;
-use crate::node::Node;
 
 /// `[fs]` in config.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,107 +149,6 @@ pub async fn start(
         });
     }
     Ok(fs)
-}
-
-/// The `/v1/fs/…` routes of the node's API.
-pub fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/fs/files", get(list).post(add))
-        .route("/v1/fs/files/{id}", get(file))
-        .route("/v1/fs/files/{id}/info", get(info))
-        .route("/v1/fs/files/{id}/seed", post(seed))
-        .route("/v1/fs/files/{id}/rm", post(rm))
-        .route("/v1/fs/get", post(start_get))
-        .route("/v1/fs/transfers/{id}", get(transfer))
-        .route("/v1/fs/status", get(status))
-}
-
-struct FsApiError(StatusCode, String);
-
-impl IntoResponse for FsApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-impl From<FsError> for FsApiError {
-    fn from(e: FsError) -> FsApiError {
-        use zennet_fs::StoreError;
-        let status = match &e {
-            FsError::Store(StoreError::Unknown(_)) | FsError::NoTransfer(_) => {
-                StatusCode::NOT_FOUND
-            }
-            FsError::Store(StoreError::Db(_) | StoreError::Io { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            _ => StatusCode::BAD_REQUEST,
-        };
-        FsApiError(status, e.to_string())
-    }
-}
-
-type FsResult<T> = Result<Json<T>, FsApiError>;
-
-fn service(node: &Node) -> Result<&Arc<Fs>, FsApiError> {
-    node.fs().ok_or_else(|| {
-        FsApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the file service is not running on this node".into(),
-        )
-    })
-}
-
-fn id(s: &str) -> Result<FileId, FsApiError> {
-    FileId::parse(s).map_err(|e| FsApiError(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-async fn list(State(node): State<Arc<Node>>) -> FsResult<Vec<FileView>> {
-    Ok(Json(service(&node)?.list()))
-}
-
-async fn add(State(node): State<Arc<Node>>, Json(req): Json<AddRequest>) -> FsResult<Added> {
-    Ok(Json(service(&node)?.add(req).await?))
-}
-
-async fn file(State(node): State<Arc<Node>>, Path(i): Path<String>) -> FsResult<FileView> {
-    Ok(Json(service(&node)?.file(&id(&i)?)?))
-}
-
-async fn info(State(node): State<Arc<Node>>, Path(i): Path<String>) -> FsResult<InfoView> {
-    Ok(Json(service(&node)?.info(id(&i)?).await?))
-}
-
-async fn seed(
-    State(node): State<Arc<Node>>,
-    Path(i): Path<String>,
-    Json(req): Json<SeedRequest>,
-) -> FsResult<FileView> {
-    Ok(Json(service(&node)?.seed(
-        &id(&i)?,
-        req.seeding,
-        req.price_per_mib,
-    )?))
-}
-
-async fn rm(State(node): State<Arc<Node>>, Path(i): Path<String>) -> FsResult<serde_json::Value> {
-    let file = id(&i)?;
-    service(&node)?.remove(&file)?;
-    Ok(Json(serde_json::json!({ "removed": file })))
-}
-
-async fn start_get(
-    State(node): State<Arc<Node>>,
-    Json(req): Json<GetRequest>,
-) -> FsResult<TransferView> {
-    Ok(Json(service(&node)?.get(req)?))
-}
-
-async fn transfer(State(node): State<Arc<Node>>, Path(i): Path<String>) -> FsResult<TransferView> {
-    Ok(Json(service(&node)?.transfer(&id(&i)?)?))
-}
-
-async fn status(State(node): State<Arc<Node>>) -> FsResult<StatusView> {
-    Ok(Json(service(&node)?.status()?))
 }
 
 /// Runs a `zennet fs …` command against the home's running node.

@@ -34,7 +34,7 @@ pub struct Config {
     pub publisher: PublisherSection,
     /// Provider side (`node run --provide`): which tasks to accept.
     #[serde(default)]
-    pub market: zennet_agent::market::MarketPolicy,
+    pub market: zennet_provider::market::MarketPolicy,
     /// Provider side: what this machine offers. Unset fields come from
     /// `capacity.json` (`zennet bench`), else from the host.
     #[serde(default)]

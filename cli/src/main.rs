@@ -6,8 +6,9 @@ mod commands;
 mod devnet;
 mod fs;
 mod home;
-mod market;
+mod ledger;
 mod node;
+mod services;
 mod sync;
 mod trade;
 
@@ -320,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             disk_gib,
             authorized_key,
         })) => {
-            let req = zennet_agent::StartVm {
+            let req = zennet_vm::StartVm {
                 image,
                 cores,
                 cpu_quota,

@@ -25,9 +25,9 @@ pub struct Node {
     mining: AtomicBool,
     shutdown: AtomicBool,
     net: Option<NetHandle>,
-    agent: std::sync::OnceLock<Arc<zennet_agent::Agent>>,
+    vms: std::sync::OnceLock<Arc<zennet_vm::Runtime>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
-    provider: std::sync::OnceLock<Arc<zennet_agent::provider::Provider>>,
+    provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
     fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
@@ -41,7 +41,7 @@ impl Node {
             mining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             net,
-            agent: std::sync::OnceLock::new(),
+            vms: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
             fs: std::sync::OnceLock::new(),
@@ -53,15 +53,15 @@ impl Node {
         self.net.as_ref()
     }
 
-    pub fn agent(&self) -> Option<&Arc<zennet_agent::Agent>> {
-        self.agent.get()
+    pub fn vms(&self) -> Option<&Arc<zennet_vm::Runtime>> {
+        self.vms.get()
     }
 
     pub fn publisher(&self) -> Option<&Arc<zennet_publisher::Publisher>> {
         self.publisher.get()
     }
 
-    pub fn provider(&self) -> Option<&Arc<zennet_agent::provider::Provider>> {
+    pub fn provider(&self) -> Option<&Arc<zennet_provider::Provider>> {
         self.provider.get()
     }
 
@@ -167,23 +167,23 @@ impl NodeHandle {
             genesis = %chain.genesis_hash(),
             "chain opened"
         );
-        // The agent comes up (and re-attaches its VMs) before the API
+        // The VM runtime comes up (and re-attaches its VMs) before the API
         // announces the node.
-        let agent = match opts.provide {
-            true => Some(start_agent(&home).await?),
+        let vms = match opts.provide {
+            true => Some(crate::services::start_vms(&home).await?),
             false => None,
         };
         let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
         let node = Node::new(chain, Some(net.clone()));
-        let ledger = crate::market::NodeLedger::new(node.clone(), key.clone());
-        if let Some(agent) = agent {
-            tokio::spawn(agent.clone().meter());
-            let _ = node.agent.set(agent.clone());
-            let provider = crate::market::start_provider(&home, agent, ledger.clone()).await?;
+        let ledger = crate::ledger::NodeLedger::new(node.clone(), key.clone());
+        if let Some(vms) = vms {
+            tokio::spawn(vms.clone().meter());
+            let _ = node.vms.set(vms.clone());
+            let provider = crate::services::start_provider(&home, vms, ledger.clone()).await?;
             let _ = node.provider.set(provider);
         }
         if opts.publish {
-            let publisher = crate::market::start_publisher(&home, ledger.clone()).await?;
+            let publisher = crate::services::start_publisher(&home, ledger.clone()).await?;
             tracing::info!(endpoint = publisher.endpoint(), host_key = %publisher.host_key_fingerprint(), "publisher");
             let _ = node.publisher.set(publisher);
         }
@@ -251,55 +251,6 @@ impl NodeHandle {
         self.home.remove_node_file();
         tracing::info!("node stopped");
         Ok(())
-    }
-}
-
-/// The provider agent: VMs from this home's images, run under QEMU with the
-/// accelerator the host really supports.
-async fn start_agent(home: &Home) -> Result<Arc<zennet_agent::Agent>> {
-    let images_dir = home.images_dir();
-    let image =
-        zennet_images::load(&images_dir, zennet_images::DEFAULT_IMAGE_ID).with_context(|| {
-            format!(
-                "--provide needs the default image; build it with `zennet --home {} image build`",
-                home.dir().display()
-            )
-        })?;
-    let qemu = qemu_config(home, &image).await?;
-    tracing::info!(accel = qemu.accel.name(), "provider agent");
-    let agent = zennet_agent::Agent::open(zennet_agent::AgentConfig {
-        dir: home.agent_dir(),
-        images_dir,
-        qemu,
-    })
-    .await
-    .context("cannot start the provider agent")?;
-    Ok(agent)
-}
-
-/// QEMU settings with the accelerator this host really supports (probed
-/// once with the image as canary, then cached).
-pub async fn qemu_config(
-    home: &Home,
-    image: &zennet_images::Image,
-) -> Result<zennet_agent::qemu::QemuConfig> {
-    let mut qemu = zennet_agent::qemu::QemuConfig::default();
-    let cache = accel_cache_file(home);
-    let (binary, kernel, initramfs) = (qemu.binary.clone(), image.kernel(), image.initramfs());
-    qemu.accel = tokio::task::spawn_blocking(move || {
-        zennet_agent::accel::choose(&binary, &kernel, &initramfs, &cache)
-    })
-    .await?;
-    Ok(qemu)
-}
-
-/// The accelerator verdict belongs to the host, not to one home.
-fn accel_cache_file(home: &Home) -> std::path::PathBuf {
-    let host = std::path::Path::new("/var/cache/zennet");
-    if std::fs::create_dir_all(host).is_ok() {
-        host.join("accel.json")
-    } else {
-        home.agent_dir().join("accel.json")
     }
 }
 

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use zennet_agent::provider::{Contract, TaskVerdict};
 use zennet_chain::Hash;
+use zennet_provider::{ContractView as Contract, TaskVerdict};
 use zennet_publisher::{TaskView, VmView};
 
 use crate::api::{AnnounceTask, PublisherInfo, SetPaying, Submitted};

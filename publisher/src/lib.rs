@@ -1,19 +1,30 @@
-//! Zennet publisher side, plus the protocol both sides speak.
+//! The publisher side of the VM market.
 //!
-//! * [`wire`]: the `zennet-pay` frames (length-prefixed borsh) and the
-//!   shared price formula.
-//! * [`sshkey`]: Ed25519 SSH keys on disk (0600) and their on-chain
-//!   fingerprints.
-//! * [`server`]: the russh SSH server nodes dial into; only keys named by
-//!   an on-chain acceptance get in.
-//! * [`service`]: the publisher itself — announce from a [`taskfile`],
-//!   pay admitted nodes with vouchers, cancel, list and stop VMs; its
-//!   state in [`store`].
+//! # Layout
+//! * [`taskfile`]: `task.toml`, what a publisher writes to announce a task.
+//! * [`service`]: [`Publisher`] — announce (proof of work solved), cancel,
+//!   payment switches, the VMs it pays for, housekeeping (cancelled tasks,
+//!   channels left open).
+//! * [`session`]: one admitted node's `zennet-pay` session: channel, terms,
+//!   a voucher per usage report within the publisher's own bound.
+//! * [`admission`]: the SSH server's gate — only keys an on-chain
+//!   acceptance of our tasks names get in.
+//! * [`store`]: `publisher.db` — tasks and one contract per (task, node).
+//! * [`view`]: what the API shows ([`VmView`], [`TaskView`]).
+//! * [`error`]: the error type, [`PublisherError`].
+//!
+//! The channel logic is `zennet-pay`'s [`zennet_pay::Payer`]; the SSH
+//! server is `zennet-tunnel`'s; the frames and the price formula are
+//! `zennet-proto`'s, shared with the provider.
 
-pub use service::{Publisher, PublisherConfig, PublisherError, TaskView, VmView};
-pub mod server;
+pub mod admission;
+pub mod error;
 pub mod service;
-pub mod sshkey;
+pub mod session;
 pub mod store;
 pub mod taskfile;
-pub mod wire;
+pub mod view;
+
+pub use error::PublisherError;
+pub use service::{Publisher, PublisherConfig};
+pub use view::{TaskView, VmView};

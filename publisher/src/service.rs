@@ -1,12 +1,7 @@
-//! The publisher service: announces tasks, runs the SSH server, and pays.
-//!
-//! Each admitted node gets a channel (opened on chain before the terms go
-//! out) and a voucher for every usage report, for no more than the
-//! publisher's own bound: the most the accepted VM could have used since
-//! the contract started, at the task's rates. A negative payout interval
-//! prepays that many seconds ahead. Payment stops on cancel, lease end, or
-//! when the operator switches it off; a channel the node never closes is
-//! settled and reclaimed.
+//! The publisher service: announces tasks, runs the SSH server nodes dial
+//! into, and pays each admitted node ([`crate::session`]) through its
+//! [`Payer`]. Housekeeping ends contracts whose task was cancelled on
+//! chain and winds down channels that nodes left open.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,20 +9,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use russh::keys::PrivateKey;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use zennet_chain::codec::amount_str;
-use zennet_chain::task::{Acceptance, TaskRecord};
-use zennet_chain::{Address, Amount, Hash, Ledger, SecretKey, SignedVoucher, TxBody, Voucher, pow};
+use zennet_chain::{Address, Hash, Ledger, SecretKey, TxBody, pow};
+use zennet_pay::{Payer, SqliteStore};
+use zennet_tunnel::{Forwards, SshServer, keys as sshkey};
 
-use crate::server::{Connection, Gate, SshServer};
-use crate::sshkey;
-use crate::store::{ContractRow, Store, TaskRow};
+use crate::admission::ChainGate;
+use crate::error::PublisherError;
+use crate::store::{Store, TaskRow};
 use crate::taskfile::TaskFile;
-use crate::wire::{self, Frame, Terms, Usage, UsageReport, VmPhase};
+use crate::view::{TaskView, VmView};
 
 pub struct PublisherConfig {
-    /// Holds publisher.db, host_key, vm_key.
+    /// Holds publisher.db, pay.db, host_key, vm_key.
     pub dir: PathBuf,
     /// Where the SSH server listens.
     pub ssh_listen: String,
@@ -37,75 +31,27 @@ pub struct PublisherConfig {
     pub images_dir: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublisherError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Chain(String),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Key(#[from] sshkey::KeyError),
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
-    #[error("SSH server: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// One VM as the publisher sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VmView {
-    /// The acceptance transaction hash.
-    pub id: Hash,
-    pub task: Hash,
-    pub node: Address,
-    pub phase: VmPhase,
-    pub connected: bool,
-    /// Loopback port on this host that reaches the VM's sshd.
-    pub ssh_port: Option<u16>,
-    pub host_key: Option<String>,
-    pub boot_ms: u64,
-    pub channel: Option<Hash>,
-    #[serde(with = "amount_str")]
-    pub paid: Amount,
-    #[serde(with = "amount_str")]
-    pub reported: Amount,
-    pub usage: Usage,
-    pub ended: bool,
-    pub end_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskView {
-    pub id: Hash,
-    pub paying: bool,
-    pub storage_paid: bool,
-    /// The on-chain record (None once pruned).
-    pub record: Option<TaskRecord>,
-}
-
 pub struct Publisher {
-    ledger: Arc<dyn Ledger>,
-    key: SecretKey,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) key: SecretKey,
+    pub(crate) payer: Payer,
     store: Mutex<Store>,
     endpoint: String,
     host_key_fp: Hash,
     vm_key_path: PathBuf,
-    vm_key_line: String,
+    pub(crate) vm_key_line: String,
     images_dir: PathBuf,
     live: Mutex<HashMap<(Hash, Address), Live>>,
     _server: SshServer,
 }
 
-struct Live {
-    end: mpsc::UnboundedSender<String>,
-    ports: crate::server::Forwards,
+/// A connected node's session, as the rest of the publisher reaches it.
+pub(crate) struct Live {
+    pub(crate) end: mpsc::UnboundedSender<String>,
+    pub(crate) ports: Forwards,
 }
 
-/// Seconds a node has to close after the contract ended before the
+/// How long a node has to close after the contract ended before the
 /// publisher starts settling the channel itself.
 const CLOSE_PATIENCE_MS: u64 = 60_000;
 
@@ -117,6 +63,8 @@ impl Publisher {
     ) -> Result<Arc<Publisher>, PublisherError> {
         std::fs::create_dir_all(&config.dir)?;
         let store = Store::open(&config.dir.join("publisher.db"))?;
+        let pay_store =
+            SqliteStore::open(&config.dir.join("pay.db")).map_err(zennet_pay::PayError::from)?;
         let host_key = sshkey::load_or_create(&config.dir.join("host_key"))?;
         let host_key_fp = sshkey::fingerprint(host_key.public_key());
         let vm_key_path = config.dir.join("vm_key");
@@ -125,12 +73,14 @@ impl Publisher {
             ledger: ledger.clone(),
             me: key.address(),
         });
-        let (server, mut incoming) = SshServer::start(&config.ssh_listen, host_key, gate).await?;
+        let (server, mut incoming) =
+            SshServer::start(&config.ssh_listen, host_key, gate, zennet_proto::SUBSYSTEM).await?;
         let endpoint = config
             .endpoint
             .clone()
             .unwrap_or_else(|| server.local_addr.to_string());
         let publisher = Arc::new(Publisher {
+            payer: Payer::new(ledger.clone(), key.clone(), Arc::new(pay_store)),
             ledger,
             key,
             store: Mutex::new(store),
@@ -176,14 +126,17 @@ impl Publisher {
     pub async fn announce(&self, mut file: TaskFile) -> Result<Hash, PublisherError> {
         for image in &mut file.images {
             if image.hash.is_none() {
-                let built = zennet_images::load(&self.images_dir, &image.id).map_err(|e| {
-                    PublisherError::Invalid(format!(
-                        "image {} has no hash in the task file and is not built here: {e}",
-                        image.id
-                    ))
+                let built = zennet_images::load(&self.images_dir, &image.id).map_err(|source| {
+                    PublisherError::ImageNotBuilt {
+                        id: image.id.clone(),
+                        source,
+                    }
                 })?;
-                image.hash = Some(built.manifest.hash.parse().map_err(|e| {
-                    PublisherError::Invalid(format!("image {} manifest hash: {e}", image.id))
+                image.hash = Some(built.manifest.hash.parse().map_err(|source| {
+                    PublisherError::BadImageHash {
+                        id: image.id.clone(),
+                        source,
+                    }
                 })?);
             }
         }
@@ -193,15 +146,13 @@ impl Publisher {
             (file.lease_max_secs as u64 * 1000).div_ceil(genesis.consensus.block_time_ms);
         let prune_height = (height + file.acceptance_window + lease_blocks + 100)
             .min(height + genesis.limits.max_prune_horizon);
-        let mut a = file
-            .announcement(&self.endpoint, self.host_key_fp, prune_height)
-            .map_err(|e| PublisherError::Invalid(e.to_string()))?;
+        let mut a = file.announcement(&self.endpoint, self.host_key_fp, prune_height)?;
         let size = a.encoded_len();
         if size > genesis.limits.max_announcement_bytes as usize {
-            return Err(PublisherError::Invalid(format!(
-                "the announcement is {size} bytes; the network limit is {} (shorten info or drop choices)",
-                genesis.limits.max_announcement_bytes
-            )));
+            return Err(PublisherError::TooLarge {
+                size,
+                limit: genesis.limits.max_announcement_bytes,
+            });
         }
         let me = self.key.address();
         let difficulty = genesis.pow.min_announcement_difficulty;
@@ -214,11 +165,14 @@ impl Publisher {
             a
         })
         .await
-        .map_err(|e| PublisherError::Chain(e.to_string()))?;
+        .map_err(|_| PublisherError::PowCancelled)?;
         let task = self
             .ledger
             .submit(TxBody::AnnounceTask { announcement: a })
-            .map_err(|e| PublisherError::Chain(e.to_string()))?;
+            .map_err(|source| PublisherError::Chain {
+                what: "the announcement",
+                source,
+            })?;
         self.store().put_task(&TaskRow {
             task,
             paying: true,
@@ -249,7 +203,10 @@ impl Publisher {
         let tx = self
             .ledger
             .submit(TxBody::CancelTask { task: *task })
-            .map_err(|e| PublisherError::Chain(e.to_string()))?;
+            .map_err(|source| PublisherError::Chain {
+                what: "the cancellation",
+                source,
+            })?;
         self.end_where(|(t, _)| t == task, "task cancelled");
         Ok(tx)
     }
@@ -274,13 +231,16 @@ impl Publisher {
 
     pub fn vms(&self) -> Result<Vec<VmView>, PublisherError> {
         let live = self.live();
-        Ok(self
-            .store()
-            .contracts()?
+        let contracts = self.store().contracts()?;
+        contracts
             .into_iter()
             .map(|c| {
                 let l = live.get(&(c.task, c.node));
-                VmView {
+                let paid = match c.channel {
+                    Some(ch) => self.payer.channel(&ch).map_or(0, |o| o.paid),
+                    None => 0,
+                };
+                Ok(VmView {
                     id: c.acceptance,
                     task: c.task,
                     node: c.node,
@@ -290,14 +250,14 @@ impl Publisher {
                     host_key: c.host_key,
                     boot_ms: c.boot_ms,
                     channel: c.channel,
-                    paid: c.paid,
+                    paid,
                     reported: c.reported,
                     usage: c.usage,
                     ended: c.ended_ms.is_some(),
                     end_reason: c.end_reason,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Finds a VM by its id or a unique prefix of it.
@@ -310,12 +270,8 @@ impl Publisher {
             .collect();
         match matches.len() {
             1 => Ok(matches.into_iter().next().expect("one")),
-            0 => Err(PublisherError::NotFound(format!(
-                "no VM {id} (see `zennet vm list`)"
-            ))),
-            n => Err(PublisherError::Invalid(format!(
-                "{n} VMs start with {id}; give more digits"
-            ))),
+            0 => Err(PublisherError::NoSuchVm(id)),
+            count => Err(PublisherError::AmbiguousVm { count, prefix: id }),
         }
     }
 
@@ -323,15 +279,12 @@ impl Publisher {
     pub fn stop_vm(&self, id: &str) -> Result<VmView, PublisherError> {
         let vm = self.vm(id)?;
         if !self.end_where(|k| *k == (vm.task, vm.node), "stopped by the publisher") {
-            return Err(PublisherError::Invalid(format!(
-                "VM {} is not connected; it stops when its node reconnects or its lease ends",
-                vm.id
-            )));
+            return Err(PublisherError::NotConnected(vm.id));
         }
         Ok(vm)
     }
 
-    fn end_where(&self, pred: impl Fn(&(Hash, Address)) -> bool, reason: &str) -> bool {
+    pub(crate) fn end_where(&self, pred: impl Fn(&(Hash, Address)) -> bool, reason: &str) -> bool {
         let mut any = false;
         for (k, l) in self.live().iter() {
             if pred(k) {
@@ -341,329 +294,22 @@ impl Publisher {
         any
     }
 
-    fn own_task(&self, task: &Hash) -> Result<TaskRow, PublisherError> {
-        self.store().task(task)?.ok_or_else(|| {
-            PublisherError::NotFound(format!("task {task} was not announced by this node"))
-        })
+    pub(crate) fn own_task(&self, task: &Hash) -> Result<TaskRow, PublisherError> {
+        self.store()
+            .task(task)?
+            .ok_or(PublisherError::NotOurTask(*task))
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live(&self) -> MutexGuard<'_, HashMap<(Hash, Address), Live>> {
+    pub(crate) fn live(&self) -> MutexGuard<'_, HashMap<(Hash, Address), Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One node's `zennet-pay` session.
-    async fn serve(self: Arc<Self>, conn: Connection) -> Result<(), PublisherError> {
-        let mut pay = wire::PayStream::new(conn.pay);
-        let first = tokio::time::timeout(Duration::from_secs(30), pay.recv())
-            .await
-            .map_err(|_| PublisherError::Invalid("node sent no Join within 30 s".into()))??;
-        let Frame::Join { task, .. } = first else {
-            return Err(PublisherError::Invalid("first frame was not Join".into()));
-        };
-        let refuse = |reason: String| Frame::Bye { reason };
-        let (record, acceptance) = match self.contract_for(&task, &conn.key) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = pay.send(&refuse(e.to_string())).await;
-                return Err(e);
-            }
-        };
-        let node = acceptance.node;
-        let existing = self.store().contract(&task, &node)?;
-        let known = existing.is_some();
-        let mut c = match existing {
-            Some(c) => c,
-            None => ContractRow {
-                task,
-                node,
-                acceptance: acceptance.tx,
-                channel: None,
-                deposit: 0,
-                seq: 0,
-                paid: 0,
-                voucher: None,
-                reported: 0,
-                usage: Usage::default(),
-                phase: VmPhase::Booting,
-                host_key: None,
-                boot_ms: 0,
-                started_ms: now_ms(),
-                ended_ms: None,
-                end_reason: None,
-            },
-        };
-        // A node whose contract was under way when the task was cancelled
-        // still gets its last usage paid; a new one is turned away.
-        if record.cancelled_at.is_some() && known && c.ended_ms.is_none() {
-            c.end_reason.get_or_insert_with(|| "task cancelled".into());
-        }
-        if c.ended_ms.is_some() || (record.cancelled_at.is_some() && !known) {
-            let reason = c
-                .end_reason
-                .clone()
-                .unwrap_or_else(|| "task cancelled".into());
-            pay.send(&refuse(reason)).await.ok();
-            return Ok(());
-        }
-        let a = &record.announcement;
-        let storage_gib = a.vm.persistent_storage_gib;
-        let mem = acceptance.cores as u64 * a.vm.memory_mib_per_core as u64;
-        let per_sec = wire::max_price_per_sec(
-            &a.rates,
-            acceptance.compute_score,
-            acceptance.cores as u32,
-            mem,
-            storage_gib,
-        );
-        let interval = a.payout_interval_secs;
-        let lease_secs = a.lease_max_secs;
-        if c.channel.is_none() {
-            let genesis = self.ledger.genesis();
-            let deposit = per_sec * (lease_secs as u128 + interval.unsigned_abs() as u128 + 30);
-            let lease_blocks = (lease_secs as u64 * 1000).div_ceil(genesis.consensus.block_time_ms);
-            let expiry_height = self.ledger.height()
-                + 2 * lease_blocks
-                + 2 * genesis.economics.channel_challenge_period
-                + 50;
-            let channel = self
-                .ledger
-                .submit(TxBody::ChannelOpen {
-                    payee: node,
-                    deposit,
-                    expiry_height,
-                })
-                .map_err(|e| {
-                    PublisherError::Chain(format!("cannot open a channel to {node}: {e}"))
-                })?;
-            c.channel = Some(channel);
-            c.deposit = deposit;
-            self.store().put_contract(&c)?;
-            tracing::info!(%task, %node, %channel, deposit = %deposit, "channel opened");
-        }
-        let channel = c.channel.expect("set above");
-        self.wait_channel(&channel).await?;
-        let task_row = self.own_task(&task)?;
-        let mut terms = Terms {
-            channel,
-            payout_interval_secs: interval,
-            lease_secs,
-            vm_key: self.vm_key_line.clone(),
-            storage_paid: task_row.storage_paid,
-        };
-        pay.send(&Frame::Terms(terms.clone())).await?;
-        if let Some(v) = &c.voucher {
-            // A reconnecting node gets the last voucher again.
-            let v: SignedVoucher =
-                borsh::from_slice(v).map_err(|e| PublisherError::Invalid(e.to_string()))?;
-            let _ = pay.send(&Frame::Voucher(v)).await;
-        } else if interval < 0 {
-            // Prepay: the first |interval| seconds before any work.
-            let ahead = (per_sec * interval.unsigned_abs() as u128).min(c.deposit);
-            let v = self.sign_voucher(&mut c, ahead)?;
-            let _ = pay.send(&Frame::Voucher(v)).await;
-        }
-
-        let (end_tx, mut end_rx) = mpsc::unbounded_channel();
-        self.live().insert(
-            (task, node),
-            Live {
-                end: end_tx,
-                ports: conn.forwards.clone(),
-            },
-        );
-        let lease_end = tokio::time::Instant::now()
-            + Duration::from_millis(
-                (c.started_ms + lease_secs as u64 * 1000).saturating_sub(now_ms()),
-            );
-        // A contract that was ending when the node dropped ends now.
-        let mut ending = c.end_reason.is_some();
-        if let Some(reason) = c.end_reason.clone() {
-            let _ = pay.send(&Frame::Bye { reason }).await;
-        }
-        let result = loop {
-            let frame = tokio::select! {
-                f = pay.recv() => f,
-                Some(reason) = end_rx.recv(), if !ending => {
-                    ending = true;
-                    c.end_reason = Some(reason.clone());
-                    self.store().put_contract(&c)?;
-                    let _ = pay.send(&Frame::Bye { reason }).await;
-                    continue;
-                }
-                _ = tokio::time::sleep_until(lease_end), if !ending => {
-                    ending = true;
-                    c.end_reason = Some("lease ended".into());
-                    let _ = pay.send(&Frame::Bye { reason: "lease ended".into() }).await;
-                    continue;
-                }
-            };
-            match frame {
-                Ok(Frame::Status(s)) => {
-                    c.phase = s.phase;
-                    if s.host_key.is_some() {
-                        c.host_key = s.host_key;
-                    }
-                    if s.boot_ms > 0 {
-                        c.boot_ms = s.boot_ms;
-                    }
-                    self.store().put_contract(&c)?;
-                    tracing::info!(%task, %node, phase = ?c.phase, "VM status");
-                }
-                Ok(Frame::Usage(mut r)) => {
-                    let row = self.own_task(&task)?;
-                    if row.storage_paid != terms.storage_paid {
-                        // The node stops (or starts) billing the volume.
-                        terms.storage_paid = row.storage_paid;
-                        pay.send(&Frame::Terms(terms.clone())).await?;
-                    }
-                    if !row.storage_paid {
-                        let storage = wire::Usage {
-                            storage_gib_secs: r.usage.storage_gib_secs,
-                            ..Default::default()
-                        };
-                        let cost = wire::price(&a.rates, acceptance.compute_score, &storage);
-                        r.accrued = r.accrued.saturating_sub(cost);
-                    }
-                    if let Some(v) =
-                        self.answer_usage(&mut c, &r, row.paying, ending, per_sec, interval)?
-                    {
-                        pay.send(&Frame::Voucher(v)).await?;
-                    }
-                    if r.last {
-                        c.phase = VmPhase::Stopped;
-                        self.store().put_contract(&c)?;
-                    }
-                }
-                Ok(Frame::Bye { reason }) => {
-                    c.ended_ms = Some(now_ms());
-                    c.end_reason.get_or_insert(reason.clone());
-                    c.phase = VmPhase::Stopped;
-                    self.store().put_contract(&c)?;
-                    tracing::info!(%task, %node, %reason, paid = %c.paid, "contract ended");
-                    break Ok(());
-                }
-                Ok(other) => {
-                    break Err(PublisherError::Invalid(format!(
-                        "unexpected frame from the node: {other:?}"
-                    )));
-                }
-                Err(e) => {
-                    tracing::info!(%task, %node, error = %e, "node disconnected; waiting for it to come back");
-                    break Ok(());
-                }
-            }
-        };
-        self.live().remove(&(task, node));
-        result
-    }
-
-    /// The on-chain task (ours, not pruned) and the acceptance naming `key`.
-    fn contract_for(
-        &self,
-        task: &Hash,
-        key: &Hash,
-    ) -> Result<(TaskRecord, Acceptance), PublisherError> {
-        let record = self
-            .ledger
-            .task(task)
-            .filter(|t| t.publisher == self.key.address())
-            .ok_or_else(|| {
-                PublisherError::NotFound(format!(
-                    "task {task} is not one of this publisher's live tasks"
-                ))
-            })?;
-        let acceptance = record
-            .acceptances
-            .iter()
-            .find(|a| a.ssh_key_fingerprint == *key)
-            .cloned()
-            .ok_or_else(|| {
-                PublisherError::Invalid(format!("no acceptance of task {task} names this SSH key"))
-            })?;
-        Ok((record, acceptance))
-    }
-
-    async fn wait_channel(&self, channel: &Hash) -> Result<(), PublisherError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.ledger.included_at(channel).is_some() && self.ledger.channel(channel).is_some()
-            {
-                return Ok(());
-            }
-            if self.ledger.included_at(channel).is_some() || tokio::time::Instant::now() > deadline
-            {
-                return Err(PublisherError::Chain(format!(
-                    "channel {channel} is not open on chain"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The voucher answering a usage report, if one is due: no more than
-    /// reported, no more than the bound, no more than the deposit.
-    fn answer_usage(
-        &self,
-        c: &mut ContractRow,
-        r: &UsageReport,
-        paying: bool,
-        ending: bool,
-        per_sec: Amount,
-        interval: i32,
-    ) -> Result<Option<SignedVoucher>, PublisherError> {
-        c.reported = r.accrued;
-        c.usage = r.usage.clone();
-        if !paying {
-            self.store().put_contract(c)?;
-            return Ok(None);
-        }
-        let elapsed_secs = (now_ms().saturating_sub(c.started_ms) / 1000) as u128
-            + interval.unsigned_abs() as u128
-            + 5;
-        let mut target = r.accrued.min(per_sec * elapsed_secs);
-        if interval < 0 && !ending && !r.last {
-            target += per_sec * interval.unsigned_abs() as u128;
-        }
-        let target = target.min(c.deposit);
-        if target > c.paid {
-            return self.sign_voucher(c, target).map(Some);
-        }
-        self.store().put_contract(c)?;
-        // A final report always gets an answer, so the node can close.
-        match (&c.voucher, r.last) {
-            (Some(v), true) => Ok(Some(
-                borsh::from_slice(v).map_err(|e| PublisherError::Invalid(e.to_string()))?,
-            )),
-            _ => Ok(None),
-        }
-    }
-
-    /// Signs the next voucher and records it before it is sent.
-    fn sign_voucher(
-        &self,
-        c: &mut ContractRow,
-        cumulative: Amount,
-    ) -> Result<SignedVoucher, PublisherError> {
-        let v = Voucher {
-            chain_id: self.ledger.chain_id(),
-            channel: c.channel.expect("a channel is open"),
-            seq: c.seq + 1,
-            cumulative,
-        }
-        .sign(&self.key);
-        c.seq += 1;
-        c.paid = cumulative;
-        c.voucher = Some(borsh::to_vec(&v).expect("encodes"));
-        self.store().put_contract(c)?;
-        Ok(v)
-    }
-
-    /// Ends contracts whose task was cancelled on chain, and settles then
-    /// reclaims channels that nodes left open.
+    /// Ends contracts whose task was cancelled on chain, and winds down
+    /// (settle, then reclaim) channels that nodes left open.
     fn tick(&self) -> Result<(), PublisherError> {
         for t in self.store().tasks()? {
             if let Some(r) = self.ledger.task(&t.task)
@@ -672,24 +318,18 @@ impl Publisher {
                 self.end_where(|(task, _)| *task == t.task, "task cancelled");
             }
         }
-        let height = self.ledger.height();
         for c in self.store().contracts()? {
             let (Some(channel), Some(ended)) = (c.channel, c.ended_ms) else {
-                continue;
-            };
-            let Some(ch) = self.ledger.channel(&channel) else {
                 continue;
             };
             if now_ms() < ended + CLOSE_PATIENCE_MS {
                 continue;
             }
-            let body = match ch.settle_at {
-                None if height < ch.expiry_height => TxBody::ChannelSettle { channel },
-                Some(at) if height < at && height < ch.expiry_height => continue,
-                _ => TxBody::ChannelReclaim { channel },
-            };
-            match self.ledger.submit(body) {
-                Ok(tx) => tracing::info!(%channel, %tx, "settling a channel the node left open"),
+            match self.payer.wind_down(&channel) {
+                Ok(Some(tx)) => {
+                    tracing::info!(%channel, %tx, "winding down a channel the node left open")
+                }
+                Ok(None) => {}
                 Err(e) => tracing::debug!(%channel, error = %e, "settle/reclaim not accepted yet"),
             }
         }
@@ -709,23 +349,7 @@ async fn housekeeping(p: Arc<Publisher>) {
     }
 }
 
-/// Admits keys that an acceptance of one of this publisher's tasks names.
-struct ChainGate {
-    ledger: Arc<dyn Ledger>,
-    me: Address,
-}
-
-impl Gate for ChainGate {
-    fn admits(&self, key: &Hash) -> bool {
-        // Cancelled tasks too: a node under contract must be able to come
-        // back to report its last usage and be paid for it.
-        self.ledger.tasks().iter().any(|t| {
-            t.publisher == self.me && t.acceptances.iter().any(|a| a.ssh_key_fingerprint == *key)
-        })
-    }
-}
-
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -1,7 +1,7 @@
 //! The publisher's SQLite: its tasks (with payment switches) and one
-//! contract per (task, node) — channel, last voucher, what the node
-//! reported. The voucher's seq and cumulative are written before the
-//! voucher leaves, so a restart never reuses a seq.
+//! contract per (task, node) — its channel, what the node reported, the
+//! VM's state. Vouchers are the payer's (`zennet-pay`), which records each
+//! seq and cumulative before the voucher leaves.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use zennet_chain::codec::amount_str;
 use zennet_chain::{Address, Amount, Hash};
 
-use crate::wire::{Usage, VmPhase};
+use zennet_proto::{Usage, VmPhase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRow {
@@ -29,14 +29,6 @@ pub struct ContractRow {
     pub acceptance: Hash,
     pub channel: Option<Hash>,
     #[serde(with = "amount_str")]
-    pub deposit: Amount,
-    pub seq: u64,
-    #[serde(with = "amount_str")]
-    pub paid: Amount,
-    /// The last voucher sent (borsh), so a reconnecting node can have it again.
-    #[serde(skip)]
-    pub voucher: Option<Vec<u8>>,
-    #[serde(with = "amount_str")]
     pub reported: Amount,
     pub usage: Usage,
     pub phase: VmPhase,
@@ -52,13 +44,11 @@ pub struct Store {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("publisher database: {0}")]
-pub struct StoreError(String);
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
+pub enum StoreError {
+    #[error("publisher database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("publisher database: a {what} row does not parse ({reason}); the database is damaged")]
+    Corrupt { what: &'static str, reason: String },
 }
 
 impl Store {
@@ -71,7 +61,7 @@ impl Store {
                 task TEXT PRIMARY KEY, paying INTEGER NOT NULL, storage_paid INTEGER NOT NULL,
                 announced_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS contracts (
-                task TEXT NOT NULL, node TEXT NOT NULL, body TEXT NOT NULL, voucher BLOB,
+                task TEXT NOT NULL, node TEXT NOT NULL, body TEXT NOT NULL,
                 PRIMARY KEY (task, node));",
         )?;
         Ok(Store { conn })
@@ -117,17 +107,22 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for id in ids {
-            let hash: Hash = id.parse().map_err(|e| StoreError(format!("{e}")))?;
+            let hash: Hash =
+                id.parse()
+                    .map_err(|e: zennet_chain::ChainError| StoreError::Corrupt {
+                        what: "task",
+                        reason: e.to_string(),
+                    })?;
             out.extend(self.task(&hash)?);
         }
         Ok(out)
     }
 
     pub fn put_contract(&self, c: &ContractRow) -> Result<(), StoreError> {
-        let body = serde_json::to_string(c).map_err(|e| StoreError(e.to_string()))?;
+        let body = serde_json::to_string(c).expect("rows serialise");
         self.conn.execute(
-            "INSERT OR REPLACE INTO contracts VALUES (?1, ?2, ?3, ?4)",
-            params![c.task.to_string(), c.node.to_string(), body, c.voucher],
+            "INSERT OR REPLACE INTO contracts VALUES (?1, ?2, ?3)",
+            params![c.task.to_string(), c.node.to_string(), body],
         )?;
         Ok(())
     }
@@ -135,27 +130,27 @@ impl Store {
     pub fn contract(&self, task: &Hash, node: &Address) -> Result<Option<ContractRow>, StoreError> {
         self.conn
             .query_row(
-                "SELECT body, voucher FROM contracts WHERE task = ?1 AND node = ?2",
+                "SELECT body FROM contracts WHERE task = ?1 AND node = ?2",
                 [task.to_string(), node.to_string()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+                |r| r.get::<_, String>(0),
             )
             .optional()?
-            .map(parse_contract)
+            .map(|b| parse_contract(&b))
             .transpose()
     }
 
     pub fn contracts(&self) -> Result<Vec<ContractRow>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT body, voucher FROM contracts")?;
-        let rows: Vec<(String, Option<Vec<u8>>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut stmt = self.conn.prepare("SELECT body FROM contracts")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        rows.into_iter().map(parse_contract).collect()
+        rows.iter().map(|b| parse_contract(b)).collect()
     }
 }
 
-fn parse_contract((body, voucher): (String, Option<Vec<u8>>)) -> Result<ContractRow, StoreError> {
-    let mut c: ContractRow =
-        serde_json::from_str(&body).map_err(|e| StoreError(format!("contract row: {e}")))?;
-    c.voucher = voucher;
-    Ok(c)
+fn parse_contract(body: &str) -> Result<ContractRow, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        what: "contract",
+        reason: e.to_string(),
+    })
 }

@@ -1,0 +1,123 @@
+//! Publisher routes: tasks (announce, list, cancel, payment switches) and
+//! the VMs it pays for.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use zennet_chain::Hash;
+use zennet_publisher::{Publisher, PublisherError};
+
+use super::{ApiError, ApiResult, Submitted, bad_request, parse_hash, status, unavailable};
+use crate::node::Node;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublisherInfo {
+    pub endpoint: String,
+    pub host_key_fingerprint: Hash,
+    /// Private key `zennet vm ssh` logs into VMs with.
+    pub vm_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnounceTask {
+    /// The task file's TOML text.
+    pub toml: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPaying {
+    pub paying: Option<bool>,
+    pub storage: Option<bool>,
+}
+
+pub(super) fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/publisher", get(publisher_info))
+        .route(
+            "/v1/publisher/tasks",
+            get(publisher_tasks).post(publisher_announce),
+        )
+        .route("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel))
+        .route("/v1/publisher/tasks/{id}/pay", post(publisher_pay))
+        .route("/v1/publisher/vms", get(publisher_vms))
+        .route("/v1/publisher/vms/{id}", get(publisher_vm))
+        .route("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm))
+}
+
+fn publisher(node: &Node) -> Result<&Arc<Publisher>, ApiError> {
+    node.publisher().ok_or_else(|| {
+        unavailable("this node is not a publisher; restart it with `zennet node run --publish`")
+    })
+}
+
+impl From<PublisherError> for ApiError {
+    fn from(e: PublisherError) -> ApiError {
+        ApiError(status(e.is_bad_request(), e.is_not_found()), e.to_string())
+    }
+}
+
+async fn publisher_info(State(node): State<Arc<Node>>) -> ApiResult<PublisherInfo> {
+    let p = publisher(&node)?;
+    Ok(Json(PublisherInfo {
+        endpoint: p.endpoint().to_string(),
+        host_key_fingerprint: p.host_key_fingerprint(),
+        vm_key: p.vm_key_path().display().to_string(),
+    }))
+}
+
+async fn publisher_announce(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<AnnounceTask>,
+) -> ApiResult<Submitted> {
+    let file = zennet_publisher::taskfile::TaskFile::parse(&req.toml)
+        .map_err(|e| bad_request(e.to_string()))?;
+    let hash = publisher(&node)?.announce(file).await?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn publisher_tasks(
+    State(node): State<Arc<Node>>,
+) -> ApiResult<Vec<zennet_publisher::TaskView>> {
+    Ok(Json(publisher(&node)?.tasks()?))
+}
+
+async fn publisher_cancel(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Submitted> {
+    let hash = publisher(&node)?.cancel(&parse_hash(&id)?)?;
+    Ok(Json(Submitted { hash }))
+}
+
+async fn publisher_pay(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Json(req): Json<SetPaying>,
+) -> ApiResult<zennet_publisher::store::TaskRow> {
+    Ok(Json(publisher(&node)?.set_paying(
+        &parse_hash(&id)?,
+        req.paying,
+        req.storage,
+    )?))
+}
+
+async fn publisher_vms(State(node): State<Arc<Node>>) -> ApiResult<Vec<zennet_publisher::VmView>> {
+    Ok(Json(publisher(&node)?.vms()?))
+}
+
+async fn publisher_vm(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_publisher::VmView> {
+    Ok(Json(publisher(&node)?.vm(&id)?))
+}
+
+async fn publisher_stop_vm(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_publisher::VmView> {
+    Ok(Json(publisher(&node)?.stop_vm(&id)?))
+}

@@ -1,0 +1,32 @@
+//! The provider side of the VM market: which tasks this node takes, and
+//! each contract from acceptance to the channel's close.
+//!
+//! # Layout
+//! * [`market`]: the operator's policy — [`market::evaluate`] one task,
+//!   [`market::choose`] among offers (knapsack by profit per bottleneck
+//!   resource, spread over publishers).
+//! * [`service`]: [`Provider`] — the market loop, accept/reject, the views.
+//! * [`session`]: one contract's runner and its session loop over the
+//!   tunnel (`zennet-tunnel`), the VM (`zennet-vm`) and the payee
+//!   (`zennet-pay`).
+//! * [`contract`]: the contract's [`Phase`] and the session's payment clock.
+//! * [`store`]: `contracts.db` — [`store::ContractRow`] and the rejected
+//!   tasks.
+//! * [`view`]: what the API shows ([`ContractView`], [`TaskVerdict`]).
+//! * [`error`]: the error type, [`ProviderError`].
+//!
+//! The provider never depends on the publisher crate: the protocol both
+//! speak is `zennet-proto`.
+
+pub mod contract;
+pub mod error;
+pub mod market;
+pub mod service;
+pub mod session;
+pub mod store;
+pub mod view;
+
+pub use contract::Phase;
+pub use error::ProviderError;
+pub use service::{Provider, ProviderConfig};
+pub use view::{ContractView, TaskVerdict};

@@ -1,0 +1,339 @@
+//! The provider: watches the chain for tasks, accepts the ones the policy
+//! likes (or the operator picks), and runs a session loop per contract
+//! ([`crate::session`]).
+//!
+//! A contract survives the node: its row is in `contracts.db` and its
+//! vouchers in the payee's store, each written before the node acts on
+//! it; after a restart every open contract reconnects with backoff and the
+//! VM, which the VM runtime re-attached, keeps being billed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use zennet_chain::task::{TaskAcceptance, TaskRecord};
+use zennet_chain::{Address, Hash, Ledger, TxBody, pow};
+use zennet_pay::{PayStore, Payee};
+use zennet_proto::Usage;
+use zennet_vm::Runtime;
+
+use crate::contract::Phase;
+use crate::error::ProviderError;
+use crate::market::{self, Machine, MarketPolicy, Offer, Resources};
+use crate::store::{ContractRow, ContractStore};
+use crate::view::{ContractView, TaskVerdict};
+
+pub struct ProviderConfig {
+    pub policy: MarketPolicy,
+    pub machine: Machine,
+    /// The key the node dials publishers with (its fingerprint goes on chain).
+    pub ssh_key: Arc<PrivateKey>,
+    /// Built images: (id, manifest hash).
+    pub images: Vec<(String, Hash)>,
+    /// Pause the VM when payment is this many payout intervals late.
+    pub pause_after_intervals: f64,
+    /// Terminate a VM that stayed paused for lack of payment this long.
+    pub grace: Duration,
+    /// Claim when the channel is this many blocks from expiry.
+    pub claim_margin_blocks: u64,
+}
+
+impl ProviderConfig {
+    pub fn new(
+        policy: MarketPolicy,
+        machine: Machine,
+        ssh_key: Arc<PrivateKey>,
+        images: Vec<(String, Hash)>,
+    ) -> Self {
+        ProviderConfig {
+            policy,
+            machine,
+            ssh_key,
+            images,
+            pause_after_intervals: 1.5,
+            grace: Duration::from_secs(10),
+            claim_margin_blocks: 20,
+        }
+    }
+}
+
+pub struct Provider {
+    pub(crate) vms: Arc<Runtime>,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) config: ProviderConfig,
+    pub(crate) store: ContractStore,
+    pub(crate) payee: Payee,
+    /// Tasks a runner is working on.
+    pub(crate) running: Mutex<HashMap<Hash, ()>>,
+    /// Serialises accept decisions (capacity is checked then taken).
+    accepting: tokio::sync::Mutex<()>,
+}
+
+impl Provider {
+    /// Opens the contract store (`db_path`), resumes open contracts and
+    /// starts the market loop. Vouchers are kept in `pay_store`.
+    pub async fn start(
+        vms: Arc<Runtime>,
+        ledger: Arc<dyn Ledger>,
+        config: ProviderConfig,
+        db_path: &Path,
+        pay_store: Arc<dyn PayStore>,
+    ) -> Result<Arc<Provider>, ProviderError> {
+        let store = ContractStore::open(db_path)?;
+        let provider = Arc::new(Provider {
+            vms,
+            payee: Payee::new(ledger.clone(), pay_store),
+            ledger,
+            config,
+            store,
+            running: Mutex::new(HashMap::new()),
+            accepting: tokio::sync::Mutex::new(()),
+        });
+        for c in provider.store.all()? {
+            if c.active() {
+                tracing::info!(task = %c.task, phase = ?c.phase, "resuming contract");
+                provider.spawn_runner(c.task);
+            }
+        }
+        tokio::spawn(market_loop(Arc::downgrade(&provider)));
+        Ok(provider)
+    }
+
+    pub fn ssh_key_fingerprint(&self) -> Hash {
+        zennet_tunnel::keys::fingerprint(self.config.ssh_key.public_key())
+    }
+
+    /// Every contract, as the API shows it.
+    pub fn contracts(&self) -> Result<Vec<ContractView>, ProviderError> {
+        self.store.all()?.iter().map(|c| self.view(c)).collect()
+    }
+
+    pub fn contract(&self, task: &Hash) -> Result<Option<ContractView>, ProviderError> {
+        self.store.get(task)?.map(|c| self.view(&c)).transpose()
+    }
+
+    fn view(&self, c: &ContractRow) -> Result<ContractView, ProviderError> {
+        let pay = match c.channel {
+            Some(ch) => self.payee.record(&ch).ok(),
+            None => None,
+        };
+        Ok(ContractView::new(c, pay.as_ref()))
+    }
+
+    /// Every task on chain with this node's verdict.
+    pub fn tasks(&self) -> Result<Vec<TaskVerdict>, ProviderError> {
+        let contracts: HashMap<Hash, ContractView> =
+            self.contracts()?.into_iter().map(|c| (c.task, c)).collect();
+        let free = self.free()?;
+        let me = self.ledger.address();
+        let height = self.ledger.height();
+        self.ledger
+            .tasks()
+            .into_iter()
+            .map(|t| {
+                let verdict = if self.store.is_rejected(&t.id)? {
+                    "rejected by the operator".to_string()
+                } else {
+                    match self.evaluate(&t, height, &me, &free) {
+                        Ok(_) => "acceptable".into(),
+                        Err(r) => r.to_string(),
+                    }
+                };
+                Ok(TaskVerdict {
+                    task: t.id,
+                    publisher: t.publisher,
+                    verdict,
+                    contract: contracts.get(&t.id).cloned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Accepts a task by hand (the policy's checks still apply, except
+    /// `auto_accept`).
+    pub async fn accept(self: &Arc<Self>, task: &Hash) -> Result<ContractView, ProviderError> {
+        let _guard = self.accepting.lock().await;
+        if let Some(c) = self.store.get(task)? {
+            return Err(ProviderError::AlreadyTaken {
+                task: *task,
+                phase: c.phase,
+            });
+        }
+        let record = self
+            .ledger
+            .task(task)
+            .ok_or(ProviderError::NoSuchTask(*task))?;
+        let free = self.free()?;
+        let offer = self
+            .evaluate(&record, self.ledger.height(), &self.ledger.address(), &free)
+            .map_err(|reason| ProviderError::Refused {
+                task: *task,
+                reason,
+            })?;
+        self.store.unreject(task)?;
+        let c = self.take(&record, &offer).await?;
+        self.view(&c)
+    }
+
+    /// Never accept this task automatically.
+    pub fn reject(&self, task: &Hash) -> Result<(), ProviderError> {
+        Ok(self.store.reject(task)?)
+    }
+
+    fn evaluate(
+        &self,
+        t: &TaskRecord,
+        height: u64,
+        me: &Address,
+        free: &Resources,
+    ) -> Result<Offer, market::Rejection> {
+        market::evaluate(
+            t,
+            height,
+            me,
+            &self.config.policy,
+            &self.config.machine,
+            free,
+            &self.config.images,
+        )
+    }
+
+    fn free(&self) -> Result<Resources, ProviderError> {
+        let mut in_use = Resources::default();
+        for c in self.store.all()?.iter().filter(|c| c.active()) {
+            let n = c.needs();
+            in_use.cores += n.cores;
+            in_use.memory_mib += n.memory_mib;
+            in_use.disk_gib += n.disk_gib;
+        }
+        Ok(self.config.policy.free(&self.config.machine, &in_use))
+    }
+
+    /// One market round: evaluate, choose, accept.
+    async fn round(self: &Arc<Self>) -> Result<(), ProviderError> {
+        if !self.config.policy.auto_accept {
+            return Ok(());
+        }
+        let _guard = self.accepting.lock().await;
+        let contracts = self.store.all()?;
+        let active: Vec<&ContractRow> = contracts.iter().filter(|c| c.active()).collect();
+        let room = (self.config.policy.max_concurrent_tasks as usize).saturating_sub(active.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let mut held: HashMap<Address, u32> = HashMap::new();
+        for c in &active {
+            *held.entry(c.publisher).or_default() += 1;
+        }
+        let free = self.free()?;
+        let me = self.ledger.address();
+        let height = self.ledger.height();
+        let tasks: HashMap<Hash, TaskRecord> =
+            self.ledger.tasks().into_iter().map(|t| (t.id, t)).collect();
+        let mut offers = Vec::new();
+        for t in tasks.values() {
+            if contracts.iter().any(|c| c.task == t.id) || self.store.is_rejected(&t.id)? {
+                continue;
+            }
+            match self.evaluate(t, height, &me, &free) {
+                Ok(o) => offers.push(o),
+                Err(r) => tracing::debug!(task = %t.id, reason = %r, "task passed over"),
+            }
+        }
+        for offer in market::choose(&offers, &free, &held, room) {
+            if let Some(record) = tasks.get(&offer.task)
+                && let Err(e) = self.take(record, &offer).await
+            {
+                tracing::warn!(task = %offer.task, error = %e, "could not accept");
+            }
+        }
+        Ok(())
+    }
+
+    /// Solves the acceptance proof of work, submits it and starts the runner.
+    async fn take(
+        self: &Arc<Self>,
+        record: &TaskRecord,
+        offer: &Offer,
+    ) -> Result<ContractRow, ProviderError> {
+        let me = self.ledger.address();
+        let mut acceptance = TaskAcceptance {
+            task: record.id,
+            image: offer.image,
+            cores: offer.cores,
+            ssh_key_fingerprint: self.ssh_key_fingerprint(),
+            compute_score: self.config.machine.compute_per_core,
+            pow_nonce: 0,
+        };
+        let difficulty = record.announcement.acceptance_difficulty;
+        let acceptance = tokio::task::spawn_blocking(move || {
+            let nonce = pow::search(0, u64::MAX, difficulty, |n| {
+                acceptance.pow_nonce = n;
+                acceptance.pow_hash(&me)
+            });
+            acceptance.pow_nonce = nonce.expect("a nonce meets any difficulty within 2^64 tries");
+            acceptance
+        })
+        .await
+        .map_err(|_| ProviderError::PowCancelled { task: record.id })?;
+        let tx = self
+            .ledger
+            .submit(TxBody::AcceptTask { acceptance })
+            .map_err(|source| ProviderError::Accept {
+                task: record.id,
+                source,
+            })?;
+        let a = &record.announcement;
+        let c = ContractRow {
+            task: record.id,
+            publisher: record.publisher,
+            endpoint: a.endpoint.clone(),
+            host_key_fingerprint: a.host_key_fingerprint,
+            image_id: offer.image_id.clone(),
+            cores: offer.cores,
+            memory_mib: offer.cores as u64 * a.vm.memory_mib_per_core as u64,
+            storage_gib: a.vm.persistent_storage_gib,
+            compute_score: self.config.machine.compute_per_core,
+            rates: a.rates.clone(),
+            acceptance_tx: tx,
+            phase: Phase::Accepting,
+            channel: None,
+            payout_interval_secs: a.payout_interval_secs,
+            lease_secs: a.lease_max_secs,
+            vm_key: None,
+            storage_paid: false,
+            vm: None,
+            vm_host_key: None,
+            boot_ms: 0,
+            forward_port: 0,
+            started_ms: None,
+            paid: 0,
+            accrued: 0,
+            usage: Usage::default(),
+            report_seq: 0,
+            end_reason: None,
+        };
+        self.store.put(&c)?;
+        tracing::info!(task = %c.task, publisher = %c.publisher, cores = c.cores, %tx, "task accepted");
+        self.spawn_runner(c.task);
+        Ok(c)
+    }
+}
+
+async fn market_loop(provider: std::sync::Weak<Provider>) {
+    let mut last_height = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(p) = provider.upgrade() else { return };
+        let height = p.ledger.height();
+        if height == last_height {
+            continue;
+        }
+        last_height = height;
+        if let Err(e) = p.round().await {
+            tracing::warn!(error = %e, "market round failed");
+        }
+    }
+}

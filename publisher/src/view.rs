@@ -1,0 +1,39 @@
+//! What the publisher shows through the node's API.
+
+use serde::{Deserialize, Serialize};
+use zennet_chain::codec::amount_str;
+use zennet_chain::task::TaskRecord;
+use zennet_chain::{Address, Amount, Hash};
+use zennet_proto::{Usage, VmPhase};
+
+/// One VM as the publisher sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmView {
+    /// The acceptance transaction hash.
+    pub id: Hash,
+    pub task: Hash,
+    pub node: Address,
+    pub phase: VmPhase,
+    pub connected: bool,
+    /// Loopback port on this host that reaches the VM's sshd.
+    pub ssh_port: Option<u16>,
+    pub host_key: Option<String>,
+    pub boot_ms: u64,
+    pub channel: Option<Hash>,
+    #[serde(with = "amount_str")]
+    pub paid: Amount,
+    #[serde(with = "amount_str")]
+    pub reported: Amount,
+    pub usage: Usage,
+    pub ended: bool,
+    pub end_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: Hash,
+    pub paying: bool,
+    pub storage_paid: bool,
+    /// The on-chain record (None once pruned).
+    pub record: Option<TaskRecord>,
+}

@@ -1,0 +1,81 @@
+//! Test support shared by Zennet's crates (a dev-dependency only), instead
+//! of helpers copied from test to test.
+//!
+//! # Layout
+//! * [`free_port`], [`ssh_keygen`]: loopback ports and OpenSSH key pairs.
+//! * [`image`]: the default image, built once per machine into
+//!   `$ZENNET_IMAGE_CACHE` (default `/var/tmp/zennet-images-test`) and
+//!   shared by every VM test.
+//! * [`wait_for_marker`]: wait for a line in a log (a guest's ready marker).
+//! * [`fake`]: a [`zennet_vm::Backend`] without a hypervisor, for tests of
+//!   what drives VMs (the provider's contracts) in virtual time.
+//!
+//! The in-memory ledger over a real chain lives in `zennet_chain::testkit`
+//! (next to the chain it drives).
+
+pub mod fake;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use fake::FakeBackend;
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("loopback binds")
+        .local_addr()
+        .expect("bound")
+        .port()
+}
+
+/// A fresh Ed25519 key pair made by OpenSSH's `ssh-keygen` in `dir`: the
+/// private key's path and the public key line.
+pub fn ssh_keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "zennet-test", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen runs (install openssh-client)");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key written");
+    (key, public.trim().to_string())
+}
+
+/// The default image, built (or found built) in the shared test cache.
+pub fn image() -> zennet_images::Image {
+    zennet_images::build(&zennet_images::default_recipe(), &image_cache()).expect("image builds")
+}
+
+/// Where VM tests keep the default image between runs.
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("ZENNET_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/zennet-images-test"))
+}
+
+/// Waits until the file at `log` contains `marker`; returns the text then.
+pub fn wait_for_marker(log: &Path, marker: &str, timeout: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(marker) {
+            return Ok(text);
+        }
+        if started.elapsed() > timeout {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            return Err(format!(
+                "{} printed no {marker} within {timeout:?}; it ends: {}",
+                log.display(),
+                tail.join(" | ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,177 @@
+//! The SSH tunnel for real: the publisher's russh server, the node's russh
+//! client and the stock OpenSSH client, over loopback; the `zennet-pay`
+//! frames through the subsystem.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use zennet_chain::Hash;
+use zennet_proto::{self as wire, Frame};
+use zennet_tunnel::keys as sshkey;
+use zennet_tunnel::{Gate, SshServer, Tunnel, TunnelError};
+
+struct OneKey(Hash);
+impl Gate for OneKey {
+    fn admits(&self, key: &Hash) -> bool {
+        *key == self.0
+    }
+}
+
+async fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+async fn echo_through(port: u16) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"through the tunnel").await.unwrap();
+    let mut buf = vec![0u8; 18];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echo answered")
+        .unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn tunnel_admits_only_the_accepted_key_and_forwards_to_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let host_fp = sshkey::fingerprint(host.public_key());
+    let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
+    let stranger = Arc::new(sshkey::load_or_create(&dir.path().join("stranger")).unwrap());
+    let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
+    let (server, mut conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+        .await
+        .unwrap();
+    let endpoint = server.local_addr.to_string();
+    let vm = echo_server().await;
+
+    // The accepted key gets in, speaks zennet-pay and forwards to the "VM".
+    let traffic = Arc::new(AtomicU64::new(0));
+    let tunnel = Tunnel::dial(&endpoint, host_fp, node.clone())
+        .await
+        .unwrap();
+    let mut pay = tunnel.open_subsystem(wire::SUBSYSTEM).await.unwrap();
+    let join = Frame::Join {
+        version: wire::PROTOCOL_VERSION,
+        task: Hash([9; 32]),
+    };
+    wire::write_frame(&mut pay, &join).await.unwrap();
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.key, sshkey::fingerprint(node.public_key()));
+    assert_eq!(wire::read_frame(&mut conn.stream).await.unwrap(), join);
+    let bye = Frame::Bye {
+        reason: "test".into(),
+    };
+    wire::write_frame(&mut conn.stream, &bye).await.unwrap();
+    assert_eq!(wire::read_frame(&mut pay).await.unwrap(), bye);
+
+    let port = tunnel.forward(vm, 0, traffic.clone()).await.unwrap();
+    assert_ne!(port, 0);
+    assert_eq!(conn.forwards.ports(), vec![port]);
+    assert_eq!(echo_through(port).await, b"through the tunnel");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both directions are metered (18 bytes each way).
+    assert_eq!(traffic.load(std::sync::atomic::Ordering::Relaxed), 36);
+
+    // Any other key is refused at authentication.
+    let err = Tunnel::dial(&endpoint, host_fp, stranger)
+        .await
+        .err()
+        .expect("stranger refused");
+    assert!(matches!(err, TunnelError::Refused { .. }), "{err}");
+
+    // A server whose host key is not the announced one is not trusted.
+    let err = Tunnel::dial(&endpoint, Hash([1; 32]), node.clone())
+        .await
+        .err()
+        .expect("wrong host key detected");
+    assert!(matches!(err, TunnelError::WrongHostKey { .. }), "{err}");
+    assert!(err.is_fatal());
+
+    // Closing the session closes its forwarded port.
+    tunnel.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
+
+/// OpenSSH's client interoperates with the publisher's server: the admitted
+/// key sets up a remote forward, another key gets "Permission denied".
+#[tokio::test]
+async fn openssh_client_interoperates_with_the_publisher_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let node = sshkey::load_or_create(&dir.path().join("node")).unwrap();
+    sshkey::load_or_create(&dir.path().join("stranger")).unwrap();
+    let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+        .await
+        .unwrap();
+    let vm = echo_server().await;
+    let ssh = |key: &str| {
+        let mut c = tokio::process::Command::new("ssh");
+        c.args(["-F", "/dev/null", "-N", "-T", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ExitOnForwardFailure=yes"])
+            .arg("-i")
+            .arg(dir.path().join(key))
+            .args(["-p", &server.local_addr.port().to_string()])
+            .args(["-R", &format!("0:127.0.0.1:{vm}")])
+            .arg("zennet@127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(20), ssh("stranger").output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    let mut child = ssh("node").spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut text = String::new();
+    let port = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = err.read(&mut buf).await.unwrap();
+            assert!(n > 0, "ssh exited: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(rest) = text.split("Allocated port ").nth(1)
+                && let Some(p) = rest.split_whitespace().next()
+            {
+                break p.parse::<u16>().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("OpenSSH reports the allocated port");
+    assert_eq!(echo_through(port).await, b"through the tunnel");
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,483 @@
+//! Launching QEMU: a q35 guest booted straight into the image's PVH
+//! `vmlinux`, confined before it runs.
+//!
+//! Launch order, all before `exec`: a new session (so the node's death or
+//! signals do not reach the VM), join the VM's cgroup, raise RLIMIT_MEMLOCK
+//! when guest memory is to be locked, lower priority, drop to an
+//! unprivileged uid/gid with no supplementary groups. QEMU then enables its
+//! seccomp sandbox. It never sees a path it could not open itself: every
+//! file it needs is opened by the node and handed over as a file
+//! descriptor — the kernel and initramfs as `/proc/self/fd/N`, the QMP
+//! socket as a listening fd, the serial console as its stdout — so the VM
+//! directories can stay private to the node (0700).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::cgroup::{Limits, VmCgroup};
+use crate::error::VmError;
+use crate::qemu::qmp::Qmp;
+use crate::qemu::{Accel, QemuConfig};
+use crate::spec::{NetworkSpec, Process, VmSpec};
+
+/// Starts the VM and returns once QMP answers.
+pub async fn launch(
+    config: &QemuConfig,
+    spec: &VmSpec,
+    run_dir: &Path,
+) -> Result<(Process, Qmp), VmError> {
+    make_private_dir(run_dir)?;
+    let qmp_dir = run_dir.join("qmp");
+    make_private_dir(&qmp_dir)?;
+    let qmp_socket = qmp_dir.join("qmp.sock");
+    let _ = fs::remove_file(&qmp_socket);
+    let listener = UnixListener::bind(&qmp_socket).map_err(|source| VmError::File {
+        action: "create",
+        path: qmp_socket.clone(),
+        source,
+    })?;
+
+    let (uid, gid) = spec
+        .run_as
+        .map_or((config.uid, config.gid), |r| (r.uid, r.gid));
+    let kernel = open_read(&spec.kernel)?;
+    let initramfs = open_read(&spec.initramfs)?;
+    let scratch_path = run_dir.join("scratch.qcow2");
+    create_scratch(&scratch_path, spec.scratch_gib)?;
+    let scratch = open_vm_disk(&scratch_path, (uid, gid))?;
+    let persistent = match &spec.persistent {
+        Some((path, gib)) => Some(open_persistent(path, *gib, (uid, gid))?),
+        None => None,
+    };
+    let serial_log = run_dir.join("serial.log");
+    let serial = File::create(&serial_log)?;
+
+    let limits = Limits::for_vm(spec.cpu_quota.min(spec.cores as f64), spec.mem_mib);
+    let cgroup = VmCgroup::create(&spec.id, &limits)?;
+    let memlock = memlock_hard_limit(spec.mem_mib).map(|hard| (memlock_bytes(spec.mem_mib), hard));
+    let lock_memory = memlock.is_some();
+    if !lock_memory {
+        tracing::info!(vm = %spec.id, "RLIMIT_MEMLOCK too low to lock guest memory; running without mem-lock");
+    }
+
+    let mut fds = Fds::default();
+    let kernel_fd = fds.pass(&kernel);
+    let initramfs_fd = fds.pass(&initramfs);
+    let scratch_fd = fds.pass(&scratch);
+    let persistent_fd = persistent.as_ref().map(|f| fds.pass(f));
+    let qmp_fd = fds.pass(&listener);
+
+    let args = qemu_args(
+        config,
+        spec,
+        &PassedFds {
+            kernel: kernel_fd,
+            initramfs: initramfs_fd,
+            scratch: scratch_fd,
+            persistent: persistent_fd,
+            qmp: qmp_fd,
+        },
+        lock_memory,
+    );
+
+    let procs_files: Vec<std::ffi::CString> = cgroup
+        .procs_files()
+        .iter()
+        .map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .expect("no NUL in cgroup paths")
+        })
+        .collect();
+    let nice = config.nice;
+    let pass_fds = fds.0.clone();
+    let mut command = Command::new(&config.binary);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(serial.try_clone()?))
+        .stderr(Stdio::from(serial));
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (setsid, open/write/close, setrlimit, setpriority, fcntl, setgroups,
+    // setgid, setuid, prctl) on data prepared before fork.
+    unsafe {
+        command.pre_exec(move || confine(&procs_files, &pass_fds, memlock, nice, uid, gid));
+    }
+    let child = command.spawn().map_err(|source| VmError::Spawn {
+        program: config.binary.display().to_string(),
+        hint: "install qemu-system-x86",
+        source,
+    })?;
+    let pid = child.id();
+    // The VM outlives this handle; recovery finds it by pid.
+    drop(child);
+    drop(listener);
+
+    let qmp = match Qmp::connect(&qmp_socket, Duration::from_secs(15)).await {
+        Ok(q) => q,
+        Err(e) => {
+            let log = fs::read_to_string(&serial_log).unwrap_or_default();
+            let _ = cgroup.remove();
+            return Err(VmError::NoStart {
+                vm: spec.id.clone(),
+                reason: Box::new(e),
+                tail: log.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+            });
+        }
+    };
+    tracing::info!(vm = %spec.id, pid, accel = config.accel.name(), "VM launched");
+    Ok((
+        Process {
+            pid,
+            run_dir: run_dir.to_path_buf(),
+            control: qmp_socket,
+            serial_log,
+        },
+        qmp,
+    ))
+}
+
+/// Descriptors handed to QEMU, by role.
+struct PassedFds {
+    kernel: RawFd,
+    initramfs: RawFd,
+    scratch: RawFd,
+    persistent: Option<RawFd>,
+    qmp: RawFd,
+}
+
+/// The QEMU command line for `spec`.
+fn qemu_args(
+    config: &QemuConfig,
+    spec: &VmSpec,
+    fds: &PassedFds,
+    lock_memory: bool,
+) -> Vec<String> {
+    let throttle = config
+        .disk_bps
+        .map(|bps| format!(",throttling.bps-total={bps}"))
+        .unwrap_or_default();
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("zennet-{},process=zennet-{}", spec.id, spec.id),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-machine".into(),
+        format!("q35,accel={}", config.accel.name()),
+        "-cpu".into(),
+        match config.accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-smp".into(),
+        spec.cores.to_string(),
+        "-m".into(),
+        format!("{}M", spec.mem_mib),
+        "-kernel".into(),
+        format!("/proc/self/fd/{}", fds.kernel),
+        "-initrd".into(),
+        format!("/proc/self/fd/{}", fds.initramfs),
+        "-append".into(),
+        spec.kernel_args.join(" "),
+        "-drive".into(),
+        format!(
+            "file=/proc/self/fd/{},if=none,id=scratch,format=qcow2,discard=unmap{throttle}",
+            fds.scratch
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=scratch".into(),
+        "-netdev".into(),
+        match spec.network {
+            NetworkSpec::UserNat => {
+                format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port)
+            }
+        },
+        "-device".into(),
+        "virtio-net-pci,netdev=net0".into(),
+        // Entropy, so the guest's host key generation does not stall.
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+    ];
+    if let Some(fd) = fds.persistent {
+        args.extend([
+            "-drive".into(),
+            format!("file=/proc/self/fd/{fd},if=none,id=data,format=raw{throttle}"),
+            "-device".into(),
+            "virtio-blk-pci,drive=data,serial=zennet-data".into(),
+        ]);
+    }
+    if lock_memory {
+        args.extend(["-overcommit".into(), "mem-lock=on".into()]);
+    }
+    args
+}
+
+/// Whether `pid` is still the QEMU process of `vm_id`.
+pub fn is_alive(pid: u32, vm_id: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let needle = format!("zennet-{vm_id},");
+            c.split(|b| *b == 0)
+                .any(|arg| arg.starts_with(needle.as_bytes()))
+        })
+        .unwrap_or(false)
+}
+
+/// Stops a VM: QMP quit, then SIGKILL after `grace`, then removes its cgroup.
+pub async fn shutdown(vm_id: &str, pid: u32, qmp: Option<&Qmp>, grace: Duration) {
+    if let Some(q) = qmp {
+        let _ = q.quit().await;
+    }
+    let started = std::time::Instant::now();
+    while is_alive(pid, vm_id) && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if is_alive(pid, vm_id) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        tracing::warn!(vm = %vm_id, pid, "QEMU did not quit; killed");
+    }
+    reap(pid).await;
+    if let Err(e) = VmCgroup::load(vm_id).remove() {
+        tracing::warn!(vm = %vm_id, error = %e, "cannot remove cgroup");
+    }
+}
+
+/// Collects the exit status if the VM was launched by this process (after
+/// an agent restart it is not our child, and there is nothing to collect),
+/// so no zombie is left behind.
+pub async fn reap(pid: u32) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let started = std::time::Instant::now();
+    loop {
+        match waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::StillAlive) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// File descriptors to keep open across exec.
+#[derive(Default)]
+struct Fds(Vec<RawFd>);
+
+impl Fds {
+    fn pass(&mut self, f: &impl AsRawFd) -> RawFd {
+        let fd = f.as_raw_fd();
+        self.0.push(fd);
+        fd
+    }
+}
+
+fn confine(
+    procs_files: &[std::ffi::CString],
+    pass_fds: &[RawFd],
+    memlock: Option<(u64, u64)>,
+    nice: i32,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setsid, setuid};
+    setsid().map_err(std::io::Error::from)?;
+    // Join the cgroup: write our pid to each controller's procs file.
+    // No allocation here: the parent is multi-threaded, so the allocator's
+    // lock may be held by a thread that does not exist in this child.
+    let mut digits = [0u8; 20];
+    let pid = format_pid(std::process::id(), &mut digits);
+    for f in procs_files {
+        // SAFETY: a NUL-terminated path prepared before fork; plain syscalls.
+        let fd = unsafe { libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = unsafe { libc::write(fd, pid.as_ptr().cast(), pid.len()) };
+        unsafe { libc::close(fd) };
+        if written < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if let Some((soft, hard)) = memlock {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK, soft, hard)
+            .map_err(std::io::Error::from)?;
+    }
+    // SAFETY: setpriority has no memory-safety preconditions.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    for &fd in pass_fds {
+        // SAFETY: fcntl on an fd we own; clearing FD_CLOEXEC keeps it across exec.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    setgroups(&[]).map_err(std::io::Error::from)?;
+    setgid(Gid::from_raw(gid)).map_err(std::io::Error::from)?;
+    setuid(Uid::from_raw(uid)).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+fn format_pid(pid: u32, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = pid;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), VmError> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+fn open_read(path: &Path) -> Result<File, VmError> {
+    File::open(path).map_err(|source| VmError::File {
+        action: "open",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn create_scratch(path: &Path, gib: u32) -> Result<(), VmError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(format!("{gib}G"))
+        .output()
+        .map_err(|source| VmError::Spawn {
+            program: "qemu-img".into(),
+            hint: "install qemu-utils",
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(VmError::ToolFailed {
+            program: "qemu-img create".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a disk read-write for the VM's uid: QEMU reopens it through
+/// /proc/self/fd, which checks the file's own permissions.
+fn open_vm_disk(path: &Path, (uid, gid): (u32, u32)) -> Result<File, VmError> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// The persistent volume: created sparse on first use, kept afterwards.
+fn open_persistent(path: &Path, gib: u32, owner: (u32, u32)) -> Result<File, VmError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let size = (gib as u64) << 30;
+    if f.metadata()?.len() < size {
+        f.set_len(size)?;
+    }
+    drop(f);
+    open_vm_disk(path, owner)
+}
+
+/// Locking guest RAM needs RLIMIT_MEMLOCK above it. The child raises its
+/// soft limit up to the hard one; raising the hard limit would need
+/// CAP_SYS_RESOURCE, which even root lacks in many containers.
+fn memlock_hard_limit(mem_mib: u64) -> Option<u64> {
+    let need = memlock_bytes(mem_mib);
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .ok()
+        .map(|(_, hard)| hard)
+        .filter(|hard| *hard >= need)
+}
+
+fn memlock_bytes(mem_mib: u64) -> u64 {
+    (mem_mib + 64) << 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_confines_and_wires_everything() {
+        let spec = VmSpec {
+            id: "v1".into(),
+            cores: 2,
+            cpu_quota: 1.0,
+            mem_mib: 512,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            kernel_args: vec!["console=ttyS0".into(), "zennet.authorized_key=QQ==".into()],
+            scratch_gib: 1,
+            persistent: Some(("/vol".into(), 1)),
+            ssh_port: 2200,
+            network: NetworkSpec::UserNat,
+            run_as: None,
+        };
+        let config = QemuConfig {
+            disk_bps: Some(50_000_000),
+            ..QemuConfig::default()
+        };
+        let fds = PassedFds {
+            kernel: 10,
+            initramfs: 11,
+            scratch: 12,
+            persistent: Some(13),
+            qmp: 14,
+        };
+        let args = qemu_args(&config, &spec, &fds, true).join(" ");
+        for expected in [
+            "-nodefaults -no-user-config",
+            "-machine q35,accel=tcg",
+            "-smp 2 -m 512M",
+            "-kernel /proc/self/fd/10 -initrd /proc/self/fd/11",
+            "-append console=ttyS0 zennet.authorized_key=QQ==",
+            "file=/proc/self/fd/12,if=none,id=scratch,format=qcow2,discard=unmap,throttling.bps-total=50000000",
+            "file=/proc/self/fd/13,if=none,id=data,format=raw,throttling.bps-total=50000000",
+            "serial=zennet-data",
+            "hostfwd=tcp:127.0.0.1:2200-:22",
+            "socket,id=qmp,fd=14,server=on,wait=off",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-overcommit mem-lock=on",
+        ] {
+            assert!(args.contains(expected), "missing {expected:?} in {args}");
+        }
+        let no_lock = qemu_args(&QemuConfig::default(), &spec, &fds, false).join(" ");
+        assert!(!no_lock.contains("mem-lock") && !no_lock.contains("throttling"));
+    }
+}
