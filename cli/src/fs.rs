@@ -1,6 +1,12 @@
 //! The file network in the node and the CLI: the `[fs]` config section,
-//! starting [`zennet_fs::Fs`] with its HTTP listener, and the `zennet fs …`
-//! commands that call the node's `/v1/fs/` routes (`api/fs.rs`).
+//! starting [`zennet_fs::Fs`] with its payment channels and HTTP listener,
+//! and the `zennet fs …` commands that call the node's `/v1/fs/` routes
+//! (`api/fs.rs`).
+//!
+//! The file network's channels are kept in their own `fs/pay.db`, apart
+//! from the VM market's: a downloader reuses one channel per seeder
+//! across files, and must never pick (and top up) a channel a VM
+//! contract opened to the same node, which that contract's end closes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,12 +21,14 @@ use zennet_fs::api::{
     AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferState,
     TransferView,
 };
+use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::{FileId, Fs, FsConfig, HttpMode};
 use zennet_net::NetHandle;
 
 use crate::client::Client;
 use crate::commands::Output;
 use crate::home::Home;
+use crate::ledger::NodeLedger;
 
 /// `[fs]` in config.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +48,10 @@ pub struct FsSection {
     pub max_price_per_mib: u128,
     /// Parts a downloader may owe before it is cut off.
     pub credit_parts: u32,
+    /// Least deposit of a channel this node opens (or tops up) to pay a
+    /// seeder; it is reused across files until spent.
+    #[serde(with = "amount_str")]
+    pub channel_deposit: u128,
     /// Parts in flight per seeder.
     pub window: usize,
     /// Upload cap over the part protocol in MiB/s (0: none).
@@ -55,6 +67,7 @@ impl Default for FsSection {
             price_per_mib: 0,
             max_price_per_mib: 0,
             credit_parts: 64,
+            channel_deposit: 0,
             window: 16,
             upload_limit_mib_s: 0.0,
         }
@@ -114,6 +127,7 @@ pub enum FsCmd {
 pub async fn start(
     home: &Home,
     net: &NetHandle,
+    ledger: Arc<NodeLedger>,
     key: &SecretKey,
     chain_id: u64,
 ) -> Result<Arc<Fs>> {
@@ -126,9 +140,38 @@ pub async fn start(
     config.window = section.window.max(1);
     config.http = section.http;
     config.upload_limit = (section.upload_limit_mib_s * (1u64 << 20) as f64) as u64;
-    let payments = Arc::new(zennet_fs::payment::NoPayments);
-    let fs = Fs::start(config, net.clone(), key.clone(), payments.clone(), payments)
-        .context("cannot start the file service")?;
+    std::fs::create_dir_all(home.fs_dir())
+        .with_context(|| format!("cannot create {}", home.fs_dir().display()))?;
+    let pay_store = zennet_pay::SqliteStore::open(&home.fs_dir().join("pay.db"))
+        .context("cannot open the file network's payment store")?;
+    let terms = ChannelTerms {
+        min_deposit: section.channel_deposit,
+        ..ChannelTerms::default()
+    };
+    let channels = Arc::new(Channels::new(
+        ledger,
+        key.clone(),
+        Arc::new(pay_store),
+        terms,
+    ));
+    let fs = Fs::start(
+        config,
+        net.clone(),
+        key.clone(),
+        channels.clone(),
+        channels.clone(),
+    )
+    .context("cannot start the file service")?;
+    // Held vouchers are claimed when a payer settles or expiry nears.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            if let Err(e) = channels.claim_due() {
+                tracing::warn!(error = %e, "claiming file vouchers failed");
+            }
+        }
+    });
     if section.http != HttpMode::Off {
         let listener = tokio::net::TcpListener::bind(&section.http_listen)
             .await

@@ -188,7 +188,7 @@ impl NodeHandle {
             let _ = node.publisher.set(publisher);
         }
         let chain_id = node.chain().genesis().chain_id;
-        let fs = crate::fs::start(&home, &net, &key, chain_id).await?;
+        let fs = crate::fs::start(&home, &net, ledger.clone(), &key, chain_id).await?;
         let _ = node.fs.set(fs);
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 

@@ -22,11 +22,11 @@ use zennet_net::content::{Stream, stream_protocol};
 use crate::api::{GetRequest, SeederView, TransferState, TransferView};
 use crate::bitfield::Bitfield;
 use crate::crypt::{self, FileKey};
-use crate::error::{CryptError, FsError, StoreError, WireError};
+use crate::error::{CryptError, FsError, PaymentError, StoreError, WireError};
 use crate::metainfo::{FileId, Metainfo, PIECE_LEN};
+use crate::payment::Account;
 use crate::payment::part_cost;
 use crate::schedule::{Delivery, Dropped, ScheduleConfig, Scheduler};
-use crate::payment::Account;
 use crate::service::{Fs, Role};
 use crate::store::{ExportTarget, now_ms};
 use crate::wire::{self, Frame, Offer};
@@ -341,7 +341,7 @@ async fn fetch(
             match (price, address) {
                 (0, _) => Ok(()),
                 (_, Some(a)) => payer.prepare(a, budget).await,
-                (_, None) => Err(FsError::Payment("the seeder has no chain address".into())),
+                (_, None) => Err(PaymentError::NoAddress.into()),
             }
         }
     }))

@@ -117,11 +117,46 @@ pub enum FsError {
         reasons: String,
     },
     #[error("payment: {0}")]
-    Payment(String),
+    Payment(#[from] PaymentError),
     #[error("no transfer {0}")]
     NoTransfer(FileId),
     #[error("a download of {0} is already running")]
     Busy(FileId),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Paying for parts or being paid for them.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("{0} asks to be paid and this node has no payment channels")]
+    CannotPay(zennet_chain::Address),
+    #[error("this node takes no vouchers (from {0})")]
+    TakesNoVouchers(zennet_chain::Address),
+    #[error("the seeder has no chain address to be paid at")]
+    NoAddress,
+    #[error("no channel was prepared to pay {0}")]
+    NotPrepared(zennet_chain::Address),
+    #[error("the channel {channel} to {payee} is spent; the next transfer tops it up")]
+    Spent {
+        payee: zennet_chain::Address,
+        channel: zennet_chain::Hash,
+    },
+    #[error("the chain will not open channel {0} (check the balance with `zennet wallet balance`)")]
+    OpenFailed(zennet_chain::Hash),
+    #[error(
+        "channel {channel} was not mined within {secs} s; is the node synced and a miner reachable?"
+    )]
+    NotMined {
+        channel: zennet_chain::Hash,
+        secs: u64,
+    },
+    #[error("{0}")]
+    Pay(#[from] zennet_pay::PayError),
+}
+
+impl From<zennet_pay::PayError> for FsError {
+    fn from(e: zennet_pay::PayError) -> FsError {
+        FsError::Payment(PaymentError::Pay(e))
+    }
 }

@@ -29,8 +29,8 @@ use futures::StreamExt;
 use zennet_chain::SignedVoucher;
 
 use crate::metainfo::{FileId, PIECE_LEN};
-use crate::payment::part_cost;
 use crate::payment::Account;
+use crate::payment::part_cost;
 use crate::service::{Fs, HttpMode, Role, file_view};
 use crate::store::StoredFile;
 

@@ -10,7 +10,8 @@
 //! - [`store`]: parts on disk by SHA-1, SQLite index, dedup, quota, export.
 //! - [`wire`]: the part protocol's frames, size-checked before reading.
 //! - [`schedule`]: which part to ask which seeder for (pure, virtual time).
-//! - [`payment`]: the seam to the `pay` channels (payer per seeder, payee).
+//! - [`payment`]: the payment seam (payer per seeder, payee) and accounts.
+//! - [`channels`]: that seam over the `pay` crate's channels.
 //! - `seed`: the part protocol's server side, credit and cut-off.
 //! - `download`: sessions per seeder, verification, payment per part.
 //! - [`service`]: [`Fs`], what the node runs and its API calls.
@@ -33,6 +34,8 @@
 
 pub mod api;
 pub mod bitfield;
+#[cfg(feature = "node")]
+pub mod channels;
 pub mod crypt;
 #[cfg(feature = "node")]
 mod download;
@@ -50,7 +53,7 @@ pub mod store;
 pub mod wire;
 
 pub use bitfield::Bitfield;
-pub use error::{CryptError, FsError, MetainfoError, StoreError, WireError};
+pub use error::{CryptError, FsError, MetainfoError, PaymentError, StoreError, WireError};
 pub use metainfo::{FileId, Metainfo, PIECE_LEN};
 #[cfg(feature = "node")]
 pub use service::{Fs, FsConfig, HttpMode};

@@ -1,8 +1,11 @@
 //! The payment points of the file network, as a narrow seam: the
 //! downloader pays each seeder per verified part through a [`PartPayer`],
-//! the seeder takes vouchers through a [`PartPayee`]. Both are implemented
-//! over the `pay` crate's channels (one channel per seeder, reused across
-//! files and transfers), the same channels that pay for VMs.
+//! the seeder takes vouchers through a [`PartPayee`], and both keep an
+//! [`Account`] per peer (parts, bytes, what they cost, what was paid) for
+//! the credit cut-off and the status. A node implements both with
+//! [`crate::channels::Channels`], over the `pay` crate's channels (one
+//! channel per seeder, reused across files and transfers), the same
+//! channels that pay for VMs; [`NoPayments`] is for free-only nodes.
 //!
 //! Amounts: a part of `n` bytes at `p` base units per MiB costs
 //! `ceil(p × n / 2^20)`; both sides add up the same per-part costs.
@@ -12,7 +15,7 @@ use std::pin::Pin;
 
 use zennet_chain::{Address, Amount, SignedVoucher};
 
-use crate::error::FsError;
+use crate::error::{FsError, PaymentError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -61,9 +64,10 @@ pub trait PartPayer: Send + Sync + 'static {
     /// waits until the chain has it.
     fn prepare(&self, payee: Address, budget: Amount) -> BoxFuture<'_, Result<(), FsError>>;
 
-    /// A voucher raising what `payee` has been paid by `amount`, recorded
-    /// before it is returned.
-    fn pay(&self, payee: Address, amount: Amount) -> Result<SignedVoucher, FsError>;
+    /// A voucher raising what `payee` has been paid by `cost`, the cost
+    /// of a part just verified (never more), recorded before it is
+    /// returned.
+    fn pay(&self, payee: Address, cost: Amount) -> Result<SignedVoucher, FsError>;
 }
 
 /// The seeder's side.
@@ -82,23 +86,17 @@ pub struct NoPayments;
 
 impl PartPayer for NoPayments {
     fn prepare(&self, payee: Address, _budget: Amount) -> BoxFuture<'_, Result<(), FsError>> {
-        Box::pin(async move {
-            Err(FsError::Payment(format!(
-                "{payee} asks to be paid and this node cannot pay"
-            )))
-        })
+        Box::pin(async move { Err(PaymentError::CannotPay(payee).into()) })
     }
 
-    fn pay(&self, payee: Address, _amount: Amount) -> Result<SignedVoucher, FsError> {
-        Err(FsError::Payment(format!("cannot pay {payee}")))
+    fn pay(&self, payee: Address, _cost: Amount) -> Result<SignedVoucher, FsError> {
+        Err(PaymentError::CannotPay(payee).into())
     }
 }
 
 impl PartPayee for NoPayments {
     fn receive(&self, payer: Address, _voucher: SignedVoucher) -> Result<Amount, FsError> {
-        Err(FsError::Payment(format!(
-            "this node takes no vouchers (from {payer})"
-        )))
+        Err(PaymentError::TakesNoVouchers(payer).into())
     }
 
     fn session_ended(&self, _payer: Address) {}

@@ -18,8 +18,8 @@ use zennet_net::content::Stream;
 use crate::bitfield::Bitfield;
 use crate::error::{StoreError, WireError};
 use crate::metainfo::PIECE_LEN;
-use crate::payment::part_cost;
 use crate::payment::Account;
+use crate::payment::part_cost;
 use crate::service::{Fs, Role};
 use crate::wire::{self, Frame, Offer};
 

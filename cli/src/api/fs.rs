@@ -46,9 +46,8 @@ impl From<FsError> for ApiError {
 }
 
 fn service(node: &Node) -> Result<&Arc<Fs>, ApiError> {
-    node.fs().ok_or_else(|| {
-        unavailable("the file service is not running on this node")
-    })
+    node.fs()
+        .ok_or_else(|| unavailable("the file service is not running on this node"))
 }
 
 fn id(s: &str) -> Result<FileId, ApiError> {
