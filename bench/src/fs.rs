@@ -119,18 +119,38 @@ pub fn run(quick: bool) {
                 "MB/s",
             );
             if let Some(h) = http_ours {
-                row("our HTTP serving, aria2c -x4", h, "nginx, aria2c -x4", a, "MB/s");
+                row(
+                    "our HTTP serving, aria2c -x4",
+                    h,
+                    "nginx, aria2c -x4",
+                    a,
+                    "MB/s",
+                );
             }
         }
         None => {
-            single(&format!("get {mib} MiB from 3 seeders, {label}"), ours, "MB/s");
+            single(
+                &format!("get {mib} MiB from 3 seeders, {label}"),
+                ours,
+                "MB/s",
+            );
             println!("  (anchor skipped: needs nginx and aria2c; scripts/bench.sh installs them)");
         }
     }
     if let Some(p) = &paid {
-        row("paying per part: paid vs free", p.rate, "free", free.rate, "MB/s");
+        row(
+            "paying per part: paid vs free",
+            p.rate,
+            "free",
+            free.rate,
+            "MB/s",
+        );
     }
-    single("  discovery and offers before the first part", free.found_ms, "ms");
+    single(
+        "  discovery and offers before the first part",
+        free.found_ms,
+        "ms",
+    );
     single(
         "  endgame copies (of parts fetched)",
         free.duplicates as f64,
@@ -165,7 +185,10 @@ fn warm_up(seeders: &[TestHome], d: &TestHome, dir: &Path) -> Result<(), String>
     write_random(&small, 8 << 20);
     let mut id = String::new();
     for s in seeders {
-        id = str_of(&s.json(&["fs", "add", path(&small), "--price", PRICE]), "id");
+        id = str_of(
+            &s.json(&["fs", "add", path(&small), "--price", PRICE]),
+            "id",
+        );
     }
     await_seeders(d, &id, seeders.len());
     let out = dir.join("warm.out");
@@ -192,7 +215,12 @@ fn aria2(url: &str, dir: &Path) -> Option<f64> {
     let _ = std::fs::remove_file(&out);
     let t = Instant::now();
     let status = Command::new("aria2c")
-        .args(["-x4", "-s4", "--file-allocation=none", "--allow-overwrite=true"])
+        .args([
+            "-x4",
+            "-s4",
+            "--file-allocation=none",
+            "--allow-overwrite=true",
+        ])
         .args(["--quiet=true", "--check-certificate=false", "-d"])
         .arg(dir)
         .args(["-o", "aria.out", url])
