@@ -14,6 +14,10 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
+
+echo "== heavy tests (once per pass: Spark and Dask in TCG guests)"
+cargo test -p zennet-images --test e2e_disk_images -- --ignored --test-threads=1 2>&1 \
+  | tee -a "$log"
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$log")
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$log")
 

@@ -172,19 +172,51 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub async fn image_build(home: &Home, out: Output) -> Result<()> {
+pub async fn image_build(home: &Home, id: &str, out: Output) -> Result<()> {
     home.require_initialized()?;
+    let Some(recipe) = zennet_images::recipe(id) else {
+        bail!(
+            "no image `{id}`; the images are {}",
+            zennet_images::IMAGE_IDS.join(", ")
+        );
+    };
     let dir = home.images_dir();
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message("building zennet-tiny from Debian packages");
+    bar.set_message(format!("building {id}"));
     bar.enable_steady_tick(Duration::from_millis(120));
+    let shown = bar.clone();
     let image = tokio::task::spawn_blocking(move || {
-        zennet_images::build(&zennet_images::default_recipe(), &dir)
+        zennet_images::build_with_progress(&recipe, &dir, &mut |p| show_progress(&shown, p))
     })
     .await??;
     bar.finish_and_clear();
     print_image(&image, out);
     Ok(())
+}
+
+/// A spinner with the current step, turned into a byte bar while a
+/// download runs.
+fn show_progress(bar: &indicatif::ProgressBar, progress: zennet_images::Progress) {
+    match progress {
+        zennet_images::Progress::Step(step) => {
+            bar.set_style(indicatif::ProgressStyle::default_spinner());
+            bar.set_message(step);
+        }
+        zennet_images::Progress::Download { name, done, total } => {
+            if bar.length() != Some(total) {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_length(total);
+                bar.set_message(format!("downloading {name}"));
+            }
+            bar.set_position(done);
+        }
+    }
 }
 
 pub fn image_list(home: &Home, out: Output) -> Result<()> {
@@ -204,14 +236,21 @@ pub fn image_list(home: &Home, out: Output) -> Result<()> {
 
 fn print_image(image: &zennet_images::Image, out: Output) {
     let m = &image.manifest;
-    let size: u64 = m.files.iter().map(|f| f.size).sum();
+    let size: u64 =
+        m.files.iter().map(|f| f.size).sum::<u64>() + m.disks.iter().map(|d| d.size).sum::<u64>();
+    let disks: String = m
+        .disks
+        .iter()
+        .map(|d| format!(", disk {} {} MiB", d.name, d.size >> 20))
+        .collect();
     out.print(m, || {
         format!(
-            "{} {} kernel {} ({} MiB)",
+            "{} {} kernel {} ({} MiB{disks}; VMs of {} MiB or more)",
             m.id,
             m.hash,
             m.kernel_release,
-            size >> 20
+            size >> 20,
+            m.min_memory_mib
         )
     });
 }

@@ -135,8 +135,16 @@ enum VmCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the default image (zennet-tiny) into this home; cached.
-    Build,
+    /// Build an image into this home from Debian packages (and, for
+    /// zennet-spark, the pinned pyspark sdist: about 0.5 GB downloaded
+    /// once); cached, so a second build only checks it.
+    Build {
+        /// zennet-tiny (the default, all in RAM), zennet-spark (JRE and
+        /// Spark's jars on a read-only root disk; VMs need 2 GiB) or
+        /// zennet-dask (Python and Dask distributed; 1 GiB).
+        #[arg(default_value = zennet_images::DEFAULT_IMAGE_ID)]
+        id: String,
+    },
     /// Images built in this home.
     List,
 }
@@ -310,7 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             publish,
         }) => commands::node_run(home, mine, api, listen, bootstrap, provide, publish).await,
         Command::Bench { quick } => commands::bench(&home, quick, out).await,
-        Command::Image(ImageCmd::Build) => commands::image_build(&home, out).await,
+        Command::Image(ImageCmd::Build { id }) => commands::image_build(&home, &id, out).await,
         Command::Image(ImageCmd::List) => commands::image_list(&home, out),
         Command::Agent(AgentCmd::Vm(AgentVmCmd::Start {
             image,

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde::Serialize;
 use tracing::{debug, info};
 
 use crate::error::ImageError;
+use crate::host::run;
 use crate::manifest::sha256_file;
 
 /// A package version as apt's index describes it.
@@ -21,6 +22,10 @@ pub(crate) struct DebPackage {
     pub(crate) version: String,
     /// SHA-256 of the .deb file, from the signed index.
     pub(crate) sha256: String,
+    /// Bytes of the .deb file.
+    #[serde(skip)]
+    pub(crate) size: u64,
+    /// `Pre-Depends` and `Depends`, comma-joined as apt prints them.
     #[serde(skip)]
     pub(crate) depends: String,
 }
@@ -35,6 +40,22 @@ impl DebPackage {
             .map(|name| name.split(':').next().unwrap_or(name))
             .find(|name| name.starts_with("linux-image-"))
             .map(str::to_owned)
+    }
+
+    /// Each dependency as its alternatives' package names (version and
+    /// architecture qualifiers dropped): `a (>= 1) | b:any` gives `[a, b]`.
+    pub(crate) fn dependency_groups(&self) -> Vec<Vec<String>> {
+        self.depends
+            .split(',')
+            .map(|group| {
+                group
+                    .split('|')
+                    .filter_map(|alt| alt.split_whitespace().next())
+                    .map(|name| name.split(':').next().unwrap_or(name).to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|alts| !alts.is_empty())
+            .collect()
     }
 
     /// The name this version is kept under in the download cache.
@@ -62,11 +83,17 @@ pub(crate) fn resolve(names: &[String]) -> Result<Vec<DebPackage>, ImageError> {
             continue;
         }
         let field = |key: &str| stanza.get(key).cloned().unwrap_or_default();
+        let depends = [field("Pre-Depends"), field("Depends")]
+            .into_iter()
+            .filter(|d| !d.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
         let package = DebPackage {
             name: field("Package"),
             version: field("Version"),
             sha256: field("SHA256"),
-            depends: field("Depends"),
+            size: field("Size").parse().unwrap_or(0),
+            depends,
         };
         found.entry(package.name.clone()).or_insert(package);
     }
@@ -82,6 +109,42 @@ pub(crate) fn resolve(names: &[String]) -> Result<Vec<DebPackage>, ImageError> {
                 })
         })
         .collect()
+}
+
+/// `roots` and everything they depend on, transitively, at the versions apt
+/// would install now, in a stable order (roots first, then by discovery).
+/// A dependency with alternatives is met by any alternative already chosen
+/// or in `left_out`; otherwise its first alternative is taken. Nothing in
+/// `left_out` is followed.
+pub(crate) fn resolve_closure(
+    roots: &[String],
+    left_out: &[String],
+) -> Result<Vec<DebPackage>, ImageError> {
+    let mut chosen: Vec<DebPackage> = Vec::new();
+    let mut wanted: Vec<String> = roots.to_vec();
+    // One apt run per level of the dependency tree, not per package.
+    while !wanted.is_empty() {
+        let batch = std::mem::take(&mut wanted);
+        for package in resolve(&batch)? {
+            if chosen.iter().any(|p| p.name == package.name) {
+                continue;
+            }
+            chosen.push(package);
+        }
+        for package in &chosen {
+            for alternatives in package.dependency_groups() {
+                let met = alternatives.iter().any(|alt| {
+                    left_out.contains(alt)
+                        || wanted.contains(alt)
+                        || chosen.iter().any(|p| &p.name == alt)
+                });
+                if !met {
+                    wanted.push(alternatives[0].clone());
+                }
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 /// Splits Debian control text into stanzas of `Field: value` pairs
@@ -114,10 +177,18 @@ pub(crate) fn parse_control(text: &str) -> Vec<BTreeMap<String, String>> {
 
 /// Returns the cached .deb of each package, in order, first downloading
 /// the ones the cache lacks (or holds with the wrong hash) in one apt run.
+/// A package may be listed more than once.
 pub(crate) fn fetch(packages: &[DebPackage], cache_dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
     fs::create_dir_all(cache_dir).map_err(ImageError::io(cache_dir))?;
-    let mut missing = Vec::new();
+    let mut missing: Vec<&DebPackage> = Vec::new();
     for package in packages {
+        // A package on both the initramfs and a disk (libc6) is one file.
+        if missing
+            .iter()
+            .any(|m| m.cache_name() == package.cache_name())
+        {
+            continue;
+        }
         let cached = cache_dir.join(package.cache_name());
         if cached.exists() && sha256_file(&cached)? == package.sha256 {
             debug!(package = %package.name, "using the cached .deb");
@@ -199,28 +270,6 @@ pub(crate) fn unpack(deb: &Path, root: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Runs a command to completion, turning a failure into an error that
-/// carries the command line and its stderr.
-fn run(command: &mut Command) -> Result<Output, ImageError> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let line = std::iter::once(program.clone())
-        .chain(command.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    debug!(command = %line, "running");
-    let output = command
-        .output()
-        .map_err(|source| ImageError::ToolMissing { program, source })?;
-    if !output.status.success() {
-        return Err(ImageError::ToolFailed {
-            command: line,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(output)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +307,7 @@ SHA256: 3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
             name: stanza["Package"].clone(),
             version: stanza["Version"].clone(),
             sha256: stanza["SHA256"].clone(),
+            size: 0,
             depends: stanza["Depends"].clone(),
         };
         assert_eq!(
@@ -277,8 +327,31 @@ SHA256: 3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
             name: "busybox-static".into(),
             version: "1:1.35.0-4".into(),
             sha256: String::new(),
+            size: 0,
             depends: String::new(),
         };
         assert_eq!(package.cache_name(), "busybox-static_1%3a1.35.0-4.deb");
+    }
+
+    #[test]
+    fn dependency_groups_drop_versions_and_qualifiers() {
+        let package = DebPackage {
+            name: "python3-minimal".into(),
+            version: "3.11.2-1+b1".into(),
+            sha256: String::new(),
+            size: 0,
+            depends: "python3.11-minimal (>= 3.11.2-1~), dpkg (>= 1.13.20), \
+                      debconf (>= 0.5) | debconf-2.0, python3:any"
+                .into(),
+        };
+        assert_eq!(
+            package.dependency_groups(),
+            vec![
+                vec!["python3.11-minimal".to_owned()],
+                vec!["dpkg".to_owned()],
+                vec!["debconf".to_owned(), "debconf-2.0".to_owned()],
+                vec!["python3".to_owned()],
+            ]
+        );
     }
 }

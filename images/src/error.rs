@@ -9,8 +9,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ImageError {
     #[error(
-        "cannot run `{program}`: {source}; image builds need Debian's apt and dpkg tools \
-         (install the packages listed in images/HOST-PACKAGES)"
+        "cannot run `{program}`: {source}; image builds need Debian's apt, dpkg and e2fsprogs \
+         tools (install the packages listed in images/HOST-PACKAGES)"
     )]
     ToolMissing {
         program: String,
@@ -47,6 +47,55 @@ pub enum ImageError {
         actual: String,
     },
 
+    #[error(
+        "cannot download {url}: {source}; check the network (or HTTPS_PROXY) and build again, \
+         which resumes from the packages already cached"
+    )]
+    DownloadFailed {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "{url} served {actual}, but the recipe pins {expected}; nothing was kept (a mirror or \
+         proxy may be serving another file)"
+    )]
+    DownloadMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{path} is not a readable gzipped tar archive: {reason}")]
+    BadArchive { path: PathBuf, reason: String },
+
+    #[error(
+        "archive {path} has member `{member}`, which would land outside its directory; \
+         the archive is not the one the recipe was written for"
+    )]
+    UnsafeArchiveMember { path: PathBuf, member: String },
+
+    #[error(
+        "exclusion `{pattern}` matches nothing under `{from}` in {path}; the pinned archive \
+         changed shape, so review the recipe's `exclude` list"
+    )]
+    ExcludeMatchesNothing {
+        pattern: String,
+        from: String,
+        path: PathBuf,
+    },
+
+    #[error(
+        "disk `{disk}` cannot hold {path}: {reason}; only directories, regular files and \
+         symlinks with names debugfs can quote go on an image disk"
+    )]
+    UnsupportedDiskEntry {
+        disk: String,
+        path: String,
+        reason: String,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,7 +124,10 @@ pub enum ImageError {
     #[error("{path} is not a usable ELF file: {reason}")]
     BadElf { path: PathBuf, reason: String },
 
-    #[error("none of the recipe's packages ships {path}; fix the recipe's `files` list")]
+    #[error(
+        "none of the recipe's packages ships {path}; fix the recipe's `files` list (or a disk's \
+         `unchecked` list)"
+    )]
     FileNotInPackages { path: String },
 
     #[error(
@@ -99,7 +151,7 @@ pub enum ImageError {
     #[error("invalid recipe `{id}`: {reason}")]
     BadRecipe { id: String, reason: String },
 
-    #[error("no image `{id}` in {dir}; build it first (`zennet image build`)")]
+    #[error("no image `{id}` in {dir}; build it first (`zennet image build {id}`)")]
     NotFound { id: String, dir: PathBuf },
 
     #[error("manifest {path} is unreadable: {reason}; rebuild the image (`zennet image build`)")]

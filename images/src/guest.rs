@@ -24,9 +24,15 @@ pub const AUTHORIZED_KEY_PARAM: &str = "zennet.authorized_key";
 pub const FW_CFG_AUTHORIZED_KEYS: &str = "opt/zennet/authorized_keys";
 
 /// Virtio serial (`-device virtio-blk-pci,serial=zennet-data,...`) marking
-/// the persistent volume. Without such a disk the guest takes `/dev/vdb`.
-/// Either way a blank volume is formatted ext4 and mounted at `/data`.
+/// the persistent volume. Without such a disk the guest takes `/dev/vdb`,
+/// unless that is an image disk ([`IMAGE_DISK_SERIAL_PREFIX`]). Either way a
+/// blank volume is formatted ext4 and mounted at `/data`.
 pub const DATA_DISK_SERIAL: &str = "zennet-data";
+
+/// Prefix of the virtio serial of an image's own disks (`zennet-root`); see
+/// [`crate::ImageDisk::serial`]. Besides [`DATA_DISK_SERIAL`], serials with
+/// this prefix are the image's, and init never takes such a disk for `/data`.
+pub const IMAGE_DISK_SERIAL_PREFIX: &str = "zennet-";
 
 /// The x86 kernel's command line limit (COMMAND_LINE_SIZE), NUL included.
 const COMMAND_LINE_SIZE: usize = 2048;
@@ -92,6 +98,15 @@ pub(crate) struct GuestFile {
 /// `/lib/modules/<release>/`, dependencies first.
 pub(crate) const MODULE_ORDER_FILE: &str = "etc/zennet/modules";
 
+/// Where init finds the image's disks, one `SERIAL ROLE` line each, in the
+/// manifest's order; absent in images without disks.
+pub(crate) const IMAGE_DISKS_FILE: &str = "etc/zennet/disks";
+
+/// The argument init gets when it starts over on the root disks' overlay
+/// (only init itself passes it; kept here so the test sees the contract).
+#[cfg(test)]
+pub(crate) const SECOND_STAGE_ARG: &str = "--second-stage";
+
 pub(crate) const FILES: &[GuestFile] = &[
     GuestFile {
         path: "init",
@@ -132,6 +147,18 @@ pub(crate) const FILES: &[GuestFile] = &[
         path: "etc/profile",
         mode: 0o644,
         contents: include_str!("../guest/etc/profile"),
+    },
+    // The guest's own name (`zennet`) must resolve: the JVM's
+    // InetAddress.getLocalHost, which Spark calls at start, fails otherwise.
+    GuestFile {
+        path: "etc/hosts",
+        mode: 0o644,
+        contents: include_str!("../guest/etc/hosts"),
+    },
+    GuestFile {
+        path: "etc/nsswitch.conf",
+        mode: 0o644,
+        contents: include_str!("../guest/etc/nsswitch.conf"),
     },
 ];
 
@@ -181,6 +208,34 @@ mod tests {
         assert!(err.to_string().contains("fw_cfg"), "{err}");
     }
 
+    fn guest_file(path: &str) -> &'static str {
+        FILES.iter().find(|f| f.path == path).unwrap().contents
+    }
+
+    #[test]
+    fn the_guest_resolves_its_own_name_and_sshd_takes_big_windows() {
+        let init = guest_file("init");
+        let name = init
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("hostname "))
+            .unwrap();
+        let hosts = guest_file("etc/hosts");
+        assert!(
+            hosts
+                .lines()
+                .any(|l| l.starts_with("127.0.0.1") && l.split_whitespace().any(|w| w == name)),
+            "{hosts}"
+        );
+        assert!(guest_file("etc/nsswitch.conf").contains("hosts: files dns"));
+        let inittab = guest_file("etc/inittab");
+        let sshd = inittab
+            .lines()
+            .find(|l| l.starts_with("::respawn:/usr/sbin/dropbear"))
+            .unwrap();
+        assert!(sshd.contains(" -W 2097152 "), "{sshd}");
+        assert!(sshd.contains(" -a "), "{sshd}");
+    }
+
     #[test]
     fn init_reads_what_the_host_side_writes() {
         let init = FILES.iter().find(|f| f.path == "init").unwrap().contents;
@@ -190,6 +245,9 @@ mod tests {
             DATA_DISK_SERIAL,
             HOST_KEY_MARKER,
             MODULE_ORDER_FILE,
+            IMAGE_DISKS_FILE,
+            IMAGE_DISK_SERIAL_PREFIX,
+            SECOND_STAGE_ARG,
         ] {
             assert!(
                 init.contains(needle),

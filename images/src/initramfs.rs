@@ -1,6 +1,7 @@
 //! Assembling the initramfs: the guest files of this crate, the recipe's
 //! files taken from the unpacked packages (with every shared library their
-//! ELF headers ask for), and the kernel modules in load order.
+//! ELF headers ask for), the kernel modules in load order, and the list of
+//! the image's disks for init.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -13,11 +14,13 @@ use goblin::elf::Elf;
 use crate::cpio::{Archive, Entry};
 use crate::error::ImageError;
 use crate::guest;
+use crate::manifest::disk_serial;
 use crate::modules::ModuleSet;
+use crate::recipe::DiskRecipe;
 
 /// Where Debian's amd64 packages put shared libraries, in the order the
 /// guest's dynamic loader searches them.
-const LIBRARY_DIRS: [&str; 6] = [
+pub(crate) const LIBRARY_DIRS: [&str; 6] = [
     "/lib/x86_64-linux-gnu",
     "/usr/lib/x86_64-linux-gnu",
     "/lib64",
@@ -36,6 +39,7 @@ pub(crate) fn assemble(
     files: &[String],
     modules_dir: &Path,
     modules: &ModuleSet,
+    disks: &[DiskRecipe],
 ) -> Result<Archive, ImageError> {
     let mut archive = Archive::new();
     skeleton(&mut archive);
@@ -46,7 +50,23 @@ pub(crate) fn assemble(
         add_with_libraries(packages_root, file, &mut archive)?;
     }
     add_modules(modules_dir, modules, &mut archive)?;
+    if !disks.is_empty() {
+        archive.file(
+            guest::IMAGE_DISKS_FILE,
+            0o644,
+            disks_list(disks).into_bytes(),
+        );
+    }
     Ok(archive)
+}
+
+/// `/etc/zennet/disks`: `SERIAL ROLE` per disk, in recipe (and manifest)
+/// order.
+fn disks_list(disks: &[DiskRecipe]) -> String {
+    disks
+        .iter()
+        .map(|d| format!("{} {}\n", disk_serial(&d.name), d.role.as_str()))
+        .collect()
 }
 
 /// Gzips the archive with a fixed header (no name, mtime 0) so the same
@@ -218,6 +238,15 @@ mod tests {
 
     use super::*;
     use crate::kernel::tests::tiny_elf;
+
+    #[test]
+    fn init_learns_the_disks_in_manifest_order() {
+        let mut disks = crate::catalog::spark_recipe().disks;
+        let mut second = disks[0].clone();
+        second.name = "extra".into();
+        disks.push(second);
+        assert_eq!(disks_list(&disks), "zennet-root root\nzennet-extra root\n");
+    }
 
     #[test]
     fn symlink_targets_resolve_lexically() {

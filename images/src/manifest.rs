@@ -1,8 +1,11 @@
 //! Manifests, and finding built images on disk.
 //!
 //! A manifest names an image by id and content: each file's name, role,
-//! SHA-256 and size, the Debian packages (name, version, .deb SHA-256) it was
-//! built from, and the kernel parameters it needs. Its `hash` is the SHA-256
+//! SHA-256 and size, its read-only disks (name, file, SHA-256, size, what is
+//! on them), the Debian packages (name, version, .deb SHA-256) it was built
+//! from, the kernel parameters it needs and the least RAM it runs in. Every
+//! file name in it is a plain name inside the image directory, so a manifest
+//! can never point the VM runtime at another host file. Its `hash` is the SHA-256
 //! of the manifest's canonical JSON without the `hash` field: object keys
 //! sorted bytewise, no whitespace, strings escaped as serde_json writes them
 //! (there are no floats). Two hosts that build the same recipe from the same
@@ -21,7 +24,8 @@ use crate::error::ImageError;
 use crate::guest;
 
 /// Version of the manifest layout; bumped when fields change meaning.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Format 2 added `disks` and `min_memory_mib`.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
@@ -34,9 +38,100 @@ pub struct Manifest {
     /// Kernel parameters every boot needs; see [`Image::kernel_args`].
     pub boot_args: Vec<String>,
     pub files: Vec<ImageFile>,
+    /// Read-only disks the VM runtime attaches beside the kernel and
+    /// initramfs; see [`ImageDisk`].
+    pub disks: Vec<ImageDisk>,
+    /// The initramfs's Debian packages.
     pub packages: Vec<PackageRef>,
+    /// The least guest RAM (MiB) the image is meant to run in.
+    pub min_memory_mib: u32,
     /// SHA-256 (hex) of the canonical JSON of everything above.
     pub hash: String,
+}
+
+/// A disk that comes with an image. The VM runtime attaches each one as a
+/// virtio-blk device with serial [`ImageDisk::serial`], opened read-only and
+/// passed as a descriptor (`-drive file=/proc/self/fd/N,readonly=on,...`).
+/// Read-only matters twice: one disk file serves every VM of the image, and
+/// a guest is root in its VM, so only the host can keep it from writing.
+/// [`Image::verify`] re-hashes it like the other files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDisk {
+    /// 1-13 lowercase letters, digits and `-`, never `data`.
+    pub name: String,
+    pub role: DiskRole,
+    /// File name inside the image directory (`<name>.ext4`).
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Always true for disks this crate builds; a runtime must give each VM
+    /// its own copy of a disk that is not.
+    pub read_only: bool,
+    /// The Debian packages unpacked onto it.
+    pub packages: Vec<PackageRef>,
+    /// The archives whose members are on it.
+    pub downloads: Vec<DownloadRef>,
+    /// `mke2fs -V` of the build host. The disk's bytes depend on it, so two
+    /// hosts with different e2fsprogs versions may hash the disk differently.
+    pub built_with: String,
+}
+
+/// What the guest's init does with an image disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskRole {
+    /// Mounted read-only and merged under the root filesystem: its files
+    /// appear at their own paths (`/usr/bin/java`), below a writable layer
+    /// in RAM. Several root disks stack, the first listed on top.
+    Root,
+}
+
+/// An archive (see [`crate::Download`]) by address and content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRef {
+    pub url: String,
+    pub sha256: String,
+}
+
+impl DiskRole {
+    /// The role as the manifest and the guest's `/etc/zennet/disks` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+        }
+    }
+}
+
+impl ImageDisk {
+    /// The virtio serial the host gives this disk and the guest finds it by.
+    pub fn serial(&self) -> String {
+        disk_serial(&self.name)
+    }
+}
+
+/// `zennet-<name>`: the serial of the image disk called `name`.
+pub(crate) fn disk_serial(name: &str) -> String {
+    format!("{}{name}", guest::IMAGE_DISK_SERIAL_PREFIX)
+}
+
+/// Whether `name` can name a disk: its serial must fit virtio-blk's 20
+/// bytes and must not be the persistent volume's.
+pub(crate) fn valid_disk_name(name: &str) -> bool {
+    (1..=13).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && disk_serial(name) != guest::DATA_DISK_SERIAL
+}
+
+/// A file name that stays inside the image directory and is not one of the
+/// build's own files.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\0'])
+        && name != MANIFEST_FILE
+        && name != "inputs"
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +212,40 @@ impl Manifest {
                 return Err(bad(format!("it lists no {role:?} file")));
             }
         }
+        manifest.check_names().map_err(bad)?;
         Ok(manifest)
+    }
+
+    /// Every file and disk name is plain and used once.
+    fn check_names(&self) -> Result<(), String> {
+        let mut seen = Vec::new();
+        let names = self
+            .files
+            .iter()
+            .map(|f| &f.name)
+            .chain(self.disks.iter().map(|d| &d.file));
+        for name in names {
+            if !plain_file_name(name) {
+                return Err(format!(
+                    "file name {name:?} is not a plain file name inside the image directory"
+                ));
+            }
+            if seen.contains(&name) {
+                return Err(format!("file name {name:?} is listed twice"));
+            }
+            seen.push(name);
+        }
+        let mut disks = Vec::new();
+        for disk in &self.disks {
+            if !valid_disk_name(&disk.name) || disks.contains(&&disk.name) {
+                return Err(format!(
+                    "disk name {:?} is invalid or listed twice",
+                    disk.name
+                ));
+            }
+            disks.push(&disk.name);
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +301,11 @@ impl Image {
         self.path_of(FileRole::Initramfs)
     }
 
+    /// Where `disk` (one of this image's) is on the host.
+    pub fn disk_path(&self, disk: &ImageDisk) -> PathBuf {
+        self.dir.join(&disk.file)
+    }
+
     fn path_of(&self, role: FileRole) -> PathBuf {
         let file = self
             .manifest
@@ -188,20 +321,31 @@ impl Image {
         guest::kernel_args(&self.manifest.boot_args, authorized_keys)
     }
 
-    /// Re-hashes the files against the manifest (sizes first, then SHA-256).
+    /// Re-hashes the files and disks against the manifest (sizes first,
+    /// then SHA-256).
     pub fn verify(&self) -> Result<(), ImageError> {
-        for file in &self.manifest.files {
-            let path = self.dir.join(&file.name);
+        let files = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| (&f.name, &f.sha256, f.size));
+        let disks = self
+            .manifest
+            .disks
+            .iter()
+            .map(|d| (&d.file, &d.sha256, d.size));
+        for (name, sha256, expected_size) in files.chain(disks) {
+            let path = self.dir.join(name);
             let size = fs::metadata(&path).map_err(ImageError::io(&path))?.len();
-            let actual = if size == file.size {
+            let actual = if size == expected_size {
                 sha256_file(&path)?
             } else {
-                format!("(a file of {size} bytes, not {})", file.size)
+                format!("(a file of {size} bytes, not {expected_size})")
             };
-            if actual != file.sha256 {
+            if actual != *sha256 {
                 return Err(ImageError::Corrupt {
                     path,
-                    expected: file.sha256.clone(),
+                    expected: sha256.clone(),
                     actual,
                 });
             }
@@ -290,21 +434,56 @@ mod tests {
                     size: 4,
                 },
             ],
+            disks: Vec::new(),
             packages: vec![PackageRef {
                 name: "busybox-static".into(),
                 version: "1:1.35.0-4+deb12u1+b1".into(),
                 sha256: "cc".repeat(32),
             }],
+            min_memory_mib: 128,
             hash: String::new(),
         }
         .seal()
+    }
+
+    fn root_disk(contents: &[u8]) -> ImageDisk {
+        ImageDisk {
+            name: "root".into(),
+            role: DiskRole::Root,
+            file: "root.ext4".into(),
+            sha256: hex::encode(Sha256::digest(contents)),
+            size: contents.len() as u64,
+            read_only: true,
+            packages: vec![PackageRef {
+                name: "openjdk-17-jre-headless".into(),
+                version: "17.0.21.1+2-1~deb12u1".into(),
+                sha256: "dd".repeat(32),
+            }],
+            downloads: vec![DownloadRef {
+                url: "https://files.pythonhosted.org/packages/pyspark-4.3.0.tar.gz".into(),
+                sha256: "ee".repeat(32),
+            }],
+            built_with: "mke2fs 1.47.0 (5-Feb-2023)".into(),
+        }
+    }
+
+    /// An image directory holding `manifest`'s files with these contents.
+    fn write_image(dir: &Path, manifest: &Manifest, contents: &[(&str, &[u8])]) -> PathBuf {
+        let image_dir = dir.join(&manifest.id);
+        fs::create_dir_all(&image_dir).unwrap();
+        for (name, data) in contents {
+            fs::write(image_dir.join(name), data).unwrap();
+        }
+        let path = image_dir.join(MANIFEST_FILE);
+        fs::write(&path, serde_json::to_string_pretty(manifest).unwrap()).unwrap();
+        path
     }
 
     #[test]
     fn canonical_json_sorts_keys_and_leaves_out_the_hash() {
         let json = sample().canonical_json();
         assert!(json.starts_with(
-            r#"{"boot_args":["console=ttyS0"],"files":[{"name":"vmlinux","role":"kernel","#
+            r#"{"boot_args":["console=ttyS0"],"disks":[],"files":[{"name":"vmlinux","role":"kernel","#
         ));
         assert!(!json.contains("\"hash\""));
         assert!(!json.contains(' '));
@@ -330,11 +509,121 @@ mod tests {
         // that announcements quote: bump MANIFEST_FORMAT if it must change.
         assert_eq!(
             sample().hash,
-            "35136e92b7267cd393a94ae2c7764cbd5610e01779f7a686e963dbadfa11d756"
+            "f7b645755ccf72da302393cfa9f7798bf89e6c78bd78c10d4f12650e429250cc"
+        );
+        let mut with_disk = sample();
+        with_disk.disks.push(root_disk(b"ext4"));
+        assert_eq!(
+            with_disk.seal().hash,
+            "1bab74c0329bc75854a365df019f8542ab3ebf1e53dd88af0087267ccda4fd4b"
         );
         let pretty = serde_json::to_string_pretty(&sample()).unwrap();
         let reparsed: Manifest = serde_json::from_str(&pretty).unwrap();
         assert_eq!(reparsed.compute_hash(), sample().hash);
+    }
+
+    #[test]
+    fn a_tampered_root_disk_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = b"an ext4 image".as_slice();
+        let mut manifest = sample();
+        manifest.id = "zennet-spark".into();
+        manifest.files[0].sha256 = hex::encode(Sha256::digest(b"abc"));
+        manifest.files[1].sha256 = hex::encode(Sha256::digest(b"abcd"));
+        manifest.disks.push(root_disk(disk));
+        let manifest = manifest.seal();
+        write_image(
+            dir.path(),
+            &manifest,
+            &[
+                ("vmlinux", b"abc"),
+                ("initramfs.cpio.gz", b"abcd"),
+                ("root.ext4", disk),
+            ],
+        );
+        let image = load(dir.path(), "zennet-spark").unwrap();
+        image.verify().unwrap();
+        assert_eq!(image.manifest.disks[0].serial(), "zennet-root");
+        assert_eq!(
+            image.disk_path(&image.manifest.disks[0]),
+            dir.path().join("zennet-spark/root.ext4")
+        );
+
+        // One byte flipped, same size: the hash catches it.
+        let disk_path = dir.path().join("zennet-spark/root.ext4");
+        fs::write(&disk_path, b"an ext4 imagf").unwrap();
+        match image.verify() {
+            Err(ImageError::Corrupt { path, .. }) => assert_eq!(path, disk_path),
+            other => panic!("a flipped byte in the root disk passed: {other:?}"),
+        }
+        // Grown or truncated: caught by its size before hashing.
+        fs::write(&disk_path, b"an ext4 image, with more").unwrap();
+        assert!(matches!(image.verify(), Err(ImageError::Corrupt { .. })));
+        fs::remove_file(&disk_path).unwrap();
+        assert!(matches!(image.verify(), Err(ImageError::Io { .. })));
+
+        // A manifest edited to match a replaced disk no longer seals.
+        let mut edited = manifest.clone();
+        edited.disks[0].sha256 = hex::encode(Sha256::digest(b"evil"));
+        write_image(dir.path(), &edited, &[("root.ext4", b"evil")]);
+        assert!(matches!(
+            load(dir.path(), "zennet-spark"),
+            Err(ImageError::BadManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn manifests_cannot_point_outside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"host data").unwrap();
+        let evil_names = [
+            "../secret",
+            "/etc/shadow",
+            "sub/../../secret",
+            ".",
+            "..",
+            "",
+            MANIFEST_FILE,
+        ];
+        for name in evil_names {
+            let mut manifest = sample();
+            let mut disk = root_disk(b"host data");
+            disk.file = name.into();
+            manifest.disks.push(disk);
+            let path = write_image(dir.path(), &manifest.seal(), &[]);
+            let err = load(dir.path(), "zennet-tiny").unwrap_err();
+            assert!(
+                matches!(&err, ImageError::BadManifest { path: p, .. } if *p == path),
+                "{name:?}: {err}"
+            );
+        }
+        let mut manifest = sample();
+        manifest.files[1].name = "../secret".into();
+        write_image(dir.path(), &manifest.seal(), &[]);
+        assert!(load(dir.path(), "zennet-tiny").is_err());
+
+        let mut manifest = sample();
+        manifest.disks.push(root_disk(b""));
+        let mut twin = root_disk(b"");
+        twin.file = "vmlinux".into();
+        twin.name = "other".into();
+        manifest.disks.push(twin);
+        write_image(dir.path(), &manifest.seal(), &[]);
+        assert!(
+            load(dir.path(), "zennet-tiny").is_err(),
+            "a disk reusing the kernel's file"
+        );
+
+        let mut manifest = sample();
+        let mut data = root_disk(b"");
+        data.name = "data".into();
+        manifest.disks.push(data);
+        write_image(dir.path(), &manifest.seal(), &[]);
+        assert!(
+            load(dir.path(), "zennet-tiny").is_err(),
+            "a disk posing as the data volume"
+        );
     }
 
     #[test]

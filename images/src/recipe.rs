@@ -1,8 +1,12 @@
-//! What an image is made of, as data.
+//! What an image is made of, as data: the [`Recipe`] type, its read-only
+//! disks ([`DiskRecipe`]) and pinned downloads ([`Download`]), their
+//! validation, and the recipe of `zennet-tiny`. The other images' recipes are
+//! in `catalog.rs`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ImageError;
+use crate::manifest::{DiskRole, valid_disk_name};
 
 /// Id of the default thin image.
 pub const DEFAULT_IMAGE_ID: &str = "zennet-tiny";
@@ -26,6 +30,80 @@ pub struct Recipe {
     pub modules: Vec<String>,
     /// Kernel parameters every boot of the image needs.
     pub boot_args: Vec<String>,
+    /// Read-only disks that come with the image, for what does not fit in
+    /// an initramfs (a JRE and Spark's jars, a Python stack).
+    pub disks: Vec<DiskRecipe>,
+    /// The least guest RAM (MiB) the image is meant to run in; the market
+    /// refuses smaller VMs for it.
+    pub min_memory_mib: u32,
+}
+
+/// A read-only ext4 disk of an image: whole Debian packages (with what they
+/// depend on) and members of pinned downloads, plus a few links and files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecipe {
+    /// The disk's name: its file is `<name>.ext4` and the host attaches it
+    /// with the virtio serial `zennet-<name>` (see [`crate::ImageDisk`]).
+    pub name: String,
+    /// What the guest's init does with it.
+    pub role: DiskRole,
+    /// Debian packages unpacked whole onto the disk, together with every
+    /// package they depend on (`Pre-Depends` and `Depends`, the first
+    /// alternative when none is on the disk), except [`DiskRecipe::left_out`].
+    pub packages: Vec<String>,
+    /// Dependencies deliberately left off the disk (install-time tools,
+    /// libraries only unused features load). A dependency that is neither on
+    /// the disk nor listed here fails the build, so a package upgrade that
+    /// brings a new dependency is noticed.
+    pub left_out: Vec<String>,
+    /// Archives fetched by URL and pinned by SHA-256, cached once.
+    pub downloads: Vec<Download>,
+    /// Symlinks the packages' install scripts would have made (the build runs
+    /// no package scripts), such as `/usr/bin/java`.
+    pub links: Vec<DiskLink>,
+    /// Files this crate adds (launchers, environment).
+    pub files: Vec<DiskFile>,
+    /// ELF files on the disk allowed to lack shared libraries: parts of a
+    /// package the image does not use (the JRE's AWT and sound libraries).
+    /// Every other ELF file must find each library it needs on the disk or
+    /// in the initramfs, or the build fails.
+    pub unchecked: Vec<String>,
+}
+
+/// A gzipped tar archive fetched over HTTPS, checked against its pinned
+/// SHA-256, of which the members under [`Download::from`] go to
+/// [`Download::to`] on the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// The file name in the download cache (`.cache/downloads/`).
+    pub file: String,
+    pub url: String,
+    pub sha256: String,
+    /// Bytes, for progress before the server says.
+    pub size: u64,
+    /// A directory inside the archive, with a trailing `/`.
+    pub from: String,
+    /// An absolute directory on the disk.
+    pub to: String,
+    /// Patterns (`*` matches anything, `/` included) of paths relative to
+    /// `from` that are not copied. Each must match at least one member, so
+    /// a stale pattern is noticed when the pin moves.
+    pub exclude: Vec<String>,
+}
+
+/// A symlink on a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLink {
+    pub path: String,
+    pub target: String,
+}
+
+/// A file on a disk with its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFile {
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
 }
 
 /// The recipe of `zennet-tiny`: Debian 12's cloud kernel (smaller than the
@@ -71,6 +149,9 @@ pub fn default_recipe() -> Recipe {
             "crc32c_generic",
         ]),
         boot_args: strings(&["console=ttyS0", "panic=-1"]),
+        disks: Vec::new(),
+        // The accelerator probe boots it in 128 MiB.
+        min_memory_mib: 128,
     }
 }
 
@@ -111,8 +192,76 @@ impl Recipe {
                 "boot arg {arg:?} is empty or contains whitespace"
             )));
         }
+        let mut names = Vec::new();
+        for disk in &self.disks {
+            if !valid_disk_name(&disk.name) {
+                return Err(bad(format!(
+                    "disk name `{}` must be 1-13 lowercase letters, digits and `-`, and not `data`",
+                    disk.name
+                )));
+            }
+            if names.contains(&&disk.name) {
+                return Err(bad(format!("two disks are named `{}`", disk.name)));
+            }
+            names.push(&disk.name);
+            disk.validate()
+                .map_err(|reason| bad(format!("disk `{}`: {reason}", disk.name)))?;
+        }
         Ok(())
     }
+}
+
+impl DiskRecipe {
+    fn validate(&self) -> Result<(), String> {
+        if self.packages.is_empty() && self.downloads.is_empty() {
+            return Err("it has neither packages nor downloads".into());
+        }
+        let paths = self
+            .links
+            .iter()
+            .map(|l| &l.path)
+            .chain(self.files.iter().map(|f| &f.path))
+            .chain(self.downloads.iter().map(|d| &d.to))
+            .chain(self.unchecked.iter());
+        for path in paths {
+            if !safe_absolute(path) {
+                return Err(format!("`{path}` must be an absolute path without `..`"));
+            }
+        }
+        for download in &self.downloads {
+            let plain = !download.file.is_empty()
+                && !download.file.starts_with('.')
+                && !download.file.contains('/');
+            if !plain {
+                return Err(format!(
+                    "download file name `{}` must be a plain file name",
+                    download.file
+                ));
+            }
+            if !download.url.starts_with("https://") {
+                return Err(format!(
+                    "download {} must be fetched over https",
+                    download.url
+                ));
+            }
+            if download.sha256.len() != 64
+                || !download.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(format!("download {} needs a hex SHA-256", download.url));
+            }
+            if !download.from.ends_with('/') || download.from.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "download member directory `{}` must end with `/` and have no `..`",
+                    download.from
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn safe_absolute(path: &str) -> bool {
+    path.starts_with('/') && path.len() > 1 && !path.split('/').any(|part| part == "..")
 }
 
 #[cfg(test)]
@@ -122,6 +271,78 @@ mod tests {
     #[test]
     fn default_recipe_is_valid() {
         default_recipe().validate().unwrap();
+    }
+
+    #[test]
+    fn unsafe_disks_are_refused() {
+        let disk = || DiskRecipe {
+            name: "root".into(),
+            role: DiskRole::Root,
+            packages: vec!["python3".into()],
+            left_out: Vec::new(),
+            downloads: Vec::new(),
+            links: Vec::new(),
+            files: Vec::new(),
+            unchecked: Vec::new(),
+        };
+        let with = |disks: Vec<DiskRecipe>| Recipe {
+            disks,
+            ..default_recipe()
+        };
+        with(vec![disk()]).validate().unwrap();
+
+        for name in ["data", "", "Root", "a/b", "much-too-long-name"] {
+            let err = with(vec![DiskRecipe {
+                name: name.into(),
+                ..disk()
+            }])
+            .validate()
+            .unwrap_err();
+            assert!(err.to_string().contains("disk name"), "{name}: {err}");
+        }
+        assert!(with(vec![disk(), disk()]).validate().is_err());
+
+        let mut escaping = disk();
+        escaping.links.push(DiskLink {
+            path: "/usr/../../etc/passwd".into(),
+            target: "x".into(),
+        });
+        assert!(with(vec![escaping]).validate().is_err());
+
+        let download = Download {
+            file: "x.tar.gz".into(),
+            url: "https://example.org/x.tar.gz".into(),
+            sha256: "ab".repeat(32),
+            size: 1,
+            from: "x/".into(),
+            to: "/opt/x".into(),
+            exclude: Vec::new(),
+        };
+        let mut ok = disk();
+        ok.downloads.push(download.clone());
+        with(vec![ok]).validate().unwrap();
+        for bad in [
+            Download {
+                url: "http://example.org/x.tar.gz".into(),
+                ..download.clone()
+            },
+            Download {
+                file: "../x.tar.gz".into(),
+                ..download.clone()
+            },
+            Download {
+                sha256: "abc".into(),
+                ..download.clone()
+            },
+            Download {
+                from: "x/../../".into(),
+                ..download.clone()
+            },
+        ] {
+            let mut disk = disk();
+            disk.downloads.push(bad.clone());
+            assert!(with(vec![disk]).validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
