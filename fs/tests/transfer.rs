@@ -118,7 +118,7 @@ async fn three_seeders_one_corrupt_and_the_download_completes() {
             std::fs::write(&p, b).unwrap();
         }
     }
-    let d = node(&[boot.addr.clone()]).await;
+    let d = node(std::slice::from_ref(&boot.addr)).await;
     let fs = fs_on(&d, &dir.path().join("down"));
     await_providers(&d.net, id, 3).await;
     fs.get(GetRequest {
