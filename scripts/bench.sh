@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: our figures beside their anchors, measured in one run.
-# Usage: scripts/bench.sh [chain|net|host|vm|market]... [--quick]
+# Usage: scripts/bench.sh [chain|net|host|vm|market|fs]... [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,6 +9,10 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 if ! command -v sysbench >/dev/null; then
   $SUDO apt-get install -y -qq sysbench
 fi
+# The file network's anchors: a stock HTTP server and client.
+for p in nginx:nginx aria2c:aria2; do
+  command -v "${p%%:*}" >/dev/null || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${p#*:}"
+done
 if [ ! -x /usr/sbin/sshd ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
 fi

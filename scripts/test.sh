@@ -24,8 +24,9 @@ failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$log")
 echo "== fuzz (${FUZZ_SECONDS:=20}s per target)"
 # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable
 # toolchain accept them.
-for target in decode_tx decode_block decode_snapshot decode_sync; do
-  (cd chain/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --fuzz-dir . -- \
+for target in chain:decode_tx chain:decode_block chain:decode_snapshot chain:decode_sync \
+    fs:decode_frame fs:parse_metainfo; do
+  (cd "${target%%:*}/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target#*:}" --fuzz-dir . -- \
       -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1)
 done
 echo "tests: $passed passed, $failed failed"

@@ -1,9 +1,10 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|market] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs] [--quick]`.
 
 mod chain;
+mod fs;
 mod host;
 mod market;
 mod net;
@@ -44,8 +45,12 @@ fn main() {
         known = true;
         market::run(quick);
     }
+    if all || suites.contains(&"fs") {
+        known = true;
+        fs::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market");
+        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market, fs");
         std::process::exit(2);
     }
 }

@@ -6,6 +6,7 @@
 //! HOME/config.toml    node settings
 //! HOME/genesis.toml   the chain this home belongs to
 //! HOME/chain/         chain.db (SQLite) and ethash/ caches
+//! HOME/fs/            the file store: index.db (SQLite) and parts/ by SHA-1
 //! HOME/node.json      written by a running node: its API address and pid
 //! HOME/node.lock      held by a running node
 //! ```
@@ -38,6 +39,9 @@ pub struct Config {
     /// `capacity.json` (`zennet bench`), else from the host.
     #[serde(default)]
     pub provider: ProviderSection,
+    /// The file network: store quota, HTTP serving, prices.
+    #[serde(default)]
+    pub fs: crate::fs::FsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +122,7 @@ impl Default for Config {
             publisher: PublisherSection::default(),
             market: Default::default(),
             provider: ProviderSection::default(),
+            fs: Default::default(),
         }
     }
 }
@@ -170,6 +175,9 @@ impl Home {
     }
     pub fn agent_dir(&self) -> PathBuf {
         self.dir.join("agent")
+    }
+    pub fn fs_dir(&self) -> PathBuf {
+        self.dir.join("fs")
     }
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join("node.lock")

@@ -5,6 +5,7 @@ mod chain_cmds;
 mod client;
 mod commands;
 mod devnet;
+mod fs;
 mod home;
 mod ledger;
 mod node;
@@ -75,6 +76,9 @@ enum Command {
     /// Publisher side: the VMs nodes run for your tasks, through the tunnel.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// The file network: add, get, seed and serve files.
+    #[command(subcommand)]
+    Fs(fs::FsCmd),
     /// A whole local market on embedded defaults: a miner, N providers and a
     /// publisher running a real job in VMs, paid through payment channels.
     Devnet {
@@ -429,6 +433,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCmd::Ssh { id, command }) => trade::vm_ssh(&home, &id, &command).await,
         Command::Vm(VmCmd::Exec { id, command }) => trade::vm_exec(&home, &id, &command).await,
         Command::Vm(VmCmd::Stop { id }) => trade::vm_stop(&home, &id, out).await,
+        Command::Fs(cmd) => fs::run(&home, cmd, out).await,
         Command::Devnet {
             providers,
             primes_below,

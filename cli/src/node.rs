@@ -31,6 +31,7 @@ pub struct Node {
     vms: std::sync::OnceLock<Arc<zennet_vm::Runtime>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
     provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
+    fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// Take the state from a snapshot when far behind (default: when the
@@ -72,6 +73,7 @@ impl Node {
             vms: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
+            fs: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
             fast_sync: AtomicBool::new(fast_sync),
             fast_sync_allowed,
@@ -157,6 +159,10 @@ impl Node {
 
     pub fn provider(&self) -> Option<&Arc<zennet_provider::Provider>> {
         self.provider.get()
+    }
+
+    pub fn fs(&self) -> Option<&Arc<zennet_fs::Fs>> {
+        self.fs.get()
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -302,6 +308,9 @@ impl NodeHandle {
             tracing::info!(endpoint = publisher.endpoint(), host_key = %publisher.host_key_fingerprint(), "publisher");
             let _ = node.publisher.set(publisher);
         }
+        let chain_id = node.chain().genesis().chain_id;
+        let fs = crate::fs::start(&home, &net, ledger.clone(), &key, chain_id).await?;
+        let _ = node.fs.set(fs);
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
 
         let api = opts.api.unwrap_or(config.node.api.clone());

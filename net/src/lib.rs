@@ -9,7 +9,11 @@
 //! a typed [`NetHandle`] and receives [`NetEvent`]s. The libp2p identity is
 //! the node's chain key (secp256k1), so every peer id maps to a chain address
 //! ([`peer_address`]).
+//!
+//! [`content`] adds what the file network needs: Kademlia provider
+//! records on a key and raw application streams.
 
+pub mod content;
 mod limit;
 mod protocol;
 mod service;

@@ -17,6 +17,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 use zennet_chain::{Address, Hash, SecretKey};
 
+use crate::content::{Content, ContentCommand};
 use crate::limit::{Rate, RateLimiter};
 use crate::protocol::{
     MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, SYNC_PROTOCOL, SyncRequest, SyncResponse,
@@ -134,6 +135,7 @@ enum Command {
     },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Content(ContentCommand),
 }
 
 /// Cheap to clone; every method is a message to the swarm task.
@@ -141,6 +143,7 @@ enum Command {
 pub struct NetHandle {
     commands: mpsc::UnboundedSender<Command>,
     pub local_peer_id: PeerId,
+    pub(crate) streams: libp2p_stream::Control,
 }
 
 impl NetHandle {
@@ -150,6 +153,10 @@ impl NetHandle {
 
     pub fn publish_tx(&self, bytes: Vec<u8>) {
         let _ = self.commands.send(Command::PublishTx(bytes));
+    }
+
+    pub(crate) fn content(&self, command: ContentCommand) {
+        let _ = self.commands.send(Command::Content(command));
     }
 
     pub fn dial(&self, addr: Multiaddr) {
@@ -211,13 +218,14 @@ impl NetHandle {
 }
 
 #[derive(NetworkBehaviour)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
+    pub(crate) kad: kad::Behaviour<MemoryStore>,
     gossip: gossipsub::Behaviour,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    streams: libp2p_stream::Behaviour,
 }
 
 pub struct Network;
@@ -262,7 +270,13 @@ impl Network {
                 kad_config.set_query_timeout(Duration::from_secs(30));
                 let kad = kad::Behaviour::with_config(
                     key.public().to_peer_id(),
-                    MemoryStore::new(key.public().to_peer_id()),
+                    MemoryStore::with_config(
+                        key.public().to_peer_id(),
+                        kad::store::MemoryStoreConfig {
+                            max_provided_keys: crate::content::MAX_PROVIDED_KEYS,
+                            ..Default::default()
+                        },
+                    ),
                     kad_config,
                 );
                 let sync = request_response::cbor::Behaviour::with_codec(
@@ -287,6 +301,7 @@ impl Network {
                     kad,
                     gossip,
                     sync,
+                    streams: libp2p_stream::Behaviour::new(),
                 })
             })
             .map_err(|e| NetError::Transport(e.to_string()))?
@@ -324,6 +339,7 @@ impl Network {
             }
         }
 
+        let streams = swarm.behaviour().streams.new_control();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut task = Task {
@@ -342,6 +358,7 @@ impl Network {
             tx_limit: RateLimiter::new(TX_RATE),
             block_limit: RateLimiter::new(BLOCK_RATE),
             limited: 0,
+            content: Content::default(),
         };
         task.dial_bootstrap();
         tokio::spawn(task.run(commands_rx));
@@ -349,6 +366,7 @@ impl Network {
             NetHandle {
                 commands: commands_tx,
                 local_peer_id,
+                streams,
             },
             events_rx,
         ))
@@ -373,6 +391,7 @@ struct Task {
     block_limit: RateLimiter<PeerId>,
     /// Gossip messages dropped by the rate limits (logged now and then).
     limited: u64,
+    content: Content,
 }
 
 impl Task {
@@ -459,6 +478,7 @@ impl Task {
                     .report_message_validation_result(&message_id, &source, acceptance);
             }
             Command::Ban { peer, reason } => self.ban(peer, &reason),
+            Command::Content(c) => self.content.handle(&mut self.swarm, c),
             Command::Peers(reply) => {
                 let peers = self
                     .connected
@@ -610,6 +630,9 @@ impl Task {
                 && peer != self.local_peer_id =>
             {
                 let _ = self.swarm.dial(peer);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
+                self.content.on_kad(&e);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");

@@ -243,6 +243,20 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Sets `[table] key = value` (TOML value syntax) in a home's config.toml.
+pub fn set_config(home: &TestHome, table: &str, key: &str, value: &str) {
+    let path = home.dir.join("config.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let parsed: toml::Table = format!("v = {value}").parse().unwrap();
+    config
+        .entry(table)
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap()
+        .insert(key.into(), parsed["v"].clone());
+    std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
+}
+
 /// A JSON amount (decimal string) as a number.
 pub fn amount(v: &Value) -> u128 {
     v.as_str().expect("amounts are strings").parse().unwrap()

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use zennet_tests::{TestHome, amount, homes_on_one_chain, wait_until};
+use zennet_tests::{TestHome, amount, homes_on_one_chain, set_config, wait_until};
 
 /// A market on one fast chain: a miner, then publishers, then providers
 /// (each with the image built and a node identity).
@@ -115,20 +115,6 @@ base_per_second = "10"
         );
         task
     }
-}
-
-/// Sets `[table] key = value` (TOML value syntax) in a home's config.toml.
-fn set_config(home: &TestHome, table: &str, key: &str, value: &str) {
-    let path = home.dir.join("config.toml");
-    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
-    let parsed: toml::Table = format!("v = {value}").parse().unwrap();
-    config
-        .entry(table)
-        .or_insert_with(|| toml::Value::Table(Default::default()))
-        .as_table_mut()
-        .unwrap()
-        .insert(key.into(), parsed["v"].clone());
-    std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
 }
 
 fn fund(miner: &TestHome, to: &TestHome, sum: &str) {

@@ -1,11 +1,12 @@
 //! The node's HTTP JSON API (axum), one router per service merged here
-//! (chain and node, provider, publisher: one file each, so adding a
+//! (chain and node, provider, publisher, fs: one file each, so adding a
 //! service's routes touches only its file), and the types both the API and
 //! the CLI's client use. Amounts are decimal strings of the base unit;
 //! hashes and addresses are 0x-hex. Errors are `{"error": "..."}` with a
 //! 4xx (or 5xx) status.
 
 mod chain;
+mod fs;
 mod provider;
 mod publisher;
 
@@ -33,6 +34,7 @@ pub struct ErrorBody {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .merge(chain::router())
+        .merge(fs::router())
         .merge(provider::router())
         .merge(publisher::router())
         .with_state(node)

@@ -1,0 +1,427 @@
+//! The file network in the node and the CLI: the `[fs]` config section,
+//! starting [`zennet_fs::Fs`] with its payment channels and HTTP listener,
+//! and the `zennet fs …` commands that call the node's `/v1/fs/` routes
+//! (`api/fs.rs`).
+//!
+//! The file network's channels are kept in their own `fs/pay.db`, apart
+//! from the VM market's: a downloader reuses one channel per seeder
+//! across files, and must never pick (and top up) a channel a VM
+//! contract opened to the same node, which that contract's end closes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use zennet_chain::SecretKey;
+use zennet_chain::codec::amount_str;
+use zennet_fs::api::{
+    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferState,
+    TransferView,
+};
+use zennet_fs::channels::{ChannelTerms, Channels};
+use zennet_fs::{FileId, Fs, FsConfig, HttpMode};
+use zennet_net::NetHandle;
+
+use crate::client::Client;
+use crate::commands::Output;
+use crate::home::Home;
+use crate::ledger::NodeLedger;
+
+/// `[fs]` in config.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsSection {
+    /// Store quota in GiB (parts held plus downloads in progress).
+    pub max_gib: f64,
+    /// HTTP listener for `GET /file/{id}` (port 0: any free port; see `fs status`).
+    pub http_listen: String,
+    /// Who HTTP serves: `free` (anyone), `paid` (requests carrying a voucher), `off`.
+    pub http: HttpMode,
+    /// Price of files added without `--price`, base units per MiB.
+    #[serde(with = "amount_str")]
+    pub price_per_mib: u128,
+    /// Highest price per MiB `fs get` pays without `--max-price`.
+    #[serde(with = "amount_str")]
+    pub max_price_per_mib: u128,
+    /// Parts a downloader may owe before it is cut off.
+    pub credit_parts: u32,
+    /// Least deposit of a channel this node opens (or tops up) to pay a
+    /// seeder; it is reused across files until spent.
+    #[serde(with = "amount_str")]
+    pub channel_deposit: u128,
+    /// Parts in flight per seeder.
+    pub window: usize,
+    /// Upload cap over the part protocol in MiB/s (0: none).
+    pub upload_limit_mib_s: f64,
+}
+
+impl Default for FsSection {
+    fn default() -> Self {
+        FsSection {
+            max_gib: 10.0,
+            http_listen: "127.0.0.1:0".into(),
+            http: HttpMode::Free,
+            price_per_mib: 0,
+            max_price_per_mib: 0,
+            credit_parts: 64,
+            channel_deposit: 0,
+            window: 16,
+            upload_limit_mib_s: 0.0,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum FsCmd {
+    /// Add a file or directory to the store and seed it; prints its id
+    /// (the BitTorrent info-hash) and a magnet link.
+    Add {
+        path: PathBuf,
+        /// Encrypt each part (AES-256-GCM) before hashing; seeders hold ciphertext only.
+        #[arg(long)]
+        encrypt: bool,
+        /// With --encrypt: this file key (64 hex digits) instead of one derived from your key.
+        #[arg(long, requires = "encrypt")]
+        key: Option<String>,
+        /// Price in base units per MiB (default: [fs] price_per_mib).
+        #[arg(long)]
+        price: Option<String>,
+    },
+    /// Download a file by id or magnet link from every seeder at once,
+    /// paying each per verified part.
+    Get {
+        id: String,
+        /// Output path (default: ./NAME).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Highest price per MiB to pay (default: [fs] max_price_per_mib).
+        #[arg(long)]
+        max_price: Option<String>,
+        /// The file key of an encrypted file (default: derived from your key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Files in this node's store.
+    Ls,
+    /// A file's metainfo here and what each seeder on the network offers.
+    Info { id: String },
+    /// Seed a file held here (announce it, serve its parts), or stop.
+    Seed {
+        id: String,
+        #[arg(long)]
+        stop: bool,
+        /// New price in base units per MiB.
+        #[arg(long)]
+        price: Option<String>,
+    },
+    /// Remove a file from the store (parts no other file uses are deleted).
+    Rm { id: String },
+    /// Transfers, what was earned and spent, the store and the HTTP address.
+    Status,
+}
+
+/// Starts the file service and its HTTP listener.
+pub async fn start(
+    home: &Home,
+    net: &NetHandle,
+    ledger: Arc<NodeLedger>,
+    key: &SecretKey,
+    chain_id: u64,
+) -> Result<Arc<Fs>> {
+    let section = home.config()?.fs;
+    let mut config = FsConfig::new(home.fs_dir(), chain_id);
+    config.max_bytes = (section.max_gib * (1u64 << 30) as f64) as u64;
+    config.price_per_mib = section.price_per_mib;
+    config.max_price_per_mib = section.max_price_per_mib;
+    config.credit_parts = section.credit_parts.max(1);
+    config.window = section.window.max(1);
+    config.http = section.http;
+    config.upload_limit = (section.upload_limit_mib_s * (1u64 << 20) as f64) as u64;
+    std::fs::create_dir_all(home.fs_dir())
+        .with_context(|| format!("cannot create {}", home.fs_dir().display()))?;
+    let pay_store = zennet_pay::SqliteStore::open(&home.fs_dir().join("pay.db"))
+        .context("cannot open the file network's payment store")?;
+    let terms = ChannelTerms {
+        min_deposit: section.channel_deposit,
+        ..ChannelTerms::default()
+    };
+    let channels = Arc::new(Channels::new(
+        ledger,
+        key.clone(),
+        Arc::new(pay_store),
+        terms,
+    ));
+    let fs = Fs::start(
+        config,
+        net.clone(),
+        key.clone(),
+        channels.clone(),
+        channels.clone(),
+    )
+    .context("cannot start the file service")?;
+    // Held vouchers are claimed when a payer settles or expiry nears.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            if let Err(e) = channels.claim_due() {
+                tracing::warn!(error = %e, "claiming file vouchers failed");
+            }
+        }
+    });
+    if section.http != HttpMode::Off {
+        let listener = tokio::net::TcpListener::bind(&section.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for HTTP file serving; change [fs] http_listen",
+                    section.http_listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        fs.set_http_addr(Some(addr.to_string()));
+        tracing::info!(%addr, mode = %section.http, "serving files over HTTP");
+        let router = zennet_fs::http::router(fs.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "HTTP file server failed");
+            }
+        });
+    }
+    Ok(fs)
+}
+
+/// Runs a `zennet fs …` command against the home's running node.
+pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
+    // Arguments are checked before the node is asked anything.
+    let client = || -> Result<Client> { Ok(Client::new(home.api_url()?)) };
+    match cmd {
+        FsCmd::Add {
+            path,
+            encrypt,
+            key,
+            price,
+        } => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let req = AddRequest {
+                path,
+                encrypt,
+                key,
+                price_per_mib: price.as_deref().map(amount).transpose()?,
+            };
+            let added: Added = client()?.post("/v1/fs/files", &req).await?;
+            out.print(&added, || {
+                let mut s = format!(
+                    "id     {}\nname   {} ({} bytes, {} parts)\nprice  {} per MiB\nmagnet {}",
+                    added.id,
+                    added.name,
+                    added.length,
+                    added.parts,
+                    added.price_per_mib,
+                    added.magnet
+                );
+                if let Some(k) = &added.key {
+                    s.push_str(&format!(
+                        "\nkey    {k}  (share it with who may read the file)"
+                    ));
+                }
+                s
+            });
+        }
+        FsCmd::Get {
+            id,
+            out: path,
+            max_price,
+            key,
+        } => {
+            let file = FileId::parse(&id)?;
+            let max = max_price.as_deref().map(amount).transpose()?;
+            let cwd = std::env::current_dir()?;
+            let out_path = path.map(|p| if p.is_absolute() { p } else { cwd.join(p) });
+            if let Some(p) = &out_path
+                && p.symlink_metadata().is_ok()
+            {
+                bail!("{} exists; choose another output with -o", p.display());
+            }
+            let req = GetRequest {
+                id: file,
+                out: out_path,
+                dir: cwd,
+                max_price_per_mib: max,
+                key,
+            };
+            let client = client()?;
+            let mut view: TransferView = client.post("/v1/fs/get", &req).await?;
+            let bar = progress_bar(out);
+            loop {
+                if let Some(bar) = &bar {
+                    bar.set_length(view.length.max(1));
+                    bar.set_position(view.have_bytes);
+                    bar.set_message(format!(
+                        "{} seeders, {:.1} MiB/s",
+                        view.seeders.iter().filter(|s| s.state == "using").count(),
+                        view.rate / (1u64 << 20) as f64
+                    ));
+                }
+                if !matches!(
+                    view.state,
+                    TransferState::Finding | TransferState::Downloading
+                ) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                view = client.get(&format!("/v1/fs/transfers/{file}")).await?;
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if view.state == TransferState::Failed {
+                bail!("{}", view.error.unwrap_or_else(|| "download failed".into()));
+            }
+            out.print(&view, || {
+                let used = view.seeders.iter().filter(|s| s.parts > 0).count();
+                format!(
+                    "got {} ({} bytes) → {}\n{} parts fetched from {used} seeders, {} resumed, {:.1} MiB/s, paid {}",
+                    view.name,
+                    view.length,
+                    view.output.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    view.fetched_parts,
+                    view.resumed_parts,
+                    view.rate / (1u64 << 20) as f64,
+                    view.spent
+                )
+            });
+        }
+        FsCmd::Ls => {
+            let files: Vec<FileView> = client()?.get("/v1/fs/files").await?;
+            out.print(&files, || {
+                if files.is_empty() {
+                    return "no files".into();
+                }
+                files
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}  {:>12}  {:>5}/{:<5} {:<8} {}",
+                            f.id,
+                            f.length,
+                            f.have_parts,
+                            f.parts,
+                            if f.seeding { "seeding" } else { "-" },
+                            f.name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        FsCmd::Info { id } => {
+            let file = FileId::parse(&id)?;
+            let info: InfoView = client()?.get(&format!("/v1/fs/files/{file}/info")).await?;
+            out.print(&info, || {
+                let mut s = match &info.local {
+                    Some(f) => format!(
+                        "{}  {} ({} bytes, {} parts, {} held here)",
+                        f.id, f.name, f.length, f.parts, f.have_parts
+                    ),
+                    None => format!("{}  (metainfo not held here)", info.id),
+                };
+                s.push_str(&format!("\n{} seeders", info.seeders.len()));
+                for o in &info.seeders {
+                    match &o.error {
+                        Some(e) => s.push_str(&format!("\n  {}  unusable: {e}", o.peer)),
+                        None => s.push_str(&format!(
+                            "\n  {}  {} per MiB  {} parts  [{}]",
+                            o.peer,
+                            o.price_per_mib,
+                            o.have_parts,
+                            o.protocols.join(",")
+                        )),
+                    }
+                }
+                s
+            });
+        }
+        FsCmd::Seed { id, stop, price } => {
+            let file = FileId::parse(&id)?;
+            let req = SeedRequest {
+                seeding: !stop,
+                price_per_mib: price.as_deref().map(amount).transpose()?,
+            };
+            let f: FileView = client()?
+                .post(&format!("/v1/fs/files/{file}/seed"), &req)
+                .await?;
+            out.print(&f, || {
+                format!(
+                    "{} {} at {} per MiB",
+                    if f.seeding { "seeding" } else { "not seeding" },
+                    f.id,
+                    f.price_per_mib
+                )
+            });
+        }
+        FsCmd::Rm { id } => {
+            let file = FileId::parse(&id)?;
+            let v: serde_json::Value = client()?
+                .post(&format!("/v1/fs/files/{file}/rm"), &serde_json::json!({}))
+                .await?;
+            out.print(&v, || format!("removed {file}"));
+        }
+        FsCmd::Status => {
+            let s: StatusView = client()?.get("/v1/fs/status").await?;
+            out.print(&s, || {
+                let mut t = format!(
+                    "store   {} of {} MiB, {} files, {} seeding\nhttp    {} ({})\nearned  {}\nspent   {}",
+                    s.used_bytes >> 20,
+                    s.max_bytes >> 20,
+                    s.files,
+                    s.seeding,
+                    s.http.clone().unwrap_or_else(|| "off".into()),
+                    s.http_mode,
+                    s.earned,
+                    s.spent
+                );
+                for tr in &s.transfers {
+                    t.push_str(&format!(
+                        "\n{:?} {} {}/{} parts {:.1} MiB/s",
+                        tr.state,
+                        tr.id,
+                        tr.have_parts,
+                        tr.parts,
+                        tr.rate / (1u64 << 20) as f64
+                    ));
+                }
+                for a in &s.accounts {
+                    t.push_str(&format!(
+                        "\n{} {} parts {} owed {} paid {}",
+                        a.role, a.address, a.parts, a.owed, a.paid
+                    ));
+                }
+                t
+            });
+        }
+    }
+    Ok(())
+}
+
+fn amount(s: &str) -> Result<u128> {
+    amount_str::parse_amount(s).map_err(anyhow::Error::msg)
+}
+
+fn progress_bar(out: Output) -> Option<indicatif::ProgressBar> {
+    if out.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    Some(bar)
+}

@@ -1,0 +1,237 @@
+//! The seeder's side of the part protocol: answer a downloader's hello
+//! with a signed offer, serve the metainfo and parts it asks for (in
+//! order), take its vouchers, and stop serving it once what it owes goes
+//! past the credit the offer announced.
+//!
+//! What a downloader owes is counted across sessions and files (its
+//! account with this node is one channel), so reconnecting does not buy
+//! fresh credit.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::AsyncReadExt;
+use zennet_chain::Address;
+use zennet_net::PeerId;
+use zennet_net::content::Stream;
+
+use crate::bitfield::Bitfield;
+use crate::error::{StoreError, WireError};
+use crate::metainfo::PIECE_LEN;
+use crate::payment::Account;
+use crate::payment::part_cost;
+use crate::service::{Fs, Role};
+use crate::wire::{self, Frame, Offer};
+
+/// A downloader silent this long is dropped.
+const IDLE: Duration = Duration::from_secs(120);
+
+pub(crate) async fn serve(fs: std::sync::Arc<Fs>, peer: PeerId, stream: Stream) {
+    let address = zennet_net::peer_address(&peer);
+    match session(&fs, peer, address, stream).await {
+        Ok(()) | Err(WireError::Closed) => {}
+        Err(e) => tracing::debug!(%peer, error = %e, "part session ended"),
+    }
+    if let Some(a) = address {
+        fs.flush_account(a, Role::Earned);
+        fs.payee.session_ended(a);
+    }
+}
+
+async fn session(
+    fs: &Fs,
+    peer: PeerId,
+    address: Option<Address>,
+    stream: Stream,
+) -> Result<(), WireError> {
+    let (mut rd, mut wr) = stream.split();
+    let file = match read(&mut rd).await? {
+        Frame::Hello { file } => file,
+        other => return refuse(&mut wr, &format!("expected hello, got {}", name(&other))).await,
+    };
+    let Some(f) = fs.store.file(&file).filter(|f| f.seeding) else {
+        wire::write(
+            &mut wr,
+            &Frame::NotHere {
+                reason: format!("{file} is not seeded here"),
+            },
+        )
+        .await?;
+        return wire::flush(&mut wr).await;
+    };
+    let price = f.price_per_mib;
+    let Some(payer) = address.or((price == 0).then_some(Address::ZERO)) else {
+        return refuse(&mut wr, "paid files are served to secp256k1 peers only").await;
+    };
+    let credit = part_cost(price, PIECE_LEN) * fs.config.credit_parts as u128;
+    if price > 0 && fs.account(payer, Role::Earned).unpaid() > credit {
+        let owed = fs.account(payer, Role::Earned).unpaid();
+        return refuse(
+            &mut wr,
+            &format!("{payer} still owes {owed} from earlier transfers; pay it first"),
+        )
+        .await;
+    }
+    let offer = Offer {
+        file,
+        price_per_mib: price,
+        credit_parts: fs.config.credit_parts,
+        protocols: protocols(fs),
+        have: f.have.as_bytes().to_vec(),
+        signature: zennet_chain::Signature([0; 65]),
+    }
+    .sign(&fs.key, fs.config.chain_id);
+    wire::write(&mut wr, &Frame::Offer(offer)).await?;
+    wire::flush(&mut wr).await?;
+    tracing::debug!(%peer, %file, %price, "offer sent");
+    let have: Bitfield = f.have;
+    loop {
+        match read(&mut rd).await? {
+            Frame::GetMeta => {
+                wire::write(&mut wr, &Frame::Meta(f.meta.bytes.clone())).await?;
+                wire::flush(&mut wr).await?;
+            }
+            Frame::Get { index } => {
+                if !have.get(index) {
+                    return refuse(&mut wr, &format!("part {index} is not held here")).await;
+                }
+                let len = f.meta.piece_len(index);
+                let cost = part_cost(price, len);
+                if price > 0 {
+                    let unpaid = fs.account(payer, Role::Earned).unpaid();
+                    if unpaid + cost > credit {
+                        tracing::info!(%peer, %payer, %unpaid, "cutting off a downloader that does not pay");
+                        return refuse(
+                            &mut wr,
+                            &format!(
+                                "unpaid: {unpaid} owed beyond the credit of {} parts; pay to continue",
+                                fs.config.credit_parts
+                            ),
+                        )
+                        .await;
+                    }
+                }
+                let store = fs.store.clone();
+                let id = f.meta.id;
+                let bytes = tokio::task::spawn_blocking(move || store.read_part(&id, index))
+                    .await
+                    .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(e @ StoreError::MissingPart { .. }) | Err(e @ StoreError::Io { .. }) => {
+                        return refuse(&mut wr, &e.to_string()).await;
+                    }
+                    Err(e) => return refuse(&mut wr, &e.to_string()).await,
+                };
+                fs.limiter.take(bytes.len() as u64).await;
+                wire::write(&mut wr, &Frame::Part { index, bytes }).await?;
+                wire::flush(&mut wr).await?;
+                fs.book(payer, Role::Earned, Account::served(1, len, cost), false);
+            }
+            Frame::Pay(v) => {
+                if price == 0 && address.is_none() {
+                    return refuse(&mut wr, "nothing to pay").await;
+                }
+                match fs.payee.receive(payer, *v) {
+                    Ok(delta) => fs.book(payer, Role::Earned, Account::paid(delta), false),
+                    Err(e) => {
+                        tracing::info!(%peer, %payer, error = %e, "voucher refused");
+                        return refuse(&mut wr, &format!("voucher refused: {e}")).await;
+                    }
+                }
+            }
+            Frame::Bye => return Ok(()),
+            other => {
+                return refuse(&mut wr, &format!("unexpected {} frame", name(&other))).await;
+            }
+        }
+    }
+}
+
+async fn read<R: futures::AsyncRead + Unpin>(rd: &mut R) -> Result<Frame, WireError> {
+    tokio::time::timeout(IDLE, wire::read(rd))
+        .await
+        .map_err(|_| WireError::Timeout)?
+}
+
+async fn refuse<W: futures::AsyncWrite + Unpin>(w: &mut W, reason: &str) -> Result<(), WireError> {
+    wire::write(
+        w,
+        &Frame::Refused {
+            reason: reason.to_string(),
+        },
+    )
+    .await?;
+    wire::flush(w).await
+}
+
+fn protocols(fs: &Fs) -> Vec<String> {
+    let mut p = vec![wire::PROTOCOL_ZENNET.to_string()];
+    if fs.config.http != crate::service::HttpMode::Off {
+        p.push(wire::PROTOCOL_HTTP.to_string());
+    }
+    p
+}
+
+fn name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "hello",
+        Frame::Offer(_) => "offer",
+        Frame::NotHere { .. } => "not-here",
+        Frame::GetMeta => "get-meta",
+        Frame::Meta(_) => "meta",
+        Frame::Get { .. } => "get",
+        Frame::Part { .. } => "part",
+        Frame::Refused { .. } => "refused",
+        Frame::Pay(_) => "pay",
+        Frame::Bye => "bye",
+    }
+}
+
+/// An upload cap shared by all sessions: each part waits for its turn so
+/// the average stays at `rate` bytes per second (one part of burst).
+pub(crate) struct Limiter {
+    rate: u64,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Limiter {
+    pub(crate) fn new(rate: u64) -> Limiter {
+        Limiter {
+            rate,
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    pub(crate) async fn take(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_keeps_the_average_rate_in_virtual_time() {
+        let l = Limiter::new(1 << 20);
+        let start = tokio::time::Instant::now();
+        for _ in 0..8 {
+            l.take(256 << 10).await;
+        }
+        // 8 quarter-MiB parts at 1 MiB/s: the 8th starts after 1.75 s.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1750) && took < Duration::from_millis(1800));
+        Limiter::new(0).take(1 << 30).await;
+    }
+}

@@ -1,0 +1,410 @@
+//! The file service a node runs: the store, seeding (Kademlia provider
+//! records and the part protocol's server side), downloads, the accounts
+//! of what was served and bought, and what the node's API asks of it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use zennet_chain::{Address, Amount, SecretKey};
+use zennet_net::NetHandle;
+use zennet_net::content::stream_protocol;
+
+use crate::api::{
+    AccountView, AddRequest, Added, FileEntryView, FileView, GetRequest, InfoView, OfferView,
+    StatusView, TransferView,
+};
+use crate::crypt::{self, FileKey};
+use crate::download::Transfer;
+use crate::error::{FsError, StoreError};
+use crate::metainfo::FileId;
+use crate::payment::{Account, PartPayee, PartPayer};
+use crate::store::{Encryption, Store, StoredFile};
+use crate::wire;
+
+/// Who may fetch files over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// Anyone (like a public web seed).
+    Free,
+    /// Only requests that carry a voucher paying for what they fetch.
+    Paid,
+    /// No HTTP serving.
+    Off,
+}
+
+impl std::fmt::Display for HttpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpMode::Free => "free",
+            HttpMode::Paid => "paid",
+            HttpMode::Off => "off",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub chain_id: u64,
+    /// Price of files added without `--price`, base units per MiB.
+    pub price_per_mib: Amount,
+    /// Highest price a `get` pays without `--max-price`.
+    pub max_price_per_mib: Amount,
+    /// Parts served to a downloader ahead of its payment.
+    pub credit_parts: u32,
+    /// Parts in flight per seeder.
+    pub window: usize,
+    pub http: HttpMode,
+    /// Upload cap over the part protocol, bytes per second (0: none).
+    pub upload_limit: u64,
+}
+
+impl FsConfig {
+    pub fn new(dir: PathBuf, chain_id: u64) -> FsConfig {
+        FsConfig {
+            dir,
+            max_bytes: 10 << 30,
+            chain_id,
+            price_per_mib: 0,
+            max_price_per_mib: 0,
+            credit_parts: 64,
+            window: 16,
+            http: HttpMode::Free,
+            upload_limit: 0,
+        }
+    }
+}
+
+/// Served to a downloader (`Earned`) or bought from a seeder (`Spent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Earned,
+    Spent,
+}
+
+pub struct Fs {
+    pub(crate) store: Arc<Store>,
+    pub(crate) net: NetHandle,
+    pub(crate) key: SecretKey,
+    pub(crate) config: FsConfig,
+    pub(crate) payer: Arc<dyn PartPayer>,
+    pub(crate) payee: Arc<dyn PartPayee>,
+    accounts: Mutex<HashMap<(Address, Role), Account>>,
+    transfers: Mutex<HashMap<FileId, Arc<Transfer>>>,
+    pub(crate) limiter: crate::seed::Limiter,
+    http_addr: Mutex<Option<String>>,
+}
+
+impl Fs {
+    /// Opens the store, starts serving the part protocol and re-announces
+    /// the files being seeded.
+    pub fn start(
+        config: FsConfig,
+        net: NetHandle,
+        key: SecretKey,
+        payer: Arc<dyn PartPayer>,
+        payee: Arc<dyn PartPayee>,
+    ) -> Result<Arc<Fs>, FsError> {
+        let store = Arc::new(Store::open(&config.dir, config.max_bytes)?);
+        let accounts = store
+            .accounts()?
+            .into_iter()
+            .map(|(a, earned, acc)| ((a, if earned { Role::Earned } else { Role::Spent }), acc))
+            .collect();
+        let mut incoming = net
+            .streams()
+            .accept(stream_protocol(wire::PROTOCOL))
+            .map_err(|e| FsError::Net(e.to_string()))?;
+        let fs = Arc::new(Fs {
+            limiter: crate::seed::Limiter::new(config.upload_limit),
+            store,
+            net,
+            key,
+            config,
+            payer,
+            payee,
+            accounts: Mutex::new(accounts),
+            transfers: Mutex::new(HashMap::new()),
+            http_addr: Mutex::new(None),
+        });
+        for f in fs.store.list().into_iter().filter(|f| f.seeding) {
+            fs.net.provide(&f.meta.id.0);
+        }
+        let weak = Arc::downgrade(&fs);
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let Some(fs) = weak.upgrade() else { break };
+                tokio::spawn(crate::seed::serve(fs, peer, stream));
+            }
+        });
+        tracing::info!(files = fs.store.list().len(), "file service");
+        Ok(fs)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// Where the HTTP listener ended up (set by whoever runs it).
+    pub fn set_http_addr(&self, addr: Option<String>) {
+        *self.http_addr.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// Adds a file or directory and seeds it.
+    pub async fn add(&self, req: AddRequest) -> Result<Added, FsError> {
+        let encryption = match (req.encrypt, &req.key) {
+            (false, Some(_)) => {
+                return Err(FsError::Invalid("--key needs --encrypt".into()));
+            }
+            (false, None) => None,
+            (true, key) => {
+                let salt = crypt::random_salt();
+                let key = match key {
+                    Some(k) => FileKey::parse(k)?,
+                    None => FileKey::derive(&self.key, &salt),
+                };
+                Some(Encryption { key, salt })
+            }
+        };
+        let key_hex = encryption.as_ref().map(|e| e.key.hex());
+        let price = req.price_per_mib.unwrap_or(self.config.price_per_mib);
+        let store = self.store.clone();
+        let path = req.path.clone();
+        let meta = tokio::task::spawn_blocking(move || store.add_path(&path, encryption, price))
+            .await
+            .map_err(|e| FsError::Invalid(format!("add interrupted: {e}")))??;
+        self.store.set_price(&meta.id, price)?;
+        self.store.set_seeding(&meta.id, true)?;
+        self.net.provide(&meta.id.0);
+        tracing::info!(id = %meta.id, name = meta.name(), length = meta.length(), "added");
+        Ok(Added {
+            id: meta.id,
+            magnet: meta.magnet(),
+            name: meta.name().to_string(),
+            length: meta.length(),
+            parts: meta.piece_count(),
+            price_per_mib: price,
+            key: key_hex,
+            seeding: true,
+        })
+    }
+
+    /// Starts (or joins) a download; progress through [`Fs::transfer`].
+    pub fn get(self: &Arc<Self>, req: GetRequest) -> Result<TransferView, FsError> {
+        let mut transfers = self.transfers();
+        if let Some(t) = transfers.get(&req.id)
+            && t.running()
+        {
+            return Ok(t.view());
+        }
+        if let Some(k) = &req.key {
+            FileKey::parse(k)?;
+        }
+        let t = Arc::new(Transfer::new(req.id));
+        transfers.insert(req.id, t.clone());
+        tokio::spawn(crate::download::run(self.clone(), t.clone(), req));
+        Ok(t.view())
+    }
+
+    pub fn transfer(&self, id: &FileId) -> Result<TransferView, FsError> {
+        self.transfers()
+            .get(id)
+            .map(|t| t.view())
+            .ok_or(FsError::NoTransfer(*id))
+    }
+
+    pub fn list(&self) -> Vec<FileView> {
+        self.store.list().iter().map(file_view).collect()
+    }
+
+    pub fn file(&self, id: &FileId) -> Result<FileView, FsError> {
+        Ok(file_view(
+            &self.store.file(id).ok_or(StoreError::Unknown(*id))?,
+        ))
+    }
+
+    /// What is known here and what every seeder on the network offers.
+    pub async fn info(&self, id: FileId) -> Result<InfoView, FsError> {
+        let local = self.store.file(&id);
+        let peers = self
+            .net
+            .providers(&id.0)
+            .await
+            .map_err(|e| FsError::Net(e.to_string()))?;
+        let asks = peers.into_iter().map(|peer| async move {
+            let address = zennet_net::peer_address(&peer);
+            match crate::download::hello(self, peer, id).await {
+                Ok(mut s) => {
+                    let have = s.offer.have.iter().map(|b| b.count_ones()).sum();
+                    let view = OfferView {
+                        peer: peer.to_string(),
+                        address,
+                        price_per_mib: s.offer.price_per_mib,
+                        have_parts: have,
+                        protocols: s.offer.protocols.clone(),
+                        error: None,
+                    };
+                    s.bye().await;
+                    view
+                }
+                Err(e) => OfferView {
+                    peer: peer.to_string(),
+                    address,
+                    price_per_mib: 0,
+                    have_parts: 0,
+                    protocols: vec![],
+                    error: Some(e),
+                },
+            }
+        });
+        let seeders = futures::future::join_all(asks).await;
+        Ok(InfoView {
+            id,
+            local: local.as_ref().map(file_view),
+            seeders,
+        })
+    }
+
+    /// Starts or stops seeding a file held here.
+    pub fn seed(&self, id: &FileId, on: bool, price: Option<Amount>) -> Result<FileView, FsError> {
+        if let Some(p) = price {
+            self.store.set_price(id, p)?;
+        }
+        let f = self.store.set_seeding(id, on)?;
+        if on {
+            self.net.provide(&id.0);
+        } else {
+            self.net.unprovide(&id.0);
+        }
+        Ok(file_view(&f))
+    }
+
+    pub fn remove(&self, id: &FileId) -> Result<(), FsError> {
+        if self.transfers().get(id).is_some_and(|t| t.running()) {
+            return Err(FsError::Busy(*id));
+        }
+        self.net.unprovide(&id.0);
+        self.store.remove(id)?;
+        self.transfers().remove(id);
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<StatusView, FsError> {
+        let usage = self.store.usage()?;
+        let files = self.store.list();
+        let accounts: Vec<AccountView> = self
+            .accounts()
+            .iter()
+            .map(|((address, role), a)| AccountView {
+                address: *address,
+                role: match role {
+                    Role::Earned => "earned".into(),
+                    Role::Spent => "spent".into(),
+                },
+                parts: a.parts,
+                bytes: a.bytes,
+                owed: a.owed,
+                paid: a.paid,
+            })
+            .collect();
+        let sum = |role: &str| {
+            accounts
+                .iter()
+                .filter(|a| a.role == role)
+                .map(|a| a.paid)
+                .sum()
+        };
+        let mut transfers: Vec<TransferView> =
+            self.transfers().values().map(|t| t.view()).collect();
+        transfers.sort_by_key(|t| t.started_ms);
+        Ok(StatusView {
+            http: self
+                .http_addr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            http_mode: self.config.http.to_string(),
+            used_bytes: usage.used_bytes,
+            max_bytes: usage.max_bytes,
+            files: files.len(),
+            seeding: files.iter().filter(|f| f.seeding).count(),
+            earned: sum("earned"),
+            spent: sum("spent"),
+            accounts,
+            transfers,
+        })
+    }
+
+    /// The account with `address` in `role`.
+    pub fn account(&self, address: Address, role: Role) -> Account {
+        self.accounts()
+            .get(&(address, role))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Adds to an account; persisted every 16 parts and when `flush`.
+    pub(crate) fn book(&self, address: Address, role: Role, delta: Account, flush: bool) {
+        let snapshot = {
+            let mut accounts = self.accounts();
+            let a = accounts.entry((address, role)).or_default();
+            a.parts += delta.parts;
+            a.bytes += delta.bytes;
+            a.owed += delta.owed;
+            a.paid += delta.paid;
+            (flush || (delta.parts > 0 && a.parts.is_multiple_of(16))).then(|| a.clone())
+        };
+        if let Some(a) = snapshot
+            && let Err(e) = self.store.save_account(&address, role == Role::Earned, &a)
+        {
+            tracing::warn!(%address, error = %e, "cannot save an account");
+        }
+    }
+
+    pub(crate) fn flush_account(&self, address: Address, role: Role) {
+        self.book(address, role, Account::default(), true);
+    }
+
+    fn accounts(&self) -> MutexGuard<'_, HashMap<(Address, Role), Account>> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn transfers(&self) -> MutexGuard<'_, HashMap<FileId, Arc<Transfer>>> {
+        self.transfers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) fn file_view(f: &StoredFile) -> FileView {
+    let m = &f.meta;
+    FileView {
+        id: m.id,
+        name: m.name().to_string(),
+        length: m.length(),
+        parts: m.piece_count(),
+        have_parts: f.have.count(),
+        complete: f.complete(),
+        seeding: f.seeding,
+        encrypted: f.encrypted || crypt::salt_of(m.name()).is_some(),
+        price_per_mib: f.price_per_mib,
+        sha256: hex::encode(m.sha256),
+        magnet: m.magnet(),
+        files: m
+            .spans()
+            .into_iter()
+            .filter(|s| !s.path.is_empty())
+            .map(|s| FileEntryView {
+                path: s.path.join("/"),
+                length: s.length,
+            })
+            .collect(),
+    }
+}
