@@ -307,6 +307,7 @@ impl Activity {
                         cores: 1,
                         min_compute_per_core: 1,
                     }],
+                    max_compute_per_core: 1000,
                     memory_mib_per_core: 256,
                     min_memory_mbps: 100,
                 },
