@@ -80,7 +80,7 @@ impl Channels {
     ) -> Channels {
         Channels {
             payer: Payer::new(ledger.clone(), key, store.clone()),
-            payee: Payee::new(ledger.clone(), store.clone()),
+            payee: Payee::new(ledger.clone(), store.clone(), terms.claim_margin_blocks),
             ledger,
             store,
             terms,
@@ -115,9 +115,7 @@ impl Channels {
             .map_err(zennet_pay::PayError::from)?
         {
             if want(&rec.payer)
-                && let Some(tx) = self
-                    .payee
-                    .claim_if_due(&rec.channel, self.terms.claim_margin_blocks)?
+                && let Some(tx) = self.payee.claim_if_due(&rec.channel)?
             {
                 txs.push(tx);
             }
@@ -196,7 +194,13 @@ impl PartPayer for Channels {
 
 impl PartPayee for Channels {
     fn receive(&self, payer: Address, voucher: SignedVoucher) -> Result<Amount, FsError> {
-        self.payee.admit(&voucher.voucher.channel, &payer)?;
+        // A part's voucher must stay claimable: the challenge period and the
+        // claim margin must fit before the channel expires.
+        let min_expiry = self.ledger.height()
+            + self.ledger.genesis().economics.channel_challenge_period
+            + self.terms.claim_margin_blocks;
+        self.payee
+            .admit(&voucher.voucher.channel, &payer, min_expiry)?;
         Ok(match self.payee.receive(voucher)? {
             Received::New { added, .. } => added,
             Received::Repeat => 0,

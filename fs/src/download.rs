@@ -146,7 +146,7 @@ pub(crate) async fn hello(fs: &Fs, peer: PeerId, file: FileId) -> Result<Source,
     if offer.file != file {
         return Err(format!("offered {} instead", offer.file));
     }
-    if offer.signer(fs.config.chain_id) != address || address.is_none() {
+    if offer.signer(fs.config.chain_id, &fs.config.genesis) != address || address.is_none() {
         return Err("its offer is not signed by its own key".into());
     }
     Ok(Source {

@@ -243,7 +243,7 @@ fn charge(fs: &Fs, f: &StoredFile, bytes: u64, headers: &HeaderMap) -> Result<()
         Some(v) => v,
         None => return Err(due(None, "the voucher header is not a hex borsh voucher")),
     };
-    let Ok(payer) = voucher.signer() else {
+    let Ok(payer) = voucher.signer(&fs.config().genesis) else {
         return Err(due(None, "the voucher's signature does not verify"));
     };
     match fs.payee.receive(payer, voucher) {

@@ -80,7 +80,7 @@ async fn session(
         have: f.have.as_bytes().to_vec(),
         signature: zennet_chain::Signature([0; 65]),
     }
-    .sign(&fs.key, fs.config.chain_id);
+    .sign(&fs.key, fs.config.chain_id, &fs.config.genesis);
     wire::write(&mut wr, &Frame::Offer(offer)).await?;
     wire::flush(&mut wr).await?;
     tracing::debug!(%peer, %file, %price, "offer sent");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use zennet_chain::{Address, Amount, SecretKey};
+use zennet_chain::{Address, Amount, Hash, SecretKey};
 use zennet_net::NetHandle;
 use zennet_net::content::stream_protocol;
 
@@ -51,6 +51,8 @@ pub struct FsConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub chain_id: u64,
+    /// The genesis hash signatures on this chain are bound to.
+    pub genesis: Hash,
     /// Price of files added without `--price`, base units per MiB.
     pub price_per_mib: Amount,
     /// Highest price a `get` pays without `--max-price`.
@@ -65,11 +67,12 @@ pub struct FsConfig {
 }
 
 impl FsConfig {
-    pub fn new(dir: PathBuf, chain_id: u64) -> FsConfig {
+    pub fn new(dir: PathBuf, chain_id: u64, genesis: Hash) -> FsConfig {
         FsConfig {
             dir,
             max_bytes: 10 << 30,
             chain_id,
+            genesis,
             price_per_mib: 0,
             max_price_per_mib: 0,
             credit_parts: 64,

@@ -48,7 +48,7 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn signing_hash(&self, chain_id: u64) -> zennet_chain::Hash {
+    pub fn signing_hash(&self, chain_id: u64, genesis: &zennet_chain::Hash) -> zennet_chain::Hash {
         let mut payload = Vec::with_capacity(64 + self.have.len());
         payload.extend_from_slice(&self.file.0);
         payload.extend_from_slice(&self.price_per_mib.to_be_bytes());
@@ -58,17 +58,30 @@ impl Offer {
             payload.extend_from_slice(p.as_bytes());
         }
         payload.extend_from_slice(&self.have);
-        zennet_chain::crypto::signing_hash("fs-offer", chain_id, &payload)
+        zennet_chain::crypto::signing_hash("fs-offer", chain_id, genesis, &payload)
     }
 
-    pub fn sign(mut self, key: &zennet_chain::SecretKey, chain_id: u64) -> Offer {
-        self.signature = key.sign(&self.signing_hash(chain_id));
+    pub fn sign(
+        mut self,
+        key: &zennet_chain::SecretKey,
+        chain_id: u64,
+        genesis: &zennet_chain::Hash,
+    ) -> Offer {
+        self.signature = key.sign(&self.signing_hash(chain_id, genesis));
         self
     }
 
     /// The address that signed the quote.
-    pub fn signer(&self, chain_id: u64) -> Option<zennet_chain::Address> {
-        zennet_chain::crypto::recover_address(&self.signing_hash(chain_id), &self.signature).ok()
+    pub fn signer(
+        &self,
+        chain_id: u64,
+        genesis: &zennet_chain::Hash,
+    ) -> Option<zennet_chain::Address> {
+        zennet_chain::crypto::recover_address(
+            &self.signing_hash(chain_id, genesis),
+            &self.signature,
+        )
+        .ok()
     }
 }
 
@@ -404,14 +417,14 @@ mod tests {
             have: vec![0xff, 0x80],
             signature: zennet_chain::Signature([0; 65]),
         }
-        .sign(&key, 7);
+        .sign(&key, 7, &Hash([9; 32]));
         let voucher = Voucher {
             chain_id: 7,
             channel: Hash([1; 32]),
             seq: 3,
             cumulative: 99,
         }
-        .sign(&key);
+        .sign(&key, &Hash([9; 32]));
         vec![
             Frame::Hello {
                 file: FileId([1; 20]),
@@ -506,11 +519,21 @@ mod tests {
         let Frame::Offer(o) = &frames()[1] else {
             unreachable!()
         };
-        let o = o.clone().sign(&key, 7);
-        assert_eq!(o.signer(7), Some(key.address()));
-        assert_ne!(o.signer(8), Some(key.address()), "another chain");
+        let genesis = Hash([9; 32]);
+        let o = o.clone().sign(&key, 7, &genesis);
+        assert_eq!(o.signer(7, &genesis), Some(key.address()));
+        assert_ne!(o.signer(8, &genesis), Some(key.address()), "another chain");
+        assert_ne!(
+            o.signer(7, &Hash([8; 32])),
+            Some(key.address()),
+            "another genesis"
+        );
         let mut cheaper = o.clone();
         cheaper.price_per_mib = 1;
-        assert_ne!(cheaper.signer(7), Some(key.address()), "a changed price");
+        assert_ne!(
+            cheaper.signer(7, &genesis),
+            Some(key.address()),
+            "a changed price"
+        );
     }
 }

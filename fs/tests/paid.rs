@@ -70,7 +70,11 @@ fn channels(n: &Node) -> Arc<Channels> {
 }
 
 fn fs_on(n: &Node, dir: &Path, pay: &Arc<Channels>) -> Arc<Fs> {
-    let mut config = FsConfig::new(dir.to_path_buf(), n.ledger.chain_id());
+    let mut config = FsConfig::new(
+        dir.to_path_buf(),
+        n.ledger.chain_id(),
+        n.ledger.genesis_hash(),
+    );
     config.window = 4;
     config.credit_parts = CREDIT;
     config.price_per_mib = PRICE;
@@ -308,7 +312,7 @@ async fn a_leecher_that_stops_paying_is_cut_off_and_stays_cut_off() {
             seq,
             cumulative: part * parts as Amount,
         }
-        .sign(&l.key)
+        .sign(&l.key, &l.ledger.genesis_hash())
     };
 
     // Pays for the first two parts, then stops: served up to the credit.
@@ -356,7 +360,7 @@ async fn a_voucher_over_the_deposit_or_on_a_foreign_channel_is_refused_and_not_c
         seq: 1,
         cumulative: part * 8,
     }
-    .sign(&l.key);
+    .sign(&l.key, &l.ledger.genesis_hash());
     let (got, refused) = leech(&l, &s, file, 8, |i| (i == 0).then(|| over.clone())).await;
     let reason = refused.expect("refused");
     assert!(
@@ -375,7 +379,7 @@ async fn a_voucher_over_the_deposit_or_on_a_foreign_channel_is_refused_and_not_c
         seq: 1,
         cumulative: part * 8,
     }
-    .sign(&l.key);
+    .sign(&l.key, &l.ledger.genesis_hash());
     let (_, refused) = leech(&l, &s, file, 8, |i| (i == 0).then(|| forged.clone())).await;
     assert!(refused.expect("refused").contains("voucher refused"));
     assert_eq!(s_pay.payee().paid(&foreign).unwrap(), 0);

@@ -42,7 +42,7 @@ async fn node(bootstrap: &[Multiaddr]) -> Node {
 }
 
 fn fs_on(n: &Node, dir: &Path) -> Arc<Fs> {
-    let mut config = FsConfig::new(dir.to_path_buf(), CHAIN_ID);
+    let mut config = FsConfig::new(dir.to_path_buf(), CHAIN_ID, zennet_chain::Hash::ZERO);
     config.window = 8;
     Fs::start(
         config,
@@ -171,7 +171,11 @@ async fn fake_seeder(n: &Node, meta: Vec<u8>, have: Vec<u8>, file: FileId) {
                                 have: have.clone(),
                                 signature: zennet_chain::Signature([0; 65]),
                             }
-                            .sign(&key, CHAIN_ID),
+                            .sign(
+                                &key,
+                                CHAIN_ID,
+                                &zennet_chain::Hash::ZERO,
+                            ),
                         ),
                         Frame::GetMeta => Frame::Meta(meta.clone()),
                         _ => break,
