@@ -132,7 +132,11 @@ pub async fn start(
     chain_id: u64,
 ) -> Result<Arc<Fs>> {
     let section = home.config()?.fs;
-    let mut config = FsConfig::new(home.fs_dir(), chain_id, ledger.genesis_hash());
+    let mut config = FsConfig::new(
+        home.fs_dir(),
+        chain_id,
+        zennet_chain::Ledger::genesis_hash(&*ledger),
+    );
     config.max_bytes = (section.max_gib * (1u64 << 30) as f64) as u64;
     config.price_per_mib = section.price_per_mib;
     config.max_price_per_mib = section.max_price_per_mib;
