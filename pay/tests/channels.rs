@@ -333,7 +333,7 @@ fn a_voucher_signed_by_anyone_else_is_refused() {
         seq: 1,
         cumulative: 999,
     }
-    .sign(&SecretKey::generate());
+    .sign(&SecretKey::generate(), &w.payee_ledger.genesis_hash());
     assert!(matches!(
         w.payee.receive(forged),
         Err(PayError::Voucher(VoucherRejected::NotPayer { .. }))
