@@ -530,10 +530,10 @@ base_per_second = "10"
         let child = cmd.spawn().context("cannot start a node process")?;
         let started = Instant::now();
         let api = loop {
-            if let Ok(c) = home.client() {
-                if c.get::<Info>("/v1/info").await.is_ok() {
-                    break c;
-                }
+            if let Ok(c) = home.client()
+                && c.get::<Info>("/v1/info").await.is_ok()
+            {
+                break c;
             }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!(

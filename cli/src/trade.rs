@@ -10,7 +10,6 @@ use zennet_provider::{ContractView as Contract, TaskVerdict};
 use zennet_publisher::{TaskView, VmView};
 
 use crate::api::{AnnounceTask, PublisherInfo, SetPaying, Submitted};
-use crate::client::Client;
 use crate::commands::Output;
 use crate::home::Home;
 

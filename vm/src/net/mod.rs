@@ -420,11 +420,11 @@ pub fn netns_path(netns: &str) -> PathBuf {
 fn remove(spec: &NetworkSpec) {
     if let Some(netns) = spec.netns()
         && exists(netns)
+        && let Err(e) = run("ip", &["netns", "del", netns], None, None)
     {
-        if let Err(e) = run("ip", &["netns", "del", netns], None, None) {
-            tracing::warn!(%netns, error = %e, "cannot remove the VM's network namespace");
-        }
+        tracing::warn!(%netns, error = %e, "cannot remove the VM's network namespace");
     }
+
     if let NetworkSpec::Internet { host_if, .. } = spec
         && Path::new("/sys/class/net").join(host_if).exists()
     {
