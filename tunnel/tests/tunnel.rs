@@ -286,7 +286,15 @@ async fn ssh_audit_finds_no_weak_algorithm() {
         .await
         .unwrap();
     let out = tokio::process::Command::new(SSH_AUDIT)
-        .args(["-p", &server.local_addr.port().to_string(), "127.0.0.1"])
+        // The rate test (DHEat) wants < 20 new connections/s per source;
+        // the server bounds concurrent unauthenticated ones instead (see
+        // the flood test), so it is skipped here.
+        .args([
+            "--skip-rate-test",
+            "-p",
+            &server.local_addr.port().to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .await
         .expect("ssh-audit runs (scripts/setup.sh installs it)");
@@ -299,7 +307,9 @@ async fn ssh_audit_finds_no_weak_algorithm() {
     );
     assert!(text.contains("mlkem768x25519-sha256"), "{text}");
     assert!(
-        matches!(out.status.code(), Some(0) | Some(1)),
+        // ssh-audit: 0 good, 2 warnings (curve25519 is not post-quantum;
+        // it stays for OpenSSH before 9.9), 3 failures, 1 no connection.
+        matches!(out.status.code(), Some(0) | Some(2)),
         "ssh-audit exit {:?}:\n{text}",
         out.status.code()
     );
