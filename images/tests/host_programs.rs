@@ -24,6 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("nft", "nftables"),
+    ("mke2fs", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
     ("ls", "coreutils"),
     ("true", "coreutils"),
     ("sysbench", "sysbench"),
