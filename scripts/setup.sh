@@ -35,6 +35,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Python tools the tests run, from PyPI, in a venv of their own (Debian's
+# python3 refuses pip installs into the system; the venv needs python3-venv
+# from HOST-PACKAGES). ssh-audit grades the publisher's SSH server.
+TOOLS=${ZENNET_TOOLS:-/opt/zennet-tools}
+if [ ! -x "$TOOLS/bin/ssh-audit" ]; then
+  echo "setup: installing ssh-audit into $TOOLS" >&2
+  $SUDO python3 -m venv "$TOOLS"
+  $SUDO "$TOOLS/bin/pip" install -q ssh-audit==3.9.0
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (stable) with rustup first" >&2
   exit 1

@@ -51,6 +51,8 @@ async fn launch_ours(image: &zennet_images::Image, round: usize) -> f64 {
         mem_mib: 256,
         kernel: image.kernel(),
         initramfs: image.initramfs(),
+        kernel_sha256: None,
+        initramfs_sha256: None,
         kernel_args: image.kernel_args(&[]).unwrap(),
         scratch_gib: 1,
         persistent: None,

@@ -1,4 +1,5 @@
-//! The CLI's client for a running node's API.
+//! The CLI's client for a running node's API; every request carries the
+//! home's API token (`Authorization: Bearer …`).
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
@@ -8,19 +9,26 @@ use crate::api::ErrorBody;
 
 pub struct Client {
     base: String,
+    token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(base: String) -> Client {
+    pub fn new(base: String, token: String) -> Client {
         Client {
             base,
+            token,
             http: reqwest::Client::new(),
         }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
         self.decode(resp).await
     }
 
@@ -28,6 +36,7 @@ impl Client {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
             .json(body)
             .send()
             .await;

@@ -250,14 +250,14 @@ pub fn read_public_key(path: &Path) -> Result<String> {
 }
 
 pub async fn agent_vm_start(home: &Home, req: zennet_vm::StartVm, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let vm: zennet_vm::VmInfo = client.post("/v1/agent/vms", &req).await?;
     out.print(&vm, || format!("{} ssh port {}", vm.id, vm.ssh_port));
     Ok(())
 }
 
 pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let vms: Vec<zennet_vm::VmInfo> = client.get("/v1/agent/vms").await?;
     out.print(&vms, || {
         vms.iter()
@@ -283,7 +283,7 @@ pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
 }
 
 pub async fn agent_vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let vm: zennet_vm::VmInfo = client
         .post(&format!("/v1/agent/vms/{id}/stop"), &())
         .await?;
@@ -292,7 +292,7 @@ pub async fn agent_vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
 }
 
 pub async fn node_info(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let info: NodeInfo = client.get("/v1/node").await?;
     out.print(&info, || {
         let mut s = format!(
@@ -313,7 +313,7 @@ listen  {a}"
 }
 
 pub async fn node_peers(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let peers: Vec<PeerView> = client.get("/v1/peers").await?;
     out.print(&peers, || {
         peers
@@ -351,7 +351,7 @@ pub async fn wallet_balance(home: &Home, address: Option<&str>, out: Output) -> 
         Some(a) => a.parse()?,
         None => home.key()?.address(),
     };
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let account: AccountView = client.get(&format!("/v1/accounts/{address}")).await?;
     out.print(&account, || account.balance.to_string());
     Ok(())
@@ -372,7 +372,7 @@ pub async fn wallet_send(
     }
     let key = home.key()?;
     let genesis = home.genesis()?;
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let body = TxBody::Transfer { to, amount };
     let hash = submit(&client, &key, &genesis, body, fee_per_byte).await?;
     if wait {
@@ -426,7 +426,7 @@ pub async fn wait_mined(client: &Client, hash: &Hash, timeout: Duration) -> Resu
 }
 
 pub async fn chain_info(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let info: Info = client.get("/v1/info").await?;
     out.print(&info, || {
         format!(
@@ -442,7 +442,7 @@ pub async fn chain_block(home: &Home, id: &str, out: Output) -> Result<()> {
         id.parse::<Hash>()
             .with_context(|| format!("{id:?} is neither a block height nor a block hash"))?;
     }
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let block: BlockView = client.get(&format!("/v1/blocks/{id}")).await?;
     out.print(&block, || {
         let mut s = format!(
@@ -466,7 +466,7 @@ pub async fn chain_block(home: &Home, id: &str, out: Output) -> Result<()> {
 
 pub async fn chain_tx(home: &Home, hash: &str, out: Output) -> Result<()> {
     let hash: Hash = hash.parse()?;
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let tx: TxView = client.get(&format!("/v1/txs/{hash}")).await?;
     out.print(&tx, || {
         let mut s = format!("tx {}\nstatus {}", tx.hash, tx.status);
@@ -502,7 +502,7 @@ pub async fn id_mine(
     let genesis = home.genesis()?;
     // Fail before spending the work if the registration cannot be sent.
     let client = if register {
-        let client = Client::new(home.api_url()?);
+        let client = home.client()?;
         let ids: crate::api::IdentitiesView = client
             .get(&format!("/v1/identities/{}", key.address()))
             .await?;

@@ -158,6 +158,18 @@ struct NodeProc {
     address: Address,
 }
 
+/// A check's verdict that waiting longer cannot change.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
 struct Devnet {
     root: PathBuf,
     nodes: Vec<NodeProc>,
@@ -328,6 +340,25 @@ base_per_second = "10"
             "every VM to be running and reachable",
             Duration::from_secs(300),
             || async move {
+                // A provider that gave up says why: stop now, with its reason.
+                for node in &self.nodes[2..] {
+                    let contracts: Vec<Contract> = node.api.get("/v1/agent/contracts").await?;
+                    if let Some(c) = contracts
+                        .iter()
+                        .find(|c| c.task == task && matches!(c.phase, Phase::Failed | Phase::Ended))
+                    {
+                        return Err(Fatal(format!(
+                            "{} gave up the task: {}",
+                            node.home
+                                .dir()
+                                .file_name()
+                                .unwrap_or_default()
+                                .to_string_lossy(),
+                            c.end_reason.as_deref().unwrap_or("no reason recorded")
+                        ))
+                        .into());
+                    }
+                }
                 let vms: Vec<VmView> = self.nodes[1].api.get("/v1/publisher/vms").await?;
                 Ok(vms
                     .iter()
@@ -499,11 +530,10 @@ base_per_second = "10"
         let child = cmd.spawn().context("cannot start a node process")?;
         let started = Instant::now();
         let api = loop {
-            if let Ok(url) = home.api_url() {
-                let c = Client::new(url);
-                if c.get::<Info>("/v1/info").await.is_ok() {
-                    break c;
-                }
+            if let Ok(c) = home.client()
+                && c.get::<Info>("/v1/info").await.is_ok()
+            {
+                break c;
             }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!(
@@ -594,8 +624,15 @@ base_per_second = "10"
     {
         let started = Instant::now();
         loop {
-            if let Ok(true) = check().await {
-                return Ok(());
+            match check().await {
+                Ok(true) => return Ok(()),
+                Err(e) if e.is::<Fatal>() => {
+                    bail!(
+                        "{e} (while waiting for {what}; node logs are in {})",
+                        self.root.display()
+                    );
+                }
+                _ => {}
             }
             if started.elapsed() > timeout {
                 bail!(

@@ -8,6 +8,8 @@
 //! HOME/chain/         chain.db (SQLite) and ethash/ caches
 //! HOME/fs/            the file store: index.db (SQLite) and parts/ by SHA-1
 //! HOME/node.json      written by a running node: its API address and pid
+//! HOME/api_token      the node API's bearer token, hex (0600; made by the
+//!                     first `node run`, sent by every CLI command)
 //! HOME/node.lock      held by a running node
 //! ```
 
@@ -81,6 +83,19 @@ pub struct ProviderSection {
     pub compute_per_core: Option<u32>,
     /// Seconds a VM stays paused for lack of payment before it is terminated.
     pub grace_secs: Option<u64>,
+    /// Uids VM processes run as, one per VM, as `FIRST-LAST` (default
+    /// 2100000000-2100009999).
+    pub vm_uid_range: Option<String>,
+    /// What a guest reaches: `isolated` (nothing; the default) or
+    /// `internet` (public addresses only, shaped and metered).
+    pub guest_network: Option<zennet_vm::GuestNetwork>,
+    /// Where internet-mode VM uplinks take their /30s from (default
+    /// 10.213.0.0/16).
+    pub guest_subnet: Option<zennet_vm::Subnet>,
+    /// Resolver told to internet-mode guests (a public address).
+    pub guest_dns: Option<std::net::Ipv4Addr>,
+    /// Bandwidth each way of an internet-mode VM whose task bought none.
+    pub guest_bandwidth_mbps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +193,9 @@ impl Home {
     }
     pub fn fs_dir(&self) -> PathBuf {
         self.dir.join("fs")
+    }
+    pub fn api_token_path(&self) -> PathBuf {
+        self.dir.join("api_token")
     }
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join("node.lock")
@@ -285,6 +303,59 @@ impl Home {
 
     pub fn remove_node_file(&self) {
         let _ = fs::remove_file(self.node_file_path());
+    }
+
+    /// The node API's token: read from `api_token`, made (32 random bytes,
+    /// 0600) if the home has none yet. Only `node run` makes it.
+    pub fn load_or_create_api_token(&self) -> Result<String> {
+        if self.api_token_path().exists() {
+            return self.api_token();
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).context("no randomness for the API token")?;
+        let token = hex::encode(bytes);
+        write_atomic(
+            &self.api_token_path(),
+            format!("{token}\n").as_bytes(),
+            0o600,
+        )?;
+        Ok(token)
+    }
+
+    /// The node API's token, as the CLI sends it.
+    pub fn api_token(&self) -> Result<String> {
+        let path = self.api_token_path();
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the API token {}; start the node once with `zennet --home {} node run`",
+                path.display(),
+                self.dir.display()
+            )
+        })?;
+        let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let token = text.trim().to_string();
+        if token.len() < 32 {
+            bail!(
+                "{} holds no token; delete it and restart the node",
+                path.display()
+            );
+        }
+        Ok(token)
+    }
+
+    /// A client for the running node's API, carrying the token.
+    pub fn client(&self) -> Result<crate::client::Client> {
+        Ok(crate::client::Client::new(
+            self.api_url()?,
+            self.api_token()?,
+        ))
     }
 
     /// The running node's API base URL.

@@ -377,6 +377,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mem_mib,
                 volume,
                 volume_gib: disk_gib,
+                scratch_gib: None,
+                network: None,
+                bandwidth_mbps: None,
                 authorized_key: commands::read_public_key(&authorized_key)?,
             };
             commands::agent_vm_start(&home, req, out).await

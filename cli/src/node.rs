@@ -318,6 +318,8 @@ impl NodeHandle {
             .await
             .with_context(|| format!("cannot listen on {api} for the API"))?;
         let api_addr = listener.local_addr()?;
+        // The token exists before node.json says where the API is.
+        let token = home.load_or_create_api_token()?;
         home.write_node_file(&NodeFile {
             api: api_addr.to_string(),
             pid: std::process::id(),
@@ -325,7 +327,7 @@ impl NodeHandle {
         tracing::info!(%api_addr, "API listening");
 
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let router = api::router(node.clone());
+        let router = api::router(node.clone(), token);
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async {
                 let _ = stopped.await;

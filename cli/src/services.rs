@@ -49,15 +49,52 @@ pub async fn start_vms(home: &Home) -> Result<Arc<Runtime>> {
         })?;
     let qemu = qemu_config(home, &image).await?;
     tracing::info!(accel = qemu.accel.name(), "VM runtime");
-    Runtime::open(
-        zennet_vm::RuntimeConfig {
-            dir: home.agent_dir(),
-            images_dir,
-        },
-        Arc::new(QemuBackend::new(qemu)),
-    )
-    .await
-    .context("cannot start the VM runtime")
+    let config = home.config()?;
+    let mut runtime = zennet_vm::RuntimeConfig::new(home.agent_dir(), images_dir);
+    let over = &config.provider;
+    let machine = machine(home, over)?;
+    runtime.capacity = Some(zennet_vm::Capacity {
+        cores: machine.cores,
+        memory_mib: machine.memory_mib,
+        disk_gib: machine.disk_gib,
+    });
+    if let Some(range) = &over.vm_uid_range {
+        runtime.uids = parse_uid_range(range)?;
+    }
+    if let Some(mode) = over.guest_network {
+        runtime.network.mode = mode;
+    }
+    if let Some(pool) = over.guest_subnet {
+        runtime.network.pool = pool;
+    }
+    if let Some(dns) = over.guest_dns {
+        runtime.network.dns = dns;
+    }
+    if let Some(mbps) = over.guest_bandwidth_mbps {
+        runtime.network.bandwidth_mbps = mbps;
+    }
+    tracing::info!(network = %runtime.network.mode, uids = ?runtime.uids, "guest isolation");
+    Runtime::open(runtime, Arc::new(QemuBackend::new(qemu)))
+        .await
+        .context("cannot start the VM runtime")
+}
+
+/// `[provider] vm_uid_range` as `FIRST-LAST`.
+fn parse_uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>> {
+    let bad = || {
+        anyhow::anyhow!(
+            "[provider] vm_uid_range {s:?} is not FIRST-LAST, e.g. 2100000000-2100009999 (uids no account uses)"
+        )
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 /// QEMU settings with the accelerator this host really supports (probed

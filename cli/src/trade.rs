@@ -10,7 +10,6 @@ use zennet_provider::{ContractView as Contract, TaskVerdict};
 use zennet_publisher::{TaskView, VmView};
 
 use crate::api::{AnnounceTask, PublisherInfo, SetPaying, Submitted};
-use crate::client::Client;
 use crate::commands::Output;
 use crate::home::Home;
 
@@ -19,7 +18,7 @@ pub async fn task_announce(home: &Home, file: &Path, out: Output) -> Result<()> 
         .with_context(|| format!("cannot read task file {}", file.display()))?;
     // Parse here too, so a bad file fails before the node is asked.
     zennet_publisher::taskfile::TaskFile::parse(&toml)?;
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let s: Submitted = client
         .post("/v1/publisher/tasks", &AnnounceTask { toml })
         .await?;
@@ -28,7 +27,7 @@ pub async fn task_announce(home: &Home, file: &Path, out: Output) -> Result<()> 
 }
 
 pub async fn task_list(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let tasks: Vec<TaskView> = client.get("/v1/publisher/tasks").await?;
     out.print(&tasks, || {
         tasks
@@ -55,7 +54,7 @@ pub async fn task_list(home: &Home, out: Output) -> Result<()> {
 }
 
 pub async fn task_show(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let task: zennet_chain::TaskRecord = client.get(&format!("/v1/tasks/{id}")).await?;
     out.print(&task, || {
         serde_json::to_string_pretty(&task).expect("serialisable")
@@ -64,7 +63,7 @@ pub async fn task_show(home: &Home, id: &str, out: Output) -> Result<()> {
 }
 
 pub async fn task_cancel(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let s: Submitted = client
         .post(&format!("/v1/publisher/tasks/{id}/cancel"), &())
         .await?;
@@ -79,7 +78,7 @@ pub async fn task_pay(
     storage: Option<bool>,
     out: Output,
 ) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let row: zennet_publisher::store::TaskRow = client
         .post(
             &format!("/v1/publisher/tasks/{id}/pay"),
@@ -96,7 +95,7 @@ pub async fn task_pay(
 }
 
 pub async fn vm_list(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let vms: Vec<VmView> = client.get("/v1/publisher/vms").await?;
     out.print(&vms, || {
         vms.iter()
@@ -120,7 +119,7 @@ pub async fn vm_list(home: &Home, out: Output) -> Result<()> {
 }
 
 pub async fn vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let vm: VmView = client
         .post(&format!("/v1/publisher/vms/{id}/stop"), &())
         .await?;
@@ -148,7 +147,7 @@ pub async fn vm_exec(home: &Home, id: &str, command: &[String]) -> Result<()> {
 }
 
 async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::process::Command> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let info: PublisherInfo = client.get("/v1/publisher").await?;
     let vm: VmView = client.get(&format!("/v1/publisher/vms/{id}")).await?;
     let Some(port) = vm.ssh_port.filter(|_| vm.connected) else {
@@ -202,7 +201,7 @@ async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::p
 }
 
 pub async fn agent_tasks(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let tasks: Vec<TaskVerdict> = client.get("/v1/agent/tasks").await?;
     out.print(&tasks, || {
         tasks
@@ -221,7 +220,7 @@ pub async fn agent_tasks(home: &Home, out: Output) -> Result<()> {
 }
 
 pub async fn agent_contracts(home: &Home, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let contracts: Vec<Contract> = client.get("/v1/agent/contracts").await?;
     out.print(&contracts, || {
         contracts
@@ -246,7 +245,7 @@ pub async fn agent_contracts(home: &Home, out: Output) -> Result<()> {
 }
 
 pub async fn agent_accept(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let c: Contract = client
         .post(&format!("/v1/agent/tasks/{id}/accept"), &())
         .await?;
@@ -257,7 +256,7 @@ pub async fn agent_accept(home: &Home, id: &str, out: Output) -> Result<()> {
 }
 
 pub async fn agent_reject(home: &Home, id: &str, out: Output) -> Result<()> {
-    let client = Client::new(home.api_url()?);
+    let client = home.client()?;
     let s: Submitted = client
         .post(&format!("/v1/agent/tasks/{id}/reject"), &())
         .await?;

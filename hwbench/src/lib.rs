@@ -962,6 +962,8 @@ async fn vm_bench(
         mem_mib: 256,
         kernel: vm.image.kernel(),
         initramfs: vm.image.initramfs(),
+        kernel_sha256: None,
+        initramfs_sha256: None,
         kernel_args,
         scratch_gib: 1,
         persistent: None,

@@ -324,6 +324,9 @@ impl Runner {
                         mem_mib: row.memory_mib,
                         volume: (row.storage_gib > 0).then(|| volume_name(&self.task)),
                         volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
+                        scratch_gib: None,
+                        network: None,
+                        bandwidth_mbps: None,
                         authorized_key: terms.vm_key.clone(),
                     })
                     .await
@@ -707,7 +710,11 @@ fn metered(c: &ContractRow, counters: &UsageCounters) -> Usage {
         } else {
             0
         },
-        traffic_bytes: counters.traffic_bytes,
+        // The tunnel's bytes, plus the guest's own internet traffic each
+        // way (zero in isolated mode), all at `per_traffic_gb`.
+        traffic_bytes: counters.traffic_bytes
+            + counters.net_from_guest_bytes
+            + counters.net_to_guest_bytes,
     }
 }
 

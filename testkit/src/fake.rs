@@ -94,6 +94,11 @@ impl Backend for FakeBackend {
         "none"
     }
 
+    /// No guest, so no network namespace (and no root needed).
+    fn uses_netns(&self) -> bool {
+        false
+    }
+
     async fn launch(&self, spec: &VmSpec, run_dir: &Path) -> Result<Box<dyn Instance>, VmError> {
         std::fs::create_dir_all(run_dir)?;
         let serial_log = run_dir.join("serial.log");
@@ -122,6 +127,7 @@ impl Backend for FakeBackend {
                 run_dir: run_dir.to_path_buf(),
                 control: run_dir.join("control"),
                 serial_log,
+                serial_socket: None,
             },
             backend: self.clone(),
         }))

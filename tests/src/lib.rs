@@ -277,6 +277,14 @@ impl TestHome {
         format!("http://{}", node["api"].as_str().unwrap())
     }
 
+    /// The node API's bearer token (`HOME/api_token`).
+    pub fn api_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("api_token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     /// A fresh home on `genesis` (its own key, whatever the genesis funds).
     pub fn on_genesis(genesis: &zennet_chain::Genesis) -> TestHome {
         let h = TestHome::new();

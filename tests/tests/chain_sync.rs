@@ -331,12 +331,14 @@ fn a_transaction_signed_on_devnet_a_is_rejected_on_devnet_b() {
     let client = reqwest::blocking::Client::new();
     let resp = client
         .post(format!("{}/v1/txs", b.api()))
+        .bearer_auth(b.api_token())
         .json(&serde_json::json!({ "raw": raw }))
         .send()
         .unwrap();
-    assert!(
-        !resp.status().is_success(),
-        "devnet B accepted a devnet A transaction"
+    assert_eq!(
+        resp.status(),
+        reqwest::StatusCode::BAD_REQUEST,
+        "devnet B must refuse a devnet A transaction as invalid"
     );
     let balance = b.json(&["wallet", "balance", &key.address().to_string()]);
     assert_eq!(
@@ -348,6 +350,7 @@ fn a_transaction_signed_on_devnet_a_is_rejected_on_devnet_b() {
     let tx = tx.tx.sign(&key, &b_genesis.hash());
     let resp = client
         .post(format!("{}/v1/txs", b.api()))
+        .bearer_auth(b.api_token())
         .json(&serde_json::json!({ "raw": format!("0x{}", hex::encode(tx.encode())) }))
         .send()
         .unwrap();

@@ -132,7 +132,12 @@ fn api_get(home: &TestHome, path: &str) -> Option<Value> {
     let node: Value =
         serde_json::from_slice(&std::fs::read(home.dir.join("node.json")).ok()?).ok()?;
     let url = format!("http://{}{path}", node["api"].as_str()?);
-    let resp = reqwest::blocking::get(url).ok()?;
+    let token = std::fs::read_to_string(home.dir.join("api_token")).ok()?;
+    let resp = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(token.trim())
+        .send()
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }

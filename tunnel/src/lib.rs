@@ -30,4 +30,4 @@ pub mod server;
 
 pub use client::{Tunnel, TunnelError};
 pub use counter::ByteCounter;
-pub use server::{Connection, Forwards, Gate, SshServer};
+pub use server::{Connection, Forwards, Gate, Limits, SshServer};

@@ -6,9 +6,17 @@
 //! for remote port forwards (`tcpip-forward`), which bind on the server's
 //! loopback only, so `ssh -p PORT root@127.0.0.1` reaches the VM's sshd.
 //! Nothing else is offered: no shell, no exec, no direct-tcpip.
+//!
+//! The server is open to the internet, so what an unauthenticated client
+//! can hold is bounded ([`Limits`]): a few connections per source address,
+//! a total, and a deadline to authenticate by (like OpenSSH's
+//! `PerSourceMaxStartups`, `MaxStartups` and `LoginGraceTime`). A flood of
+//! idle connections from one address costs it its own slots only; the
+//! accept loop is ours (russh's `run_on_socket` has no such limits), each
+//! connection then runs through `russh::server::run_stream`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,15 +64,55 @@ impl Forwards {
 
 /// Algorithm preferences for both ends of the tunnel: AES-GCM first (the
 /// CPU does it in hardware almost everywhere; ChaCha20 stays as fallback
-/// for clients that prefer it, such as OpenSSH).
+/// for clients that prefer it, such as OpenSSH). Key exchange is only the
+/// post-quantum hybrid ML-KEM-768 + X25519 and plain curve25519 (no
+/// finite-field or NIST-curve Diffie-Hellman, no SHA-1), with OpenSSH's
+/// strict-kex extension against prefix truncation; MACs (used only with a
+/// non-AEAD cipher) are encrypt-then-MAC SHA-2 ones. Every OpenSSH since
+/// 7.4 speaks a pair of these.
 pub fn preferred() -> russh::Preferred {
+    use russh::kex;
     russh::Preferred {
+        kex: std::borrow::Cow::Borrowed(&[
+            kex::MLKEM768X25519_SHA256,
+            kex::CURVE25519,
+            kex::CURVE25519_PRE_RFC_8731,
+            kex::EXTENSION_SUPPORT_AS_CLIENT,
+            kex::EXTENSION_SUPPORT_AS_SERVER,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+        ]),
         cipher: std::borrow::Cow::Borrowed(&[
             russh::cipher::AES_256_GCM,
             russh::cipher::AES_128_GCM,
             russh::cipher::CHACHA20_POLY1305,
         ]),
+        mac: std::borrow::Cow::Borrowed(&[
+            russh::mac::HMAC_SHA512_ETM,
+            russh::mac::HMAC_SHA256_ETM,
+        ]),
         ..Default::default()
+    }
+}
+
+/// Bounds on what clients that have not authenticated yet may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Unauthenticated connections from one source address.
+    pub per_source: usize,
+    /// Unauthenticated connections in all.
+    pub total: usize,
+    /// A client not authenticated this long after connecting is dropped.
+    pub auth_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_source: 10,
+            total: 100,
+            auth_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -82,6 +130,17 @@ impl SshServer {
         host_key: PrivateKey,
         gate: Arc<dyn Gate>,
         subsystem: &'static str,
+    ) -> std::io::Result<(SshServer, mpsc::Receiver<Connection>)> {
+        Self::start_with(listen, host_key, gate, subsystem, Limits::default()).await
+    }
+
+    /// [`SshServer::start`] with explicit [`Limits`].
+    pub async fn start_with(
+        listen: &str,
+        host_key: PrivateKey,
+        gate: Arc<dyn Gate>,
+        subsystem: &'static str,
+        limits: Limits,
     ) -> std::io::Result<(SshServer, mpsc::Receiver<Connection>)> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
@@ -108,13 +167,123 @@ impl SshServer {
             tx,
             subsystem,
         };
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let task = tokio::spawn(async move {
-            if let Err(e) = server.run_on_socket(config, &listener).await {
-                tracing::error!(error = %e, "SSH server stopped");
+            loop {
+                let (socket, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors and the like: pass, don't spin.
+                        tracing::warn!(error = %e, "SSH accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = Slot::take(&pending, peer.ip(), &limits) else {
+                    tracing::debug!(%peer, "SSH connection refused: too many unauthenticated");
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let slot = Arc::new(Mutex::new(Some(slot)));
+                let mut handler = server.new_client(Some(peer));
+                handler.unauthenticated = Some(slot.clone());
+                tokio::spawn(serve(
+                    config.clone(),
+                    socket,
+                    handler,
+                    slot,
+                    limits.auth_timeout,
+                ));
             }
         });
         tracing::info!(%local_addr, "SSH server listening");
         Ok((SshServer { local_addr, task }, rx))
+    }
+}
+
+/// One connection: dropped unless it authenticates within `timeout`.
+async fn serve(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    handler: SessionHandler,
+    slot: Arc<Mutex<Option<Slot>>>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let authenticated = || slot.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            _ => return,
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    loop {
+        if authenticated() {
+            let _ = session.await;
+            return;
+        }
+        tokio::select! {
+            _ = &mut session => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if !authenticated() && tokio::time::Instant::now() >= deadline {
+                    tracing::debug!("SSH client did not authenticate in time");
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "authentication timeout".into(),
+                            String::new(),
+                        )
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Unauthenticated connections held, per source and in all.
+#[derive(Default)]
+struct Pending {
+    by_source: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// One unauthenticated connection's place; freed when dropped (on
+/// authentication, or when the connection ends).
+struct Slot {
+    pending: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(pending: &Arc<Mutex<Pending>>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
+        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let here = p.by_source.get(&ip).copied().unwrap_or(0);
+        if here >= limits.per_source || p.total >= limits.total {
+            return None;
+        }
+        p.by_source.insert(ip, here + 1);
+        p.total += 1;
+        Some(Slot {
+            pending: pending.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.total -= 1;
+        if let Some(n) = p.by_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_source.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -143,6 +312,7 @@ impl russh::server::Server for Acceptor {
             channels: HashMap::new(),
             forwards: Forwards::default(),
             listeners: Vec::new(),
+            unauthenticated: None,
         }
     }
 
@@ -162,6 +332,8 @@ struct SessionHandler {
     channels: HashMap<ChannelId, Channel<Msg>>,
     forwards: Forwards,
     listeners: Vec<JoinHandle<()>>,
+    /// The connection's unauthenticated slot, freed on authentication.
+    unauthenticated: Option<Arc<Mutex<Option<Slot>>>>,
 }
 
 impl Drop for SessionHandler {
@@ -196,6 +368,9 @@ impl russh::server::Handler for SessionHandler {
         if self.gate.admits(&fp) {
             tracing::info!(key = %fp, peer = ?self.peer, "node admitted");
             self.key = Some(fp);
+            if let Some(slot) = self.unauthenticated.take() {
+                slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
             Ok(Auth::Accept)
         } else {
             tracing::info!(key = %fp, peer = ?self.peer, "refused: no acceptance on chain names this key");

@@ -175,3 +175,142 @@ async fn openssh_client_interoperates_with_the_publisher_server() {
     assert_eq!(echo_through(port).await, b"through the tunnel");
     child.kill().await.unwrap();
 }
+
+/// Opens a TCP connection to `port` from source address `from`.
+async fn connect_from(from: &str, port: u16) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(format!("{from}:0").parse().ok()?).ok()?;
+    socket.connect(([127, 0, 0, 1], port).into()).await.ok()
+}
+
+/// Whether the server closed `s` (end of file) within `wait`, reading
+/// whatever it sent first (its SSH banner).
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The attacker opens 500 connections that never authenticate, 450 from
+/// one address and 50 from as many others: the server holds no more than
+/// its per-source and total limits of them, the node whose key is
+/// accepted still gets in from its own address, and every idle one is
+/// dropped at the authentication deadline.
+#[tokio::test]
+async fn a_flood_of_idle_connections_does_not_lock_the_node_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let host_fp = sshkey::fingerprint(host.public_key());
+    let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
+    let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
+    let limits = zennet_tunnel::Limits {
+        per_source: 8,
+        total: 40,
+        auth_timeout: Duration::from_secs(3),
+    };
+    let (server, _conns) =
+        SshServer::start_with("127.0.0.1:0", host, gate, wire::SUBSYSTEM, limits)
+            .await
+            .unwrap();
+    let port = server.local_addr.port();
+
+    let mut flood = Vec::new();
+    for _ in 0..450 {
+        flood.push(connect_from("127.0.0.3", port).await.expect("connect"));
+    }
+    for i in 0..50 {
+        flood.push(
+            connect_from(&format!("127.0.1.{}", i + 1), port)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut checks = tokio::task::JoinSet::new();
+    for mut s in flood {
+        checks.spawn(async move {
+            (!closed_within(&mut s, Duration::from_millis(500)).await).then_some(s)
+        });
+    }
+    let held: Vec<TcpStream> = checks.join_all().await.into_iter().flatten().collect();
+    assert!(
+        held.len() <= limits.total && held.len() >= limits.per_source,
+        "the server holds {} idle connections",
+        held.len()
+    );
+
+    // Full of idle connections: the node is refused only while they last.
+    let started = std::time::Instant::now();
+    let tunnel = loop {
+        match Tunnel::dial(&server.local_addr.to_string(), host_fp, node.clone()).await {
+            Ok(t) => break t,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("the node never got in: {e}"),
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the node waited {:?}",
+        started.elapsed()
+    );
+    for mut s in held {
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "an idle connection outlived the deadline"
+        );
+    }
+    // Authenticated, the node is past the deadline and stays.
+    tokio::time::sleep(limits.auth_timeout).await;
+    tunnel.open_subsystem(wire::SUBSYSTEM).await.unwrap();
+}
+
+/// Where `scripts/setup.sh` installs PyPI's ssh-audit.
+const SSH_AUDIT: &str = "/opt/zennet-tools/bin/ssh-audit";
+
+/// ssh-audit, playing a scanner grading the publisher's server: no
+/// algorithm it offers is one ssh-audit fails (weak key exchange, SHA-1,
+/// non-ETM MACs, small DH groups).
+#[tokio::test]
+async fn ssh_audit_finds_no_weak_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let gate = Arc::new(OneKey(Hash([0; 32])));
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(SSH_AUDIT)
+        // The rate test (DHEat) wants < 20 new connections/s per source;
+        // the server bounds concurrent unauthenticated ones instead (see
+        // the flood test), so it is skipped here.
+        .args([
+            "--skip-rate-test",
+            "-p",
+            &server.local_addr.port().to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .await
+        .expect("ssh-audit runs (scripts/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fails: Vec<&str> = text.lines().filter(|l| l.contains("[fail]")).collect();
+    assert!(
+        fails.is_empty(),
+        "ssh-audit fails:\n{}\n{text}",
+        fails.join("\n")
+    );
+    assert!(text.contains("mlkem768x25519-sha256"), "{text}");
+    assert!(
+        // ssh-audit: 0 good, 2 warnings (curve25519 is not post-quantum;
+        // it stays for OpenSSH before 9.9), 3 failures, 1 no connection.
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "ssh-audit exit {:?}:\n{text}",
+        out.status.code()
+    );
+}

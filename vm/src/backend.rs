@@ -25,6 +25,12 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// What accelerates guests here ("kvm", "tcg", "xen").
     fn accelerator(&self) -> &'static str;
+    /// Whether the runtime gives each VM a network namespace of its own
+    /// ([`crate::net`]) for the backend to attach the guest to. A backend
+    /// that says no gets [`crate::NetworkSpec::UserNat`] specs.
+    fn uses_netns(&self) -> bool {
+        true
+    }
     /// Starts `spec` with its private files under `run_dir`; returns once
     /// the VM's control channel answers.
     async fn launch(&self, spec: &VmSpec, run_dir: &Path) -> Result<Box<dyn Instance>, VmError>;
@@ -45,6 +51,11 @@ pub trait Instance: Send + Sync {
     fn process(&self) -> &Process;
     /// Whether the VM's process still runs.
     fn is_alive(&self) -> bool;
+    /// How a VM that is no longer alive ended, where the backend can tell
+    /// (QEMU: only for a process this node launched; `None` otherwise).
+    fn exit(&self) -> Option<Exit> {
+        None
+    }
     /// Stops the guest's vCPUs; it keeps its memory.
     async fn pause(&self) -> Result<(), VmError>;
     async fn resume(&self) -> Result<(), VmError>;
@@ -55,6 +66,15 @@ pub trait Instance: Send + Sync {
     async fn shutdown(&self, grace: Duration);
     /// Kills the VM now, without waiting (for `Drop` guards).
     fn kill(&self);
+}
+
+/// How a VM's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It quit on its own terms: the guest powered off.
+    Clean,
+    /// It crashed or was killed.
+    Crashed,
 }
 
 /// One reading of a VM's counters; totals since the process started.

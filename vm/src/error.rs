@@ -15,6 +15,32 @@ pub enum VmError {
     BadVolumeName(String),
     #[error("disk-gib must be 1 to {max}, not {got}")]
     BadVolumeSize { got: u32, max: u32 },
+    #[error("scratch-gib must be 1 to {max}, not {got}")]
+    BadScratchSize { got: u32, max: u32 },
+    #[error(
+        "not enough room: the VM wants {want} {what}, {free} free (stop a VM, or raise [provider] limits in config.toml)"
+    )]
+    NoRoom {
+        what: &'static str,
+        want: u64,
+        free: u64,
+    },
+    #[error(
+        "every uid of [provider] vm_uid_range {range} is taken; widen the range in config.toml"
+    )]
+    NoUid { range: String },
+    #[error(
+        "no free /30 left in [provider] guest_subnet {pool} for another VM uplink; widen it in config.toml"
+    )]
+    NoUplink { pool: String },
+    #[error(
+        "{path} has SHA-256 {actual}, but its image manifest says {expected}; rebuild the image with `zennet image build`"
+    )]
+    ImageCorrupt {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("volume {0} is attached to a running VM")]
     VolumeInUse(String),
     #[error("{0} (build it with `zennet image build`)")]
@@ -97,6 +123,8 @@ impl VmError {
                 | VmError::BadQuota { .. }
                 | VmError::BadVolumeName(_)
                 | VmError::BadVolumeSize { .. }
+                | VmError::BadScratchSize { .. }
+                | VmError::NoRoom { .. }
                 | VmError::VolumeInUse(_)
                 | VmError::Image(_)
                 | VmError::BadKey(_)

@@ -12,20 +12,31 @@
 //! * [`xen`]: the Xen backend over `xl` (config generation unit-tested; not
 //!   run here, this machine has no Xen).
 //! * [`cgroup`]: per-VM control groups on cgroup v1 and v2 hosts.
-//! * [`spec`]: what a VM is, backend-neutral ([`VmSpec`], with room for a
-//!   per-VM network and uid), and the [`Process`] facts that find it again.
+//! * [`net`]: the guest network — a namespace per VM with its tap,
+//!   `isolated` (reaches nothing) or `internet` (public addresses only,
+//!   NAT, nftables, `tc` shaping, kernel byte counters); why this and not
+//!   QEMU's user network is written there.
+//! * [`console`]: the guest's console log, capped and rotated, fed by the
+//!   node (the hypervisor never writes it).
+//! * [`spec`]: what a VM is, backend-neutral ([`VmSpec`]: its network,
+//!   its uid, its files' digests), and the [`Process`] facts that find it
+//!   again.
 //! * [`runtime`]: [`Runtime`] — start/stop/pause/resume/list, readiness,
-//!   volumes, per-VM traffic counters.
-//! * [`meter`]: one-second sampling into the persisted usage, tunnel bytes
-//!   included.
-//! * [`recover`]: reconcile the store with reality on start.
+//!   volumes, per-VM traffic counters, connections into the guest; what
+//!   VMs hold against the machine ([`Capacity`]), one uid per VM.
+//! * [`meter`]: one-second sampling into the persisted usage, tunnel and
+//!   uplink bytes included; a guest that powers off stops its VM.
+//! * [`recover`]: reconcile the store with reality on start, and remove
+//!   what stopped VMs left on the host.
 //! * [`store`]: the SQLite store ([`store::VmRow`], [`UsageCounters`]).
 //! * [`error`]: the error type, [`VmError`].
 
 pub mod backend;
 pub mod cgroup;
+pub mod console;
 pub mod error;
 pub mod meter;
+pub mod net;
 pub mod qemu;
 pub mod recover;
 pub mod runtime;
@@ -33,8 +44,12 @@ pub mod spec;
 pub mod store;
 pub mod xen;
 
-pub use backend::{Backend, Instance, Sample};
+pub use backend::{Backend, Exit, Instance, Sample};
 pub use error::VmError;
-pub use runtime::{MAX_VOLUME_GIB, Runtime, RuntimeConfig, StartVm, VmInfo};
-pub use spec::{NetworkSpec, Process, RunAs, VmSpec};
+pub use net::{GuestNetwork, NetPolicy, Subnet};
+pub use runtime::{
+    Capacity, DEFAULT_SCRATCH_GIB, DEFAULT_UIDS, MAX_VOLUME_GIB, Runtime, RuntimeConfig, StartVm,
+    VmInfo,
+};
+pub use spec::{GATEWAY, GUEST_IP, NetworkSpec, Process, RunAs, VmSpec};
 pub use store::{UsageCounters, VmState};

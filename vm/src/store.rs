@@ -35,6 +35,8 @@ const MIGRATIONS: &[&str] = &[
      );",
     "ALTER TABLE vms ADD COLUMN backend TEXT NOT NULL DEFAULT 'qemu';
      ALTER TABLE usage ADD COLUMN traffic_bytes INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE usage ADD COLUMN net_from_guest_bytes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE usage ADD COLUMN net_to_guest_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +101,12 @@ pub struct UsageCounters {
     /// Bytes the VM's tunnel forward carried (from its traffic counter).
     #[serde(default)]
     pub traffic_bytes: u64,
+    /// Bytes the guest sent to / received from the internet over its
+    /// uplink (the kernel's counters; zero in isolated mode).
+    #[serde(default)]
+    pub net_from_guest_bytes: u64,
+    #[serde(default)]
+    pub net_to_guest_bytes: u64,
 }
 
 pub struct VmStore {
@@ -169,7 +177,8 @@ impl VmStore {
             .conn
             .query_row(
                 "SELECT cpu_ns, memory_byte_seconds, memory_bytes, io_read_bytes, io_write_bytes,
-                        disk_read_bytes, disk_write_bytes, seconds, traffic_bytes
+                        disk_read_bytes, disk_write_bytes, seconds, traffic_bytes,
+                        net_from_guest_bytes, net_to_guest_bytes
                  FROM usage WHERE vm_id = ?1",
                 [id],
                 |r| {
@@ -183,6 +192,8 @@ impl VmStore {
                         disk_write_bytes: r.get::<_, i64>(6)? as u64,
                         seconds: r.get(7)?,
                         traffic_bytes: r.get::<_, i64>(8)? as u64,
+                        net_from_guest_bytes: r.get::<_, i64>(9)? as u64,
+                        net_to_guest_bytes: r.get::<_, i64>(10)? as u64,
                     })
                 },
             )
@@ -195,14 +206,16 @@ impl VmStore {
             .execute(
                 "INSERT INTO usage (vm_id, cpu_ns, memory_byte_seconds, memory_bytes, io_read_bytes,
                     io_write_bytes, disk_read_bytes, disk_write_bytes, seconds, updated_ms,
-                    traffic_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    traffic_bytes, net_from_guest_bytes, net_to_guest_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT(vm_id) DO UPDATE SET cpu_ns = excluded.cpu_ns,
                    memory_byte_seconds = excluded.memory_byte_seconds, memory_bytes = excluded.memory_bytes,
                    io_read_bytes = excluded.io_read_bytes, io_write_bytes = excluded.io_write_bytes,
                    disk_read_bytes = excluded.disk_read_bytes, disk_write_bytes = excluded.disk_write_bytes,
                    seconds = excluded.seconds, updated_ms = excluded.updated_ms,
-                   traffic_bytes = excluded.traffic_bytes",
+                   traffic_bytes = excluded.traffic_bytes,
+                   net_from_guest_bytes = excluded.net_from_guest_bytes,
+                   net_to_guest_bytes = excluded.net_to_guest_bytes",
                 params![
                     id,
                     u.cpu_ns as i64,
@@ -214,7 +227,9 @@ impl VmStore {
                     u.disk_write_bytes as i64,
                     u.seconds,
                     now_ms as i64,
-                    u.traffic_bytes as i64
+                    u.traffic_bytes as i64,
+                    u.net_from_guest_bytes as i64,
+                    u.net_to_guest_bytes as i64
                 ],
             )
             ?;

@@ -34,6 +34,8 @@ fn spec(
         mem_mib,
         kernel: image.kernel(),
         initramfs: image.initramfs(),
+        kernel_sha256: None,
+        initramfs_sha256: None,
         kernel_args: image.kernel_args(&[public_key]).unwrap(),
         scratch_gib: 1,
         persistent: None,
@@ -111,9 +113,10 @@ async fn vm_boots_confined_and_answers_ssh() {
         ..QemuConfig::default()
     };
     let started = Instant::now();
-    let (vm, qmp) = qemu::launch(&config, &spec, &dir.path().join("vm"))
+    let launched = qemu::launch(&config, &spec, &dir.path().join("vm"))
         .await
         .unwrap();
+    let (vm, qmp) = (&launched.process, &launched.qmp);
     wait_ready(&vm.serial_log);
     eprintln!("launch to ready: {:?}", started.elapsed());
 
@@ -142,7 +145,7 @@ async fn vm_boots_confined_and_answers_ssh() {
     qmp.cont().await.unwrap();
     assert!(qmp.status().await.unwrap().running);
 
-    qemu::shutdown(&spec.id, vm.pid, Some(&qmp), Duration::from_secs(10)).await;
+    qemu::shutdown(&spec.id, vm.pid, Some(qmp), Duration::from_secs(10)).await;
     assert!(!qemu::is_alive(vm.pid, &spec.id));
     assert!(!VmCgroup::load(&spec.id).exists(), "cgroup removed");
 }
@@ -161,9 +164,10 @@ async fn half_core_quota_holds_for_a_busy_guest() {
         0.5,
         256,
     );
-    let (vm, qmp) = qemu::launch(&QemuConfig::default(), &spec, &dir.path().join("vm"))
+    let launched = qemu::launch(&QemuConfig::default(), &spec, &dir.path().join("vm"))
         .await
         .unwrap();
+    let (vm, qmp) = (&launched.process, &launched.qmp);
     wait_ready(&vm.serial_log);
     ssh(
         &key,
@@ -176,7 +180,7 @@ async fn half_core_quota_holds_for_a_busy_guest() {
     assert!(c0 > 0, "the cgroup accounts the VM's boot");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cores = (cgroup.usage().cpu_ns - c0) as f64 / t0.elapsed().as_nanos() as f64;
-    qemu::shutdown(&spec.id, vm.pid, Some(&qmp), Duration::from_secs(10)).await;
+    qemu::shutdown(&spec.id, vm.pid, Some(qmp), Duration::from_secs(10)).await;
     assert!(
         (0.45..=0.55).contains(&cores),
         "busy guest used {cores:.3} cores under a 0.5 quota"
@@ -198,9 +202,10 @@ async fn guest_memory_stays_within_the_cgroup_limit() {
         1.0,
         mem_mib,
     );
-    let (vm, qmp) = qemu::launch(&QemuConfig::default(), &spec, &dir.path().join("vm"))
+    let launched = qemu::launch(&QemuConfig::default(), &spec, &dir.path().join("vm"))
         .await
         .unwrap();
+    let (vm, qmp) = (&launched.process, &launched.qmp);
     wait_ready(&vm.serial_log);
     // Fill a tmpfs well past guest RAM: the guest runs out, not the host.
     let _ = Command::new("ssh")
@@ -219,7 +224,7 @@ async fn guest_memory_stays_within_the_cgroup_limit() {
         .output();
     let limit = zennet_vm::cgroup::Limits::for_vm(1.0, mem_mib).memory_bytes;
     let usage = VmCgroup::load(&spec.id).usage();
-    qemu::shutdown(&spec.id, vm.pid, Some(&qmp), Duration::from_secs(10)).await;
+    qemu::shutdown(&spec.id, vm.pid, Some(qmp), Duration::from_secs(10)).await;
     assert!(
         usage.memory_peak_bytes <= limit,
         "peak {} > limit {limit}",
@@ -228,5 +233,194 @@ async fn guest_memory_stays_within_the_cgroup_limit() {
     assert!(
         usage.memory_peak_bytes > (mem_mib << 20) / 2,
         "the guest did touch its memory"
+    );
+}
+
+/// Removes an address the test put on the host's loopback, however the
+/// test ends.
+struct HostAddr(&'static str);
+
+impl HostAddr {
+    fn add(cidr: &'static str) -> HostAddr {
+        let _ = Command::new("ip")
+            .args(["addr", "del", cidr, "dev", "lo"])
+            .output();
+        let out = Command::new("ip")
+            .args(["addr", "add", cidr, "dev", "lo"])
+            .output()
+            .expect("ip runs (install iproute2)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        HostAddr(cidr)
+    }
+}
+
+impl Drop for HostAddr {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", self.0, "dev", "lo"])
+            .output();
+    }
+}
+
+/// The host's own IPv4 addresses, on every interface.
+fn host_ipv4s() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|w| *w == "inet")?;
+            Some(w.next()?.split('/').next()?.to_string())
+        })
+        .collect()
+}
+
+/// The attacker is the guest: booted by the runtime in the default
+/// (isolated) network, it scans for everything its host offers — a
+/// listener on every host address (loopback included, where the node's API
+/// lives), the tap's gateway 10.0.2.2, a cloud metadata service at
+/// 169.254.169.254 (put on the host for the test), a public address — by
+/// TCP and ICMP. Nothing may answer, and no host listener may see a
+/// connection. The node still reaches the guest's sshd (the operator's
+/// loopback port, and a socket made in the VM's namespace). The VM runs as
+/// a uid of its own, which another VM's uid cannot inspect. When the VM
+/// stops, its namespace and run directory are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_guest_reaches_nothing_on_its_host() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let _image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(dir.path());
+    let _metadata = HostAddr::add("169.254.169.254/32");
+    let bait = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = bait.local_addr().unwrap().port();
+    bait.set_nonblocking(true).unwrap();
+    let metadata = std::net::TcpListener::bind("169.254.169.254:80").unwrap();
+    metadata.set_nonblocking(true).unwrap();
+
+    let config = QemuConfig {
+        accel: Accel::Tcg,
+        ..QemuConfig::default()
+    };
+    let runtime = zennet_vm::Runtime::open(
+        zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache()),
+        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(config)),
+    )
+    .await
+    .unwrap();
+    let vm = runtime
+        .start(zennet_vm::StartVm {
+            image: zennet_images::DEFAULT_IMAGE_ID.into(),
+            cores: 1,
+            cpu_quota: None,
+            mem_mib: 256,
+            volume: None,
+            volume_gib: None,
+            scratch_gib: Some(1),
+            network: None,
+            bandwidth_mbps: None,
+            authorized_key: public,
+        })
+        .await
+        .unwrap();
+    assert_eq!(vm.network, "isolated");
+    let netns = vm.netns.clone().unwrap();
+    let started = Instant::now();
+    runtime
+        .wait_ready(&vm.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    eprintln!("isolated VM ready in {:?}", started.elapsed());
+
+    // The node reaches the guest's sshd from inside the namespace.
+    let mut banner = [0u8; 4];
+    let mut stream = runtime.connect(&vm.id, 22).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut banner)
+        .await
+        .unwrap();
+    assert_eq!(&banner, b"SSH-");
+
+    let mut targets = vec![
+        format!("10.0.2.2 {port}"),
+        "10.0.2.2 22".to_string(),
+        "10.0.2.3 53".to_string(),
+        "169.254.169.254 80".to_string(),
+        "1.1.1.1 80".to_string(),
+    ];
+    targets.extend(host_ipv4s().into_iter().map(|ip| format!("{ip} {port}")));
+    let mut script = String::new();
+    for t in &targets {
+        script.push_str(&format!(
+            "(nc -w 3 {t} </dev/null >/dev/null 2>&1 && echo \"OPEN {t}\") &\n"
+        ));
+    }
+    for ip in ["10.0.2.2", "169.254.169.254", "1.1.1.1"] {
+        script.push_str(&format!(
+            "(ping -c 1 -W 3 {ip} >/dev/null 2>&1 && echo \"PING {ip}\") &\n"
+        ));
+    }
+    script.push_str("wait; echo SCANNED");
+    let out = ssh(&key, vm.ssh_port, &script);
+    assert!(out.contains("SCANNED"), "{out}");
+    assert!(
+        !out.contains("OPEN") && !out.contains("PING"),
+        "the guest reached its host: {out}"
+    );
+    assert!(
+        bait.accept().is_err() && metadata.accept().is_err(),
+        "a host listener saw the guest"
+    );
+
+    // No path to another VM: the namespace holds its loopback and the tap.
+    let links = Command::new("ip")
+        .args(["-n", &netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(str::trim))
+        .collect();
+    assert_eq!(names, ["lo", "tap0"], "{links}");
+
+    // The VM's own uid; another VM uid cannot look into its process.
+    let pid = vm.pid.unwrap();
+    let uid: u32 = status_field(pid, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(zennet_vm::DEFAULT_UIDS.contains(&uid), "QEMU runs as {uid}");
+    assert_eq!(vm.uid, Some(uid));
+    let other = uid + 1;
+    let peek = {
+        use std::os::unix::process::CommandExt;
+        Command::new("ls")
+            .arg(format!("/proc/{pid}/fd"))
+            .uid(other)
+            .gid(other)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        !peek.status.success(),
+        "uid {other} listed QEMU's descriptors"
+    );
+
+    let run_dir = dir.path().join("agent/vms").join(&vm.id);
+    assert!(run_dir.exists());
+    runtime.stop(&vm.id).await.unwrap();
+    assert!(!run_dir.exists(), "run directory left behind");
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "namespace {netns} left behind"
     );
 }

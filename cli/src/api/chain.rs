@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use zennet_chain::codec::amount_str;
 use zennet_chain::identity::Role;
@@ -98,20 +98,21 @@ pub struct PeerView {
     pub remote_addr: String,
 }
 
-pub(super) fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/genesis", get(genesis))
-        .route("/v1/node", get(node_info))
-        .route("/v1/peers", get(peers))
-        .route("/v1/blocks/{id}", get(block))
-        .route("/v1/txs", post(submit))
-        .route("/v1/txs/{hash}", get(tx))
-        .route("/v1/accounts/{address}", get(account))
-        .route("/v1/identities/{address}", get(identities))
-        .route("/v1/tasks", get(tasks))
-        .route("/v1/tasks/{id}", get(task))
-        .route("/v1/channels/{id}", get(channel))
+pub(super) fn routes() -> Vec<super::Route> {
+    vec![
+        ("/v1/info", get(info)),
+        ("/v1/genesis", get(genesis)),
+        ("/v1/node", get(node_info)),
+        ("/v1/peers", get(peers)),
+        ("/v1/blocks/{id}", get(block)),
+        ("/v1/txs", post(submit)),
+        ("/v1/txs/{hash}", get(tx)),
+        ("/v1/accounts/{address}", get(account)),
+        ("/v1/identities/{address}", get(identities)),
+        ("/v1/tasks", get(tasks)),
+        ("/v1/tasks/{id}", get(task)),
+        ("/v1/channels/{id}", get(channel)),
+    ]
 }
 
 async fn info(State(node): State<Arc<Node>>) -> ApiResult<Info> {

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use zennet_fs::api::{
     AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferView,
 };
@@ -17,16 +17,17 @@ use super::{ApiError, ApiResult, unavailable};
 use crate::node::Node;
 
 /// The `/v1/fs/…` routes of the node's API.
-pub(super) fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/fs/files", get(list).post(add))
-        .route("/v1/fs/files/{id}", get(file))
-        .route("/v1/fs/files/{id}/info", get(info))
-        .route("/v1/fs/files/{id}/seed", post(seed))
-        .route("/v1/fs/files/{id}/rm", post(rm))
-        .route("/v1/fs/get", post(start_get))
-        .route("/v1/fs/transfers/{id}", get(transfer))
-        .route("/v1/fs/status", get(status))
+pub(super) fn routes() -> Vec<super::Route> {
+    vec![
+        ("/v1/fs/files", get(list).post(add)),
+        ("/v1/fs/files/{id}", get(file)),
+        ("/v1/fs/files/{id}/info", get(info)),
+        ("/v1/fs/files/{id}/seed", post(seed)),
+        ("/v1/fs/files/{id}/rm", post(rm)),
+        ("/v1/fs/get", post(start_get)),
+        ("/v1/fs/transfers/{id}", get(transfer)),
+        ("/v1/fs/status", get(status)),
+    ]
 }
 
 impl From<FsError> for ApiError {

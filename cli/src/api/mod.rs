@@ -4,6 +4,13 @@
 //! the CLI's client use. Amounts are decimal strings of the base unit;
 //! hashes and addresses are 0x-hex. Errors are `{"error": "..."}` with a
 //! 4xx (or 5xx) status.
+//!
+//! Every route needs the home's API token (`Authorization: Bearer
+//! <HOME/api_token>`): the API can start VMs and spend the wallet, and
+//! loopback is shared by every local user (and, without isolation, by
+//! guests). The check is one middleware over the router, which is built
+//! from one table ([`routes`]), so a route cannot be added without it, and
+//! the test iterates that table.
 
 mod chain;
 mod fs;
@@ -12,8 +19,11 @@ mod publisher;
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use zennet_chain::{ChainError, Hash};
@@ -30,14 +40,53 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// Every service's routes, on one router.
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .merge(chain::router())
-        .merge(fs::router())
-        .merge(provider::router())
-        .merge(publisher::router())
+/// One route: its path and its handlers by method.
+pub type Route = (&'static str, MethodRouter<Arc<Node>>);
+
+/// Every service's routes: the one table the router is built from.
+pub fn routes() -> Vec<Route> {
+    let mut all = chain::routes();
+    all.extend(fs::routes());
+    all.extend(provider::routes());
+    all.extend(publisher::routes());
+    all
+}
+
+/// Every route, behind the token check (unknown paths too).
+pub fn router(node: Arc<Node>, token: String) -> Router {
+    let token: Arc<str> = token.into();
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let token = token.clone();
+                async move { require_token(&token, req, next).await }
+            },
+        ))
         .with_state(node)
+}
+
+/// 401 with one line unless the request carries `token`.
+async fn require_token(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same(g.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the node API needs its token: send `Authorization: Bearer` with the contents of HOME/api_token (the zennet CLI does)".into(),
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so timing tells nothing of the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
@@ -91,5 +140,76 @@ pub(crate) fn status(bad_request: bool, not_found: bool) -> StatusCode {
         (true, _) => StatusCode::BAD_REQUEST,
         (_, true) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Method;
+    use tower::ServiceExt;
+
+    fn node() -> Arc<Node> {
+        let key = zennet_chain::SecretKey::generate();
+        let genesis = zennet_chain::Genesis::dev(key.address(), 0);
+        Node::new(zennet_chain::Chain::in_memory(genesis).unwrap(), None)
+    }
+
+    /// The attacker is any local process (or a guest) talking to the API
+    /// without the token, or with a wrong one: every route of the table,
+    /// by every method, answers 401 with one line, and runs nothing.
+    #[tokio::test]
+    async fn every_route_needs_the_token() {
+        let token = "a".repeat(64);
+        let app = router(node(), token.clone());
+        let table = routes();
+        assert!(table.len() >= 25, "{} routes", table.len());
+        for (path, _) in table {
+            let path = path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "0x00" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in [Method::GET, Method::POST] {
+                for auth in [
+                    None,
+                    Some("Bearer nope".to_string()),
+                    Some(format!("Bearer {}", "b".repeat(64))),
+                ] {
+                    let mut req = Request::builder().method(method.clone()).uri(&path);
+                    if let Some(a) = &auth {
+                        req = req.header(header::AUTHORIZATION, a);
+                    }
+                    let resp = app
+                        .clone()
+                        .oneshot(req.body(Body::from("{}")).unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        resp.status(),
+                        StatusCode::UNAUTHORIZED,
+                        "{method} {path} with {auth:?}"
+                    );
+                    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                        .await
+                        .unwrap();
+                    let err: ErrorBody = serde_json::from_slice(&body).unwrap();
+                    assert!(err.error.contains("api_token") && !err.error.contains('\n'));
+                }
+            }
+        }
+        // With the token, the same request reaches its handler.
+        let resp = app
+            .oneshot(
+                Request::builder()
+                    .uri("/v1/info")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 }

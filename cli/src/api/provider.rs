@@ -3,23 +3,24 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use zennet_provider::{ContractView, Provider, ProviderError, TaskVerdict};
 use zennet_vm::{Runtime, StartVm, VmError, VmInfo};
 
 use super::{ApiError, ApiResult, Submitted, parse_hash, status, unavailable};
 use crate::node::Node;
 
-pub(super) fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/agent/vms", get(agent_vms).post(agent_start))
-        .route("/v1/agent/vms/{id}/stop", post(agent_stop))
-        .route("/v1/agent/tasks", get(provider_tasks))
-        .route("/v1/agent/contracts", get(provider_contracts))
-        .route("/v1/agent/tasks/{id}/accept", post(provider_accept))
-        .route("/v1/agent/tasks/{id}/reject", post(provider_reject))
+pub(super) fn routes() -> Vec<super::Route> {
+    vec![
+        ("/v1/agent/vms", get(agent_vms).post(agent_start)),
+        ("/v1/agent/vms/{id}/stop", post(agent_stop)),
+        ("/v1/agent/tasks", get(provider_tasks)),
+        ("/v1/agent/contracts", get(provider_contracts)),
+        ("/v1/agent/tasks/{id}/accept", post(provider_accept)),
+        ("/v1/agent/tasks/{id}/reject", post(provider_reject)),
+    ]
 }
 
 const NOT_A_PROVIDER: &str =

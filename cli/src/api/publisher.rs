@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use zennet_chain::Hash;
 use zennet_publisher::{Publisher, PublisherError};
@@ -33,18 +33,19 @@ pub struct SetPaying {
     pub storage: Option<bool>,
 }
 
-pub(super) fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/publisher", get(publisher_info))
-        .route(
+pub(super) fn routes() -> Vec<super::Route> {
+    vec![
+        ("/v1/publisher", get(publisher_info)),
+        (
             "/v1/publisher/tasks",
             get(publisher_tasks).post(publisher_announce),
-        )
-        .route("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel))
-        .route("/v1/publisher/tasks/{id}/pay", post(publisher_pay))
-        .route("/v1/publisher/vms", get(publisher_vms))
-        .route("/v1/publisher/vms/{id}", get(publisher_vm))
-        .route("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm))
+        ),
+        ("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel)),
+        ("/v1/publisher/tasks/{id}/pay", post(publisher_pay)),
+        ("/v1/publisher/vms", get(publisher_vms)),
+        ("/v1/publisher/vms/{id}", get(publisher_vm)),
+        ("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm)),
+    ]
 }
 
 fn publisher(node: &Node) -> Result<&Arc<Publisher>, ApiError> {

@@ -7,11 +7,19 @@
 //! unprivileged uid/gid with no supplementary groups. QEMU then enables its
 //! seccomp sandbox. It never sees a path it could not open itself: every
 //! file it needs is opened by the node and handed over as a file
-//! descriptor — the kernel and initramfs as `/proc/self/fd/N`, the QMP
-//! socket as a listening fd, the serial console as its stdout — so the VM
-//! directories can stay private to the node (0700).
+//! descriptor — the kernel and initramfs as `/proc/self/fd/N` (their
+//! SHA-256 checked on those very descriptors first), the disks, the QMP
+//! and serial sockets as listening fds, the tap device of the VM's network
+//! namespace — so the VM directories can stay private to the node (0700)
+//! and the VM's disks owned by the VM's own uid.
+//!
+//! The console never goes to a file QEMU writes: the serial port is a
+//! socket the node reads (QEMU drops output while nobody listens, so a
+//! dead node never blocks the guest), QEMU's own stdout and stderr a pipe
+//! the node reads, both into the capped log of [`crate::console`].
 
 use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -21,33 +29,61 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::cgroup::{Limits, VmCgroup};
+use crate::console::{self, CappedLog, SharedLog};
 use crate::error::VmError;
 use crate::qemu::qmp::Qmp;
 use crate::qemu::{Accel, QemuConfig};
 use crate::spec::{NetworkSpec, Process, VmSpec};
+
+/// A VM just launched: its process facts, its QMP connection and the
+/// tasks that feed its console log.
+pub struct Launched {
+    pub process: Process,
+    pub qmp: Qmp,
+    pub console: Feeds,
+}
+
+/// Tasks copying a VM's console into its log; they stop with the VM (end
+/// of file) or when this is dropped.
+#[derive(Default)]
+pub struct Feeds(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Feeds {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
 
 /// Starts the VM and returns once QMP answers.
 pub async fn launch(
     config: &QemuConfig,
     spec: &VmSpec,
     run_dir: &Path,
-) -> Result<(Process, Qmp), VmError> {
+) -> Result<Launched, VmError> {
     make_private_dir(run_dir)?;
     let qmp_dir = run_dir.join("qmp");
     make_private_dir(&qmp_dir)?;
     let qmp_socket = qmp_dir.join("qmp.sock");
-    let _ = fs::remove_file(&qmp_socket);
-    let listener = UnixListener::bind(&qmp_socket).map_err(|source| VmError::File {
-        action: "create",
-        path: qmp_socket.clone(),
-        source,
-    })?;
+    let listener = listen(&qmp_socket)?;
+    let serial_socket = qmp_dir.join("serial.sock");
+    let serial_listener = listen(&serial_socket)?;
 
     let (uid, gid) = spec
         .run_as
         .map_or((config.uid, config.gid), |r| (r.uid, r.gid));
     let kernel = open_read(&spec.kernel)?;
     let initramfs = open_read(&spec.initramfs)?;
+    check_digests(&[
+        (&kernel, &spec.kernel, spec.kernel_sha256.as_deref()),
+        (
+            &initramfs,
+            &spec.initramfs,
+            spec.initramfs_sha256.as_deref(),
+        ),
+    ])
+    .await?;
     let scratch_path = run_dir.join("scratch.qcow2");
     create_scratch(&scratch_path, spec.scratch_gib)?;
     let scratch = open_vm_disk(&scratch_path, (uid, gid))?;
@@ -56,7 +92,20 @@ pub async fn launch(
         None => None,
     };
     let serial_log = run_dir.join("serial.log");
-    let serial = File::create(&serial_log)?;
+    let log = CappedLog::open(&serial_log, console::LOG_CAP)?.shared();
+    let tap = match &spec.network {
+        NetworkSpec::UserNat => None,
+        network => {
+            let network = network.clone();
+            Some(
+                tokio::task::spawn_blocking(move || crate::net::open_tap(&network))
+                    .await
+                    .map_err(|e| VmError::Io(std::io::Error::other(e)))??,
+            )
+        }
+    };
+    let (out_rx, out_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| VmError::Io(e.into()))?;
 
     let limits = Limits::for_vm(spec.cpu_quota.min(spec.cores as f64), spec.mem_mib);
     let cgroup = VmCgroup::create(&spec.id, &limits)?;
@@ -67,24 +116,16 @@ pub async fn launch(
     }
 
     let mut fds = Fds::default();
-    let kernel_fd = fds.pass(&kernel);
-    let initramfs_fd = fds.pass(&initramfs);
-    let scratch_fd = fds.pass(&scratch);
-    let persistent_fd = persistent.as_ref().map(|f| fds.pass(f));
-    let qmp_fd = fds.pass(&listener);
-
-    let args = qemu_args(
-        config,
-        spec,
-        &PassedFds {
-            kernel: kernel_fd,
-            initramfs: initramfs_fd,
-            scratch: scratch_fd,
-            persistent: persistent_fd,
-            qmp: qmp_fd,
-        },
-        lock_memory,
-    );
+    let passed = PassedFds {
+        kernel: fds.pass(&kernel),
+        initramfs: fds.pass(&initramfs),
+        scratch: fds.pass(&scratch),
+        persistent: persistent.as_ref().map(|f| fds.pass(f)),
+        qmp: fds.pass(&listener),
+        serial: fds.pass(&serial_listener),
+        tap: tap.as_ref().map(|t| fds.pass(t)),
+    };
+    let args = qemu_args(config, spec, &passed, lock_memory);
 
     let procs_files: Vec<std::ffi::CString> = cgroup
         .procs_files()
@@ -100,46 +141,143 @@ pub async fn launch(
     command
         .args(&args)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(serial.try_clone()?))
-        .stderr(Stdio::from(serial));
+        .stdout(Stdio::from(out_tx.try_clone()?))
+        .stderr(Stdio::from(out_tx));
     // SAFETY: the closure only makes async-signal-safe system calls
     // (setsid, open/write/close, setrlimit, setpriority, fcntl, setgroups,
     // setgid, setuid, prctl) on data prepared before fork.
     unsafe {
         command.pre_exec(move || confine(&procs_files, &pass_fds, memlock, nice, uid, gid));
     }
-    let child = command.spawn().map_err(|source| VmError::Spawn {
-        program: config.binary.display().to_string(),
-        hint: "install qemu-system-x86",
-        source,
+    let spawned = command.spawn();
+    // The write end lives in QEMU only, so the pipe ends when QEMU does.
+    drop(command);
+    let child = spawned.map_err(|source| {
+        let _ = cgroup.remove();
+        VmError::Spawn {
+            program: config.binary.display().to_string(),
+            hint: "install qemu-system-x86",
+            source,
+        }
     })?;
     let pid = child.id();
     // The VM outlives this handle; recovery finds it by pid.
     drop(child);
-    drop(listener);
+    drop((listener, serial_listener, tap));
+    let output = tokio::spawn(console::pump(
+        tokio::net::unix::pipe::Receiver::from_owned_fd(out_rx)?,
+        log.clone(),
+    ));
+    let serial = read_serial(&serial_socket, log);
 
     let qmp = match Qmp::connect(&qmp_socket, Duration::from_secs(15)).await {
         Ok(q) => q,
         Err(e) => {
-            let log = fs::read_to_string(&serial_log).unwrap_or_default();
+            // QEMU's last words are in the pipe; let them land.
+            let _ = tokio::time::timeout(Duration::from_secs(2), output).await;
+            let text = console::read(&serial_log);
             let _ = cgroup.remove();
             return Err(VmError::NoStart {
                 vm: spec.id.clone(),
                 reason: Box::new(e),
-                tail: log.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+                tail: text.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
             });
         }
     };
-    tracing::info!(vm = %spec.id, pid, accel = config.accel.name(), "VM launched");
-    Ok((
-        Process {
+    tracing::info!(vm = %spec.id, pid, uid, accel = config.accel.name(), "VM launched");
+    Ok(Launched {
+        process: Process {
             pid,
             run_dir: run_dir.to_path_buf(),
             control: qmp_socket,
             serial_log,
+            serial_socket: Some(serial_socket),
         },
         qmp,
-    ))
+        console: Feeds(vec![output, serial]),
+    })
+}
+
+/// Reconnects the console of a VM launched by an earlier node process
+/// (QEMU's stdout pipe died with that process; the serial socket stays).
+pub fn reattach_console(process: &Process) -> Feeds {
+    let Some(socket) = &process.serial_socket else {
+        return Feeds::default();
+    };
+    match CappedLog::open(&process.serial_log, console::LOG_CAP) {
+        Ok(log) => Feeds(vec![read_serial(socket, log.shared())]),
+        Err(e) => {
+            tracing::warn!(log = %process.serial_log.display(), error = %e, "cannot reopen the console log");
+            Feeds::default()
+        }
+    }
+}
+
+/// Connects to QEMU's serial socket and copies the console into `log`.
+fn read_serial(socket: &Path, log: SharedLog) -> tokio::task::JoinHandle<()> {
+    let socket = socket.to_path_buf();
+    tokio::spawn(async move {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(stream) => console::pump(stream, log).await,
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "cannot read the VM's console")
+            }
+        }
+    })
+}
+
+fn listen(path: &Path) -> Result<UnixListener, VmError> {
+    let _ = fs::remove_file(path);
+    UnixListener::bind(path).map_err(|source| VmError::File {
+        action: "create",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Hashes each opened file (the descriptor QEMU gets, so what was checked
+/// is what boots) against the SHA-256 its spec names.
+async fn check_digests(files: &[(&File, &Path, Option<&str>)]) -> Result<(), VmError> {
+    let mut jobs = Vec::new();
+    for (file, path, expected) in files {
+        let Some(expected) = expected else { continue };
+        let mut file = file.try_clone()?;
+        let (path, expected) = (path.to_path_buf(), expected.to_string());
+        jobs.push(tokio::task::spawn_blocking(move || {
+            let actual = sha256(&mut file).map_err(|source| VmError::File {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?;
+            file.rewind()?;
+            match actual == expected {
+                true => Ok(()),
+                false => Err(VmError::ImageCorrupt {
+                    path,
+                    expected,
+                    actual,
+                }),
+            }
+        }));
+    }
+    for job in jobs {
+        job.await
+            .map_err(|e| VmError::Io(std::io::Error::other(e)))??;
+    }
+    Ok(())
+}
+
+fn sha256(file: &mut File) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Descriptors handed to QEMU, by role.
@@ -149,6 +287,9 @@ struct PassedFds {
     scratch: RawFd,
     persistent: Option<RawFd>,
     qmp: RawFd,
+    serial: RawFd,
+    /// The tap device in the VM's network namespace (none for user NAT).
+    tap: Option<RawFd>,
 }
 
 /// The QEMU command line for `spec`.
@@ -194,18 +335,16 @@ fn qemu_args(
         "-device".into(),
         "virtio-blk-pci,drive=scratch".into(),
         "-netdev".into(),
-        match spec.network {
-            NetworkSpec::UserNat => {
-                format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port)
-            }
-        },
+        netdev(spec, fds.tap),
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
         // Entropy, so the guest's host key generation does not stall.
         "-device".into(),
         "virtio-rng-pci".into(),
+        "-chardev".into(),
+        format!("socket,id=serial0,fd={},server=on,wait=off", fds.serial),
         "-serial".into(),
-        "stdio".into(),
+        "chardev:serial0".into(),
         "-chardev".into(),
         format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
         "-mon".into(),
@@ -225,6 +364,18 @@ fn qemu_args(
         args.extend(["-overcommit".into(), "mem-lock=on".into()]);
     }
     args
+}
+
+/// The guest's NIC backend: the tap QEMU was handed, or user NAT with
+/// nothing reachable but the forward to the guest's sshd.
+fn netdev(spec: &VmSpec, tap: Option<RawFd>) -> String {
+    match (&spec.network, tap) {
+        (NetworkSpec::UserNat, _) | (_, None) => format!(
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22",
+            spec.ssh_port
+        ),
+        (_, Some(fd)) => format!("tap,id=net0,fd={fd}"),
+    }
 }
 
 /// Whether `pid` is still the QEMU process of `vm_id`.
@@ -257,6 +408,21 @@ pub async fn shutdown(vm_id: &str, pid: u32, qmp: Option<&Qmp>, grace: Duration)
     reap(pid).await;
     if let Err(e) = VmCgroup::load(vm_id).remove() {
         tracing::warn!(vm = %vm_id, error = %e, "cannot remove cgroup");
+    }
+}
+
+/// How the VM's process ended, if it was this process's child and has
+/// ended: `Some(true)` for a clean exit (the guest powered off, or QEMU
+/// was asked to quit), `Some(false)` for a crash or a kill. Collects it.
+pub fn exit_status(pid: u32) -> Option<bool> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code == 0),
+        Ok(WaitStatus::Signaled(..)) => Some(false),
+        _ => None,
     }
 }
 
@@ -442,6 +608,8 @@ mod tests {
             mem_mib: 512,
             kernel: "/k".into(),
             initramfs: "/i".into(),
+            kernel_sha256: None,
+            initramfs_sha256: None,
             kernel_args: vec!["console=ttyS0".into(), "zennet.authorized_key=QQ==".into()],
             scratch_gib: 1,
             persistent: Some(("/vol".into(), 1)),
@@ -459,6 +627,8 @@ mod tests {
             scratch: 12,
             persistent: Some(13),
             qmp: 14,
+            serial: 15,
+            tap: None,
         };
         let args = qemu_args(&config, &spec, &fds, true).join(" ");
         for expected in [
@@ -470,8 +640,9 @@ mod tests {
             "file=/proc/self/fd/12,if=none,id=scratch,format=qcow2,discard=unmap,throttling.bps-total=50000000",
             "file=/proc/self/fd/13,if=none,id=data,format=raw,throttling.bps-total=50000000",
             "serial=zennet-data",
-            "hostfwd=tcp:127.0.0.1:2200-:22",
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2200-:22",
             "socket,id=qmp,fd=14,server=on,wait=off",
+            "socket,id=serial0,fd=15,server=on,wait=off -serial chardev:serial0",
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-overcommit mem-lock=on",
         ] {
@@ -479,5 +650,24 @@ mod tests {
         }
         let no_lock = qemu_args(&QemuConfig::default(), &spec, &fds, false).join(" ");
         assert!(!no_lock.contains("mem-lock") && !no_lock.contains("throttling"));
+
+        // In a namespace, the guest's NIC is the tap the node opened, and
+        // QEMU's user network (with its host-side sockets) is not there.
+        let isolated = VmSpec {
+            network: NetworkSpec::Isolated {
+                netns: "zennet-v1".into(),
+            },
+            ..spec
+        };
+        let tap = PassedFds {
+            tap: Some(16),
+            ..fds
+        };
+        let args = qemu_args(&config, &isolated, &tap, false).join(" ");
+        assert!(args.contains("-netdev tap,id=net0,fd=16"), "{args}");
+        assert!(
+            !args.contains("user,") && !args.contains("hostfwd"),
+            "{args}"
+        );
     }
 }

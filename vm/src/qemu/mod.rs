@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, Instance, Sample};
+use crate::backend::{Backend, Exit, Instance, Sample};
 use crate::cgroup::VmCgroup;
 use crate::error::VmError;
 use crate::spec::{Process, VmSpec};
@@ -87,11 +87,12 @@ impl Backend for QemuBackend {
     }
 
     async fn launch(&self, spec: &VmSpec, run_dir: &Path) -> Result<Box<dyn Instance>, VmError> {
-        let (process, qmp) = launch::launch(&self.config, spec, run_dir).await?;
+        let vm = launch::launch(&self.config, spec, run_dir).await?;
         Ok(Box::new(QemuInstance {
             id: spec.id.clone(),
-            process,
-            qmp,
+            process: vm.process,
+            qmp: vm.qmp,
+            _console: vm.console,
         }))
     }
 
@@ -108,6 +109,7 @@ impl Backend for QemuBackend {
                 id: spec.id.clone(),
                 process: process.clone(),
                 qmp,
+                _console: launch::reattach_console(process),
             }))),
             Err(e) => {
                 tracing::warn!(vm = %spec.id, error = %e, "VM alive but QMP unreachable; killing it");
@@ -122,11 +124,12 @@ impl Backend for QemuBackend {
     }
 }
 
-/// A live QEMU VM and its QMP connection.
+/// A live QEMU VM, its QMP connection and its console feeds.
 pub struct QemuInstance {
     id: String,
     process: Process,
     qmp: Qmp,
+    _console: launch::Feeds,
 }
 
 #[async_trait]
@@ -137,6 +140,13 @@ impl Instance for QemuInstance {
 
     fn is_alive(&self) -> bool {
         launch::is_alive(self.process.pid, &self.id)
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        launch::exit_status(self.process.pid).map(|clean| match clean {
+            true => Exit::Clean,
+            false => Exit::Crashed,
+        })
     }
 
     async fn pause(&self) -> Result<(), VmError> {

@@ -42,6 +42,12 @@ impl Backend for XenBackend {
         "xen"
     }
 
+    /// Xen guests sit on the operator's bridge (dom0's networking), not in
+    /// a namespace of the node's.
+    fn uses_netns(&self) -> bool {
+        false
+    }
+
     async fn launch(&self, spec: &VmSpec, run_dir: &Path) -> Result<Box<dyn Instance>, VmError> {
         std::fs::create_dir_all(run_dir)?;
         let scratch = run_dir.join("scratch.qcow2");
@@ -69,6 +75,7 @@ impl Backend for XenBackend {
             run_dir: run_dir.to_path_buf(),
             control: config_file,
             serial_log: console_log(&spec.id),
+            serial_socket: None,
         };
         Ok(Box::new(XenDomain {
             id: spec.id.clone(),
@@ -255,6 +262,8 @@ mod tests {
             mem_mib: 512,
             kernel: "/img/vmlinux".into(),
             initramfs: "/img/initramfs.cpio.gz".into(),
+            kernel_sha256: None,
+            initramfs_sha256: None,
             kernel_args: vec!["console=hvc0".into(), "zennet.authorized_key=QUJD".into()],
             scratch_gib: 2,
             persistent: Some(("/vol/data.img".into(), 4)),
