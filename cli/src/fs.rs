@@ -201,7 +201,7 @@ pub async fn start(
 /// Runs a `zennet fs …` command against the home's running node.
 pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
     // Arguments are checked before the node is asked anything.
-    let client = || -> Result<Client> { Ok(Client::new(home.api_url()?)) };
+    let client = || -> Result<Client> { home.client() };
     match cmd {
         FsCmd::Add {
             path,

@@ -153,7 +153,7 @@ mod tests {
     fn node() -> Arc<Node> {
         let key = zennet_chain::SecretKey::generate();
         let genesis = zennet_chain::Genesis::dev(key.address(), 0);
-        Node::new(zennet_chain::Chain::in_memory(genesis).unwrap(), None)
+        Node::with_sync(zennet_chain::Chain::in_memory(genesis).unwrap(), None, None)
     }
 
     /// The attacker is any local process (or a guest) talking to the API
