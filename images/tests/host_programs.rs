@@ -31,13 +31,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sysbench", "sysbench"),
     ("sshd", "openssh-server"),
     ("ssh-audit", "pypi:ssh-audit"),
+    ("curl", "curl"),
+    ("sha1sum", "coreutils"),
+    ("aria2c", "aria2"),
+    ("nginx", "nginx"),
 ];
 
 /// Packages every Debian system has (priority required/essential).
 const ESSENTIAL: &[&str] = &["coreutils", "dpkg", "apt"];
 
 /// Programs of the benchmarks' anchors, installed by `scripts/bench.sh`.
-const BENCH_ONLY: &[&str] = &["sysbench", "sshd"];
+const BENCH_ONLY: &[&str] = &["sysbench", "sshd", "aria2c", "nginx"];
 
 /// Run only where the operator installed a hypervisor that needs its own
 /// kernel (Xen's `xl`): no script can install that on a running machine.
