@@ -418,7 +418,10 @@ impl Publisher {
     /// Opens the channel of every acceptance of our live tasks that has
     /// none yet.
     fn open_accepted(&self) -> Result<(), PublisherError> {
-        for t in self.store().tasks()? {
+        // Bound first: a guard in a `for` head lives for the whole loop,
+        // and the body takes the store lock again.
+        let tasks = self.store().tasks()?;
+        for t in tasks {
             let Some(record) = self.ledger.task(&t.task) else {
                 continue;
             };
@@ -442,14 +445,16 @@ impl Publisher {
     /// (settle, then reclaim) channels that nodes left open, and reclaims
     /// channels of nodes that vanished once they expire.
     fn tick(&self) -> Result<(), PublisherError> {
-        for t in self.store().tasks()? {
+        let tasks = self.store().tasks()?;
+        for t in tasks {
             if let Some(r) = self.ledger.task(&t.task)
                 && r.cancelled_at.is_some()
             {
                 self.end_where(|(task, _)| *task == t.task, "task cancelled");
             }
         }
-        for c in self.store().contracts()? {
+        let contracts = self.store().contracts()?;
+        for c in contracts {
             let (Some(channel), Some(ended)) = (c.channel, c.ended_ms) else {
                 continue;
             };

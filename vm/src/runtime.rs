@@ -452,7 +452,8 @@ impl Runtime {
     /// volume on disk, attached or kept for later.
     pub fn committed(&self) -> Result<Capacity, VmError> {
         let mut held = Capacity::default();
-        for r in self.store().all()? {
+        let records = self.store().all()?;
+        for r in records {
             if matches!(r.state, VmState::Running | VmState::Paused) {
                 held.cores += r.spec.cores;
                 held.memory_mib += r.spec.mem_mib;
@@ -480,7 +481,8 @@ impl Runtime {
         let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
         let mut promised: u64 = 0;
         let mut allocated: u64 = 0;
-        for r in self.store().all()? {
+        let records = self.store().all()?;
+        for r in records {
             if let (VmState::Running | VmState::Paused, Some(p)) = (r.state, &r.process) {
                 promised += u64::from(r.spec.scratch_gib) << 30;
                 allocated += allocated_bytes(&p.run_dir.join("scratch.qcow2"));
