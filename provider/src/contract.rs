@@ -7,11 +7,13 @@
 //!
 //! The money rules it enforces:
 //! * A report is due every payout interval while the publisher is
-//!   connected; payment is late when the oldest report not covered by a
-//!   voucher is older than `pause_after` intervals (prepay: as soon as
-//!   usage passes what was paid). Late means paused — whether or not the
-//!   publisher is connected — and paused past the grace period means the
-//!   contract ends.
+//!   connected; payment is late when usage stays uncovered `pause_after`
+//!   intervals after the last full payment or after the tunnel came up
+//!   (prepay: as soon as usage passes what was paid, save the answer time
+//!   of the report sent when the tunnel comes up — a long boot is billed
+//!   before the publisher can be asked). Late means paused — whether or
+//!   not the publisher is connected — and paused past the grace period
+//!   means the contract ends.
 //! * Seeing the payer start settling, or the channel come within the
 //!   claim margin of its expiry, means claim at once and end: work done
 //!   after that could not be paid.
@@ -139,6 +141,8 @@ pub struct Contract {
     covered_at: Instant,
     paused_at: Option<Instant>,
     next_report: Instant,
+    /// What had accrued when the tunnel last came up, and when.
+    asked_on_connect: Option<(Amount, Instant)>,
 }
 
 impl Contract {
@@ -162,6 +166,7 @@ impl Contract {
             covered_at: now,
             paused_at: paused.then_some(now),
             next_report: now,
+            asked_on_connect: None,
         }
     }
 
@@ -223,6 +228,12 @@ impl Contract {
             }
             Event::Connected { now } => {
                 self.connected = true;
+                if self.outstanding.is_empty() {
+                    // Nothing was asked for yet (first connect after the
+                    // boot) or all of it was paid: the clock starts now.
+                    self.covered_at = now;
+                }
+                self.asked_on_connect = Some((self.accrued, now));
                 // The publisher hears where things stand at once.
                 self.report(now, &mut out);
             }
@@ -247,7 +258,9 @@ impl Contract {
     fn report(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.report_seq += 1;
         self.next_report = now + self.rules.interval;
-        self.outstanding.push_back((self.accrued, now));
+        if self.accrued > self.paid {
+            self.outstanding.push_back((self.accrued, now));
+        }
         out.push(Action::Report {
             seq: self.report_seq,
         });
@@ -258,11 +271,7 @@ impl Contract {
         if now >= self.started + self.rules.lease {
             return self.finish("lease ended".into(), out);
         }
-        let late = if self.rules.prepay {
-            self.accrued > self.paid
-        } else {
-            now.duration_since(self.covered_at) > self.rules.late_after
-        };
+        let late = self.late(now);
         match (late, self.paused_at) {
             (true, None) => {
                 self.paused_at = Some(now);
@@ -278,6 +287,26 @@ impl Contract {
                 self.finish("terminated: unpaid past the grace period".into(), out)
             }
             _ => {}
+        }
+    }
+
+    /// Whether payment is late at `now`: postpaid, when usage has been
+    /// uncovered for `late_after` (counted from the last full payment,
+    /// or from when the tunnel came up: a long boot is billed but the
+    /// publisher could not be asked for it before); prepay, as soon as
+    /// usage passes what was paid, except while the report sent when the
+    /// tunnel came up (asking for what accrued meanwhile) is within its
+    /// answer time.
+    fn late(&self, now: Instant) -> bool {
+        let owed = self.accrued > self.paid;
+        if self.rules.prepay {
+            let answering = self.connected
+                && self.asked_on_connect.is_some_and(|(a, at)| {
+                    a > self.paid && now.duration_since(at) <= self.rules.late_after
+                });
+            owed && !answering
+        } else {
+            owed && now.duration_since(self.covered_at) > self.rules.late_after
         }
     }
 
@@ -420,6 +449,60 @@ mod tests {
         assert!(paused, "paused although nobody is connected");
         assert_eq!(reports, 0, "nobody to report to");
         assert_eq!(finish, Some(16), "terminated after the grace period");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_boot_gets_its_first_report_answered_before_any_pause() {
+        // The VM boots for 36 s (TCG) before the tunnel comes up: the boot
+        // is billed, and the first report asks for it. Neither side has
+        // been late yet, under postpaid or prepay.
+        for prepay in [false, true] {
+            let r = Rules { prepay, ..rules() };
+            let launched = Instant::now();
+            let mut c = Contract::new(r, launched, launched, 0, false);
+            advance(36 * SEC).await;
+            c.accrued = 360;
+            let now = Instant::now();
+            assert_eq!(
+                c.on(Event::Connected { now }),
+                vec![Action::Report { seq: 1 }]
+            );
+            assert!(
+                !tick(&mut c, 370).await.contains(&Action::Pause),
+                "prepay {prepay}"
+            );
+            let paid = if prepay { 400 } else { 360 };
+            assert!(
+                c.on(Event::Paid {
+                    now: Instant::now(),
+                    paid
+                })
+                .is_empty()
+            );
+            for s in 0..3 {
+                assert!(!tick(&mut c, 375 + s).await.contains(&Action::Pause));
+            }
+            assert_eq!(c.phase, Phase::Running);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_that_never_answers_the_boot_report_is_paused() {
+        // The cheat: take the booted VM and never pay for anything.
+        let launched = Instant::now();
+        let mut c = Contract::new(rules(), launched, launched, 0, false);
+        advance(36 * SEC).await;
+        c.accrued = 360;
+        c.on(Event::Connected {
+            now: Instant::now(),
+        });
+        let mut paused_at = None;
+        for s in 1..=6 {
+            if tick(&mut c, 360 + s * 10).await.contains(&Action::Pause) {
+                paused_at.get_or_insert(s);
+            }
+        }
+        assert_eq!(paused_at, Some(5), "late 4 s after the report it ignored");
     }
 
     #[tokio::test(start_paused = true)]

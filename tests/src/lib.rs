@@ -42,8 +42,11 @@ pub struct TestHome {
 
 impl TestHome {
     pub fn new() -> TestHome {
+        // ZENNET_E2E_KEEP=1 keeps every home (and its node.log) for a
+        // post-mortem of a failed run.
         let temp = tempfile::Builder::new()
             .prefix("zennet-e2e-")
+            .keep(std::env::var_os("ZENNET_E2E_KEEP").is_some())
             .tempdir()
             .unwrap();
         TestHome {
