@@ -6,27 +6,30 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
 
-echo "== fmt and clippy"
+phase() { echo "== $1 (at ${SECONDS}s)"; }
+phase "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== tests"
+phase "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 
-echo "== heavy tests (once per pass: Spark and Dask in TCG guests)"
+phase "heavy tests (once per pass: Spark and Dask in TCG guests)"
 cargo test -p zennet-images --test e2e_disk_images -- --ignored --test-threads=1 2>&1 \
   | tee -a "$log"
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$log")
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$log")
 
-echo "== fuzz (${FUZZ_SECONDS:=20}s per target)"
+phase "fuzz (${FUZZ_SECONDS:=20}s per target)"
 # cargo fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable
-# toolchain accept them.
+# toolchain accept them. One target dir for both fuzz crates: what they
+# share (zennet-chain and its dependencies) is built once.
+export CARGO_TARGET_DIR="$PWD/target/fuzz"
 for target in chain:decode_tx chain:decode_block chain:decode_snapshot chain:decode_sync \
     fs:decode_frame fs:parse_metainfo; do
   (cd "${target%%:*}/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target#*:}" --fuzz-dir . -- \
       -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1)
 done
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed (${SECONDS}s in all)"
