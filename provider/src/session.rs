@@ -326,7 +326,13 @@ impl Runner {
                         volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
                         scratch_gib: None,
                         network: None,
-                        bandwidth_mbps: None,
+                        // The bandwidth the task bought: at least the
+                        // announcement's minimum, each way.
+                        bandwidth_mbps: p
+                            .ledger
+                            .task(&row.task)
+                            .map(|t| t.announcement.vm.min_bandwidth_mbps)
+                            .filter(|mbps| *mbps > 0),
                         authorized_key: terms.vm_key.clone(),
                     })
                     .await

@@ -103,7 +103,9 @@ pub struct StartVm {
     /// The guest network (default: the operator's `guest_network`).
     #[serde(default)]
     pub network: Option<GuestNetwork>,
-    /// Bandwidth each way with internet (default: the operator's).
+    /// Bandwidth each way with internet: at least this (what the task
+    /// bought), or the operator's per-VM figure when that is higher or
+    /// this is unset.
     #[serde(default)]
     pub bandwidth_mbps: Option<u32>,
     /// OpenSSH public key line allowed to log in as root.
@@ -280,7 +282,9 @@ impl Runtime {
         let uid = self.free_uid()?;
         let network = if self.backend.uses_netns() {
             let (policy, id) = (self.config.network.clone(), id.clone());
-            let bandwidth = req.bandwidth_mbps.unwrap_or(policy.bandwidth_mbps);
+            let bandwidth = req.bandwidth_mbps.map_or(policy.bandwidth_mbps, |bought| {
+                bought.max(policy.bandwidth_mbps)
+            });
             tokio::task::spawn_blocking(move || net::plan(&policy, &id, mode, bandwidth))
                 .await
                 .map_err(|e| VmError::Io(std::io::Error::other(e)))??
