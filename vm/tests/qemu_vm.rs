@@ -672,3 +672,79 @@ async fn internet_guest_reaches_public_addresses_only_metered_and_shaped() {
     assert!(usage.net_from_guest_bytes >= SIZE, "{usage:?}");
     runtime.stop(&vm.id).await.unwrap();
 }
+
+/// The node is `kill -9`ed and its VM dies while it is down: nothing the
+/// VM held on the host may outlive it. The next node start finds the dead
+/// VM and removes its namespace, its uplink (internet mode) and its run
+/// directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_died_with_its_node_leaves_nothing_behind() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let _image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let (_key, public) = ssh_key(dir.path());
+    let open = || async {
+        let mut config =
+            zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache());
+        config.network.mode = zennet_vm::net::GuestNetwork::Internet;
+        zennet_vm::Runtime::open(
+            config,
+            std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
+                accel: Accel::Tcg,
+                ..QemuConfig::default()
+            })),
+        )
+        .await
+        .unwrap()
+    };
+    let node = open().await;
+    let vm = node
+        .start(zennet_vm::StartVm {
+            image: zennet_images::DEFAULT_IMAGE_ID.into(),
+            cores: 1,
+            cpu_quota: None,
+            mem_mib: 256,
+            volume: None,
+            volume_gib: None,
+            scratch_gib: Some(1),
+            network: None,
+            bandwidth_mbps: None,
+            authorized_key: public,
+        })
+        .await
+        .unwrap();
+    let netns = vm.netns.clone().unwrap();
+    let uplink = format!("zn{}", netns.trim_start_matches("zennet-"));
+    let run_dir = dir.path().join("agent/vms").join(&vm.id);
+    let link_exists = |name: &str| {
+        Command::new("ip")
+            .args(["link", "show", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(Path::new("/run/netns").join(&netns).exists());
+    assert!(link_exists(&uplink), "no uplink {uplink}");
+    assert!(run_dir.exists());
+
+    // The node dies without running any stop path; then its VM dies.
+    std::mem::forget(node);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let node = open().await;
+    assert_eq!(
+        node.info(&vm.id).await.unwrap().state,
+        zennet_vm::VmState::Failed
+    );
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "namespace {netns} left behind"
+    );
+    assert!(!link_exists(&uplink), "uplink {uplink} left behind");
+    assert!(!run_dir.exists(), "run directory left behind");
+}
