@@ -46,7 +46,7 @@ impl TestHome {
         // post-mortem of a failed run.
         let temp = tempfile::Builder::new()
             .prefix("zennet-e2e-")
-            .keep(std::env::var_os("ZENNET_E2E_KEEP").is_some())
+            .disable_cleanup(std::env::var_os("ZENNET_E2E_KEEP").is_some())
             .tempdir()
             .unwrap();
         TestHome {

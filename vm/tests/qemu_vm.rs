@@ -748,3 +748,91 @@ async fn a_vm_that_died_with_its_node_leaves_nothing_behind() {
     assert!(!link_exists(&uplink), "uplink {uplink} left behind");
     assert!(!run_dir.exists(), "run directory left behind");
 }
+
+/// What does not fit is refused before anything starts: a VM beyond the
+/// cores or memory the operator offers, and a VM whose kernel on disk no
+/// longer matches its manifest (a tampered or rotten image). A refusal
+/// leaves no VM, namespace or run directory behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversubscription_and_a_corrupt_image_are_refused_before_anything_starts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let (_key, public) = ssh_key(dir.path());
+    // A private copy of the image, to tamper with.
+    let images = dir.path().join("images");
+    let copy = images.join(zennet_images::DEFAULT_IMAGE_ID);
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(image.kernel().parent().unwrap()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut config = zennet_vm::RuntimeConfig::new(dir.path().join("agent"), images);
+    config.capacity = Some(zennet_vm::Capacity {
+        cores: 2,
+        memory_mib: 512,
+        disk_gib: 100,
+    });
+    let runtime = zennet_vm::Runtime::open(
+        config,
+        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
+            accel: Accel::Tcg,
+            ..QemuConfig::default()
+        })),
+    )
+    .await
+    .unwrap();
+    let want = |cores: u32, mem_mib: u64| zennet_vm::StartVm {
+        image: zennet_images::DEFAULT_IMAGE_ID.into(),
+        cores,
+        cpu_quota: None,
+        mem_mib,
+        volume: None,
+        volume_gib: None,
+        scratch_gib: Some(1),
+        network: None,
+        bandwidth_mbps: None,
+        authorized_key: public.clone(),
+    };
+    let namespaces = || {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = namespaces();
+
+    let first = runtime.start(want(2, 256)).await.unwrap();
+    let e = runtime.start(want(1, 128)).await.unwrap_err();
+    assert!(
+        matches!(e, zennet_vm::VmError::NoRoom { what: "cores", .. }),
+        "{e}"
+    );
+    runtime.stop(&first.id).await.unwrap();
+    let e = runtime.start(want(1, 1024)).await.unwrap_err();
+    assert!(e.to_string().contains("memory"), "{e}");
+
+    // One flipped byte in the kernel.
+    let kernel = copy.join(image.kernel().file_name().unwrap());
+    let mut bytes = std::fs::read(&kernel).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&kernel, bytes).unwrap();
+    let e = runtime.start(want(1, 256)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            zennet_vm::VmError::ImageCorrupt { .. } | zennet_vm::VmError::Image(_)
+        ),
+        "{e}"
+    );
+    eprintln!("refused: {e}");
+    let vms = runtime.list().await.unwrap();
+    assert!(
+        vms.iter().all(|v| v.state != zennet_vm::VmState::Running),
+        "{vms:?}"
+    );
+    assert_eq!(namespaces(), before, "a refused start left a namespace");
+    let runs = std::fs::read_dir(dir.path().join("agent/vms"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "a refused start left a run directory");
+}
