@@ -15,17 +15,24 @@ fi
 
 # What the VM runtime and its tests need (images/HOST-PACKAGES lists them).
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-missing=()
-for p in $(grep -v '^#' "$(dirname "$0")/../images/HOST-PACKAGES"); do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
+host_packages=$(grep -v '^#' "$(dirname "$0")/../images/HOST-PACKAGES")
+missing_packages() {
+  for p in $host_packages; do
+    dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || echo "$p"
+  done
+}
 # Images are built from .deb files apt downloads, so its lists must exist.
-if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && [ ${#missing[@]} -eq 0 ]; then
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
   $SUDO apt-get update -qq
 fi
-if [ ${#missing[@]} -gt 0 ]; then
+# Two passes: installing one package can remove another that conflicts
+# with it (a backported qemu-utils goes when the distribution's QEMU
+# comes), so what the first pass removed is put back, aligned, in the second.
+for pass in 1 2; do
+  missing=($(missing_packages))
+  [ ${#missing[@]} -eq 0 ] && break
   echo "setup: installing ${missing[*]}" >&2
-  $SUDO apt-get update -qq
+  [ "$pass" -eq 1 ] && $SUDO apt-get update -qq
   export DEBIAN_FRONTEND=noninteractive
   if ! $SUDO apt-get install -y -qq "${missing[@]}"; then
     # Some machines carry a backported qemu-utils that conflicts with the
@@ -33,6 +40,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" "qemu-utils=$ver"
   fi
+done
+missing=($(missing_packages))
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: could not install ${missing[*]}; install them with apt-get and run again" >&2
+  exit 1
 fi
 
 # Python tools the tests run, from PyPI, in a venv of their own (Debian's

@@ -14,7 +14,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 
 phase "heavy tests (once per pass: Spark and Dask in TCG guests)"
 cargo test -p zennet-images --test e2e_disk_images -- --ignored --test-threads=1 2>&1 \
