@@ -27,9 +27,16 @@ phase "fuzz (${FUZZ_SECONDS:=20}s per target)"
 # toolchain accept them. One target dir for both fuzz crates: what they
 # share (zennet-chain and its dependencies) is built once.
 export CARGO_TARGET_DIR="$PWD/target/fuzz"
+fuzz_log=$(mktemp)
 for target in chain:decode_tx chain:decode_block chain:decode_snapshot chain:decode_sync \
     fs:decode_frame fs:parse_metainfo; do
-  (cd "${target%%:*}/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target#*:}" --fuzz-dir . -- \
-      -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1)
+  if ! (cd "${target%%:*}/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target#*:}" --fuzz-dir . -- \
+      -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 >"$fuzz_log" 2>&1); then
+    grep -v '^#\|^INFO' "$fuzz_log" | head -n 40
+    echo "fuzz $target: FAILED (the input is in ${target%%:*}/fuzz/artifacts/${target#*:}/)"
+    exit 1
+  fi
+  echo "fuzz $target: $(tail -n 1 "$fuzz_log")"
 done
+rm -f "$fuzz_log"
 echo "tests: $passed passed, $failed failed (${SECONDS}s in all)"

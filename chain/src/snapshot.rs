@@ -101,8 +101,10 @@ pub struct Manifest {
 pub type Chunk = Vec<(StateKey, StateValue)>;
 
 impl Manifest {
+    /// How many chunks the manifest's depth makes (saturating: a
+    /// manifest from a peer is only trusted once [`Manifest::check`]ed).
     pub fn chunks(&self) -> u64 {
-        16u64.pow(self.depth as u32)
+        16u64.saturating_pow(self.depth as u32)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -157,6 +159,14 @@ impl Manifest {
         chunk: &Chunk,
     ) -> Result<Vec<(Hash, Hash)>, SnapshotError> {
         let bad = |reason: String| Err(SnapshotError::Chunk { index, reason });
+        // Checked here too, not only in `check`: the depth drives shifts
+        // and powers below, and a manifest may come straight off the wire.
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return bad(format!(
+                "the manifest's depth {} is not 1 to {MAX_DEPTH}",
+                self.depth
+            ));
+        }
         let Some(expected) = self.summaries.get(index as usize) else {
             return bad(format!("the manifest has {} chunks", self.chunks()));
         };

@@ -150,6 +150,23 @@ fn bad_chunks_and_manifests_are_caught_and_named() {
     assert!(manifest.check(&other_header).is_err());
     // Junk bytes.
     assert!(Manifest::decode(&[1, 2, 3]).is_err());
+    // A manifest off the wire with an absurd depth (found by the fuzzer:
+    // 16^depth and the prefix shifts overflowed) is refused, unchecked.
+    for depth in [0, 5, 17, 255] {
+        let deep = Manifest {
+            depth,
+            ..manifest.clone()
+        };
+        assert!(
+            matches!(
+                deep.check_chunk(0, &good),
+                Err(SnapshotError::Chunk { index: 0, .. })
+            ),
+            "depth {depth}"
+        );
+        assert!(deep.check(&header).is_err());
+        let _ = deep.chunks();
+    }
 }
 
 #[test]
