@@ -366,6 +366,9 @@ impl NodeHandle {
 
     pub async fn stop(self) -> Result<()> {
         self.node.shutdown.store(true, Ordering::SeqCst);
+        if let Some(p) = self.node.provider() {
+            p.shutdown();
+        }
         let _ = self.stop_server.send(());
         let _ = self.server.await;
         for m in self.miners {

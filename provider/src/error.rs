@@ -17,7 +17,9 @@ pub enum ProviderError {
     Refused { task: Hash, reason: Rejection },
     #[error("AcceptTask for {task}: {source}")]
     Accept { task: Hash, source: ChainError },
-    #[error("the acceptance proof of work for {task} was cancelled")]
+    #[error(
+        "the acceptance proof of work for {task} was given up (the node is stopping or the task's acceptance window closed)"
+    )]
     PowCancelled { task: Hash },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -73,7 +73,8 @@ pub struct Provider {
     /// Capacity reserved for acceptances whose proof of work is being
     /// searched (outside the lock, so one hard search stalls nothing).
     reserved: Mutex<HashMap<Hash, Resources>>,
-    /// Set when the provider goes away: searches stop.
+    /// Set by [`Provider::shutdown`] (or when the provider goes away):
+    /// searches stop.
     stopping: Arc<AtomicBool>,
 }
 
@@ -206,6 +207,14 @@ impl Provider {
         Ok(self.store.reject(task)?)
     }
 
+    /// Stops every acceptance proof-of-work search. A search holds the
+    /// provider alive while it runs, so dropping the last handle is not
+    /// enough: the node calls this before its runtime goes, or a search
+    /// for a hostile difficulty would keep the process from exiting.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     fn evaluate(
         &self,
         t: &TaskRecord,
@@ -298,8 +307,10 @@ impl Provider {
     }
 
     /// Solves the acceptance proof of work (on the blocking pool, outside
-    /// any lock, cancelled when the provider goes away), submits it and
-    /// starts the runner. The capacity reserved for `offer` is released.
+    /// any lock; given up when the provider shuts down or the task's
+    /// acceptance window has closed, since a late acceptance cannot be
+    /// mined), submits it and starts the runner. The capacity reserved
+    /// for `offer` is released.
     async fn take(
         self: &Arc<Self>,
         record: &TaskRecord,
@@ -331,9 +342,14 @@ impl Provider {
             pow_nonce: 0,
         };
         let difficulty = a.acceptance_difficulty;
-        let stopping = self.stopping.clone();
+        let (stopping, ledger, until) = (
+            self.stopping.clone(),
+            self.ledger.clone(),
+            record.accept_until(),
+        );
+        let give_up = move || stopping.load(Ordering::Relaxed) || ledger.height() > until;
         let acceptance =
-            tokio::task::spawn_blocking(move || solve(acceptance, &me, difficulty, &stopping))
+            tokio::task::spawn_blocking(move || solve(acceptance, &me, difficulty, give_up))
                 .await
                 .ok()
                 .flatten()
@@ -383,16 +399,16 @@ impl Provider {
     }
 }
 
-/// Searches the acceptance's proof of work in chunks, giving up when
-/// `stopping` is set.
+/// Searches the acceptance's proof of work in chunks, asking `give_up`
+/// between chunks.
 fn solve(
     mut acceptance: TaskAcceptance,
     me: &Address,
     difficulty: u64,
-    stopping: &AtomicBool,
+    give_up: impl Fn() -> bool,
 ) -> Option<TaskAcceptance> {
     let mut start = 0u64;
-    while !stopping.load(Ordering::Relaxed) {
+    while !give_up() {
         if let Some(n) = pow::search(start, POW_CHUNK, difficulty, |n| {
             acceptance.pow_nonce = n;
             acceptance.pow_hash(me)
