@@ -2,7 +2,8 @@
 //! a cgroup, as an unprivileged seccomp-confined process, reachable by the
 //! stock OpenSSH client; CPU quotas and memory limits hold; an isolated
 //! guest reaches nothing on its host, a guest with internet reaches public
-//! addresses only, metered and shaped.
+//! addresses only, metered and shaped; what a VM leaves on its host (console
+//! log, run directory, namespace) is bounded and freed on every way it ends.
 //!
 //! Needs root, QEMU and OpenSSH (scripts/setup.sh installs them). The image
 //! is built once into `$ZENNET_IMAGE_CACHE` (default
@@ -835,4 +836,110 @@ async fn oversubscription_and_a_corrupt_image_are_refused_before_anything_starts
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(runs, 0, "a refused start left a run directory");
+}
+
+/// A VM's files belong to its own uid and nobody else may read them; a
+/// guest printing without end costs the host at most twice the console
+/// cap; a guest that powers itself off is noticed by metering and
+/// everything it held on the host (run directory, namespace) is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let _image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(dir.path());
+    let runtime = zennet_vm::Runtime::open(
+        zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache()),
+        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
+            accel: Accel::Tcg,
+            ..QemuConfig::default()
+        })),
+    )
+    .await
+    .unwrap();
+    let vm = runtime
+        .start(zennet_vm::StartVm {
+            image: zennet_images::DEFAULT_IMAGE_ID.into(),
+            cores: 1,
+            cpu_quota: None,
+            mem_mib: 256,
+            volume: None,
+            volume_gib: None,
+            scratch_gib: Some(1),
+            network: None,
+            bandwidth_mbps: None,
+            authorized_key: public,
+        })
+        .await
+        .unwrap();
+    runtime
+        .wait_ready(&vm.id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let uid = vm.uid.unwrap();
+    let run_dir = dir.path().join("agent/vms").join(&vm.id);
+    let scratch = std::fs::metadata(run_dir.join("scratch.qcow2")).unwrap();
+    assert_eq!(scratch.uid(), uid, "the scratch disk is the VM's own");
+    assert_eq!(scratch.mode() & 0o077, 0, "mode {:o}", scratch.mode());
+
+    // 3 MiB on the serial console, three times the cap (an emulated UART
+    // under TCG takes about 0.3 MB/s).
+    let started = Instant::now();
+    ssh(
+        &key,
+        vm.ssh_port,
+        "dd if=/dev/zero of=/dev/ttyS0 bs=65536 count=48 2>/dev/null",
+    );
+    eprintln!("3 MiB written to the console in {:?}", started.elapsed());
+    let logged: u64 = ["serial.log", "serial.log.1"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(run_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(
+        logged <= 2 * zennet_vm::console::LOG_CAP,
+        "the console log holds {logged} bytes"
+    );
+
+    // The guest's own poweroff. Its ssh session dies with the guest
+    // without a FIN, so the client is not waited for.
+    let mut poweroff = Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-i"])
+        .arg(&key)
+        .args([
+            "-p",
+            &vm.ssh_port.to_string(),
+            "root@127.0.0.1",
+            "poweroff -f",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        runtime.sample_all().await.unwrap();
+        if runtime.info(&vm.id).await.unwrap().state == zennet_vm::VmState::Stopped {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = poweroff.kill();
+            panic!("the powered-off VM was not noticed");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = poweroff.kill();
+    let _ = poweroff.wait();
+    assert!(!run_dir.exists(), "run directory left behind");
+    let netns = vm.netns.unwrap();
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "namespace {netns} left behind"
+    );
 }
