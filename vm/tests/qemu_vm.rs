@@ -86,6 +86,36 @@ fn ssh(key: &Path, port: u16, command: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A VM runtime with `config` over QEMU under TCG.
+async fn tcg_runtime(config: zennet_vm::RuntimeConfig) -> std::sync::Arc<zennet_vm::Runtime> {
+    zennet_vm::Runtime::open(
+        config,
+        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
+            accel: Accel::Tcg,
+            ..QemuConfig::default()
+        })),
+    )
+    .await
+    .unwrap()
+}
+
+/// The default image with `cores` and `mem_mib`, a 1 GiB scratch disk and
+/// the operator's network, logged into with `public`.
+fn start_request(public: &str, cores: u32, mem_mib: u64) -> zennet_vm::StartVm {
+    zennet_vm::StartVm {
+        image: zennet_images::DEFAULT_IMAGE_ID.into(),
+        cores,
+        cpu_quota: None,
+        mem_mib,
+        volume: None,
+        volume_gib: None,
+        scratch_gib: Some(1),
+        network: None,
+        bandwidth_mbps: None,
+        authorized_key: public.to_string(),
+    }
+}
+
 fn status_field(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -318,21 +348,7 @@ async fn isolated_guest_reaches_nothing_on_its_host() {
     )
     .await
     .unwrap();
-    let vm = runtime
-        .start(zennet_vm::StartVm {
-            image: zennet_images::DEFAULT_IMAGE_ID.into(),
-            cores: 1,
-            cpu_quota: None,
-            mem_mib: 256,
-            volume: None,
-            volume_gib: None,
-            scratch_gib: Some(1),
-            network: None,
-            bandwidth_mbps: None,
-            authorized_key: public,
-        })
-        .await
-        .unwrap();
+    let vm = runtime.start(start_request(&public, 1, 256)).await.unwrap();
     assert_eq!(vm.network, "isolated");
     let netns = vm.netns.clone().unwrap();
     let started = Instant::now();
@@ -557,30 +573,8 @@ async fn internet_guest_reaches_public_addresses_only_metered_and_shaped() {
         zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache());
     config.network.mode = zennet_vm::net::GuestNetwork::Internet;
     config.network.bandwidth_mbps = MBPS;
-    let runtime = zennet_vm::Runtime::open(
-        config,
-        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
-            accel: Accel::Tcg,
-            ..QemuConfig::default()
-        })),
-    )
-    .await
-    .unwrap();
-    let vm = runtime
-        .start(zennet_vm::StartVm {
-            image: zennet_images::DEFAULT_IMAGE_ID.into(),
-            cores: 1,
-            cpu_quota: None,
-            mem_mib: 256,
-            volume: None,
-            volume_gib: None,
-            scratch_gib: Some(1),
-            network: None,
-            bandwidth_mbps: None,
-            authorized_key: public,
-        })
-        .await
-        .unwrap();
+    let runtime = tcg_runtime(config).await;
+    let vm = runtime.start(start_request(&public, 1, 256)).await.unwrap();
     assert_eq!(vm.network, "internet");
     runtime
         .wait_ready(&vm.id, Duration::from_secs(180))
@@ -688,32 +682,10 @@ async fn a_vm_that_died_with_its_node_leaves_nothing_behind() {
         let mut config =
             zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache());
         config.network.mode = zennet_vm::net::GuestNetwork::Internet;
-        zennet_vm::Runtime::open(
-            config,
-            std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
-                accel: Accel::Tcg,
-                ..QemuConfig::default()
-            })),
-        )
-        .await
-        .unwrap()
+        tcg_runtime(config).await
     };
     let node = open().await;
-    let vm = node
-        .start(zennet_vm::StartVm {
-            image: zennet_images::DEFAULT_IMAGE_ID.into(),
-            cores: 1,
-            cpu_quota: None,
-            mem_mib: 256,
-            volume: None,
-            volume_gib: None,
-            scratch_gib: Some(1),
-            network: None,
-            bandwidth_mbps: None,
-            authorized_key: public,
-        })
-        .await
-        .unwrap();
+    let vm = node.start(start_request(&public, 1, 256)).await.unwrap();
     let netns = vm.netns.clone().unwrap();
     let uplink = format!("zn{}", netns.trim_start_matches("zennet-"));
     let run_dir = dir.path().join("agent/vms").join(&vm.id);
@@ -774,27 +746,8 @@ async fn oversubscription_and_a_corrupt_image_are_refused_before_anything_starts
         memory_mib: 512,
         disk_gib: 100,
     });
-    let runtime = zennet_vm::Runtime::open(
-        config,
-        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
-            accel: Accel::Tcg,
-            ..QemuConfig::default()
-        })),
-    )
-    .await
-    .unwrap();
-    let want = |cores: u32, mem_mib: u64| zennet_vm::StartVm {
-        image: zennet_images::DEFAULT_IMAGE_ID.into(),
-        cores,
-        cpu_quota: None,
-        mem_mib,
-        volume: None,
-        volume_gib: None,
-        scratch_gib: Some(1),
-        network: None,
-        bandwidth_mbps: None,
-        authorized_key: public.clone(),
-    };
+    let runtime = tcg_runtime(config).await;
+    let want = |cores: u32, mem_mib: u64| start_request(&public, cores, mem_mib);
     let namespaces = || {
         std::fs::read_dir("/run/netns")
             .map(|d| d.count())
@@ -849,30 +802,12 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
     let _image = image();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(dir.path());
-    let runtime = zennet_vm::Runtime::open(
-        zennet_vm::RuntimeConfig::new(dir.path().join("agent"), zennet_testkit::image_cache()),
-        std::sync::Arc::new(zennet_vm::qemu::QemuBackend::new(QemuConfig {
-            accel: Accel::Tcg,
-            ..QemuConfig::default()
-        })),
-    )
-    .await
-    .unwrap();
-    let vm = runtime
-        .start(zennet_vm::StartVm {
-            image: zennet_images::DEFAULT_IMAGE_ID.into(),
-            cores: 1,
-            cpu_quota: None,
-            mem_mib: 256,
-            volume: None,
-            volume_gib: None,
-            scratch_gib: Some(1),
-            network: None,
-            bandwidth_mbps: None,
-            authorized_key: public,
-        })
-        .await
-        .unwrap();
+    let runtime = tcg_runtime(zennet_vm::RuntimeConfig::new(
+        dir.path().join("agent"),
+        zennet_testkit::image_cache(),
+    ))
+    .await;
+    let vm = runtime.start(start_request(&public, 1, 256)).await.unwrap();
     runtime
         .wait_ready(&vm.id, Duration::from_secs(180))
         .await
