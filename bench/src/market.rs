@@ -14,6 +14,10 @@
 //!   for context.
 //! * Voucher signing (payer side): `Voucher::sign` vs raw k256
 //!   `sign_prehash_recoverable`.
+//! * The contract state machine (`zennet_provider::contract`): events per
+//!   second over a contract's life (a tick, a report, a voucher stored,
+//!   every payout interval), beside the voucher check each voucher event
+//!   follows: the ratio says how little of a payment round the rules cost.
 //! * The whole market: `zennet devnet --providers 2` (the `zennet` binary
 //!   built beside this one), from the announcement being mined to every VM
 //!   answering through its tunnel, beside the VM boot time inside it.
@@ -43,6 +47,7 @@ pub fn run(quick: bool) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(tunnel(if quick { 64 << 20 } else { 512 << 20 }));
     vouchers(Duration::from_secs(if quick { 1 } else { 3 }));
+    contract_events(Duration::from_secs(if quick { 1 } else { 3 }));
     devnet();
 }
 
@@ -384,5 +389,62 @@ fn vouchers(budget: Duration) {
         "k256 sign_prehash_recoverable",
         anchor,
         "ops/s",
+    );
+}
+
+/// The provider's contract rules, fed a paid contract's events: every
+/// payout interval a tick (which sends a report) and the voucher that
+/// covers it. Anchor: the voucher check (k256 recover) each `Paid` event
+/// follows in the node.
+fn contract_events(budget: Duration) {
+    use zennet_provider::contract::{Contract, Event, Rules};
+    const ROUNDS: u64 = 10_000;
+    let rules = Rules {
+        interval: Duration::from_secs(2),
+        prepay: false,
+        late_after: Duration::from_secs(3),
+        grace: Duration::from_secs(10),
+        lease: Duration::from_secs(u32::MAX as u64),
+        claim_margin: 20,
+    };
+    let ours = rate(budget, || {
+        let t0 = tokio::time::Instant::now();
+        let mut c = Contract::new(rules, t0, t0, 0, false);
+        c.on(Event::Connected { now: t0 });
+        for i in 1..=ROUNDS {
+            let now = t0 + rules.interval * i as u32;
+            let due = i as u128 * 1_000;
+            let actions = c.on(Event::Tick { now, accrued: due });
+            std::hint::black_box(&actions);
+            c.on(Event::Paid { now, paid: due });
+        }
+        assert_eq!(c.phase, zennet_provider::Phase::Running);
+        2 * ROUNDS
+    });
+    let payer = SecretKey::generate();
+    let v = Voucher {
+        chain_id: 7,
+        channel: Hash([3; 32]),
+        seq: 1,
+        cumulative: 1,
+    }
+    .sign(&payer, &Hash::ZERO);
+    let sig = EcdsaSignature::from_slice(&v.signature.0[..64]).unwrap();
+    let recid = RecoveryId::from_byte(v.signature.0[64]).unwrap();
+    let prehash = v.voucher.signing_hash(&Hash::ZERO).0;
+    let anchor = rate(budget, || {
+        for _ in 0..1_000 {
+            std::hint::black_box(
+                VerifyingKey::recover_from_prehash(&prehash, &sig, recid).unwrap(),
+            );
+        }
+        1_000
+    });
+    row(
+        "contract state machine (tick, paid)",
+        ours,
+        "k256 recover_from_prehash",
+        anchor,
+        "events/s",
     );
 }

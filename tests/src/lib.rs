@@ -1,5 +1,12 @@
 //! Harness for end-to-end tests: builds the real `zennet` binary once and
 //! runs it as separate processes against homes in temporary directories.
+//!
+//! * this file: [`TestHome`] (one home, its node process, its CLI), one
+//!   fast chain for many homes, waiting, config edits, fake peers.
+//! * [`market`]: a miner, publishers and providers on one chain, and what
+//!   tests read off them (VMs, contracts, channels, claims on chain).
+
+pub mod market;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -22,9 +22,12 @@ use crate::error::VmError;
 /// The CFS period used for quotas: 100 ms, the kernel default.
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// Memory QEMU itself needs beyond guest RAM (device models, TCG code
-/// cache, I/O buffers). TCG's translation cache alone is up to 32 MiB per
-/// vCPU thread on small guests.
+/// cache, I/O buffers, the page cache of its images, which the memory
+/// controller charges too).
 pub const QEMU_OVERHEAD_MIB: u64 = 192;
+/// The TCG translation cache QEMU is given (`-accel tcg,tb-size=`), inside
+/// [`QEMU_OVERHEAD_MIB`]: QEMU's own default (1 GiB) would not fit.
+pub const TCG_CODE_CACHE_MIB: u64 = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {

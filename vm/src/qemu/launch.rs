@@ -311,7 +311,15 @@ fn qemu_args(
         "-display".into(),
         "none".into(),
         "-machine".into(),
-        format!("q35,accel={}", config.accel.name()),
+        "q35".into(),
+        "-accel".into(),
+        match config.accel {
+            Accel::Kvm => "kvm".into(),
+            // QEMU's TCG code cache defaults to 1 GiB; left so, a busy
+            // guest grows past its cgroup's memory limit and is OOM-killed
+            // mid-job (the chaos test saw it). Bounded, it fits the overhead.
+            Accel::Tcg => format!("tcg,tb-size={}", crate::cgroup::TCG_CODE_CACHE_MIB),
+        },
         "-cpu".into(),
         match config.accel {
             Accel::Kvm => "host".into(),
@@ -633,7 +641,7 @@ mod tests {
         let args = qemu_args(&config, &spec, &fds, true).join(" ");
         for expected in [
             "-nodefaults -no-user-config",
-            "-machine q35,accel=tcg",
+            "-machine q35 -accel tcg,tb-size=64",
             "-smp 2 -m 512M",
             "-kernel /proc/self/fd/10 -initrd /proc/self/fd/11",
             "-append console=ttyS0 zennet.authorized_key=QQ==",

@@ -1,0 +1,213 @@
+//! A market on one fast chain for end-to-end tests: a miner, publishers
+//! and providers as real processes, and what tests read off them (VMs,
+//! contracts, channels, claims on chain).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{TestHome, amount, homes_on_one_chain, set_config, wait_until};
+
+/// A market on one fast chain: a miner, then publishers, then providers
+/// (each with the image built and a node identity).
+pub struct Market {
+    pub miner: TestHome,
+    pub publishers: Vec<TestHome>,
+    pub providers: Vec<TestHome>,
+    pub image_hash: String,
+}
+
+impl Market {
+    pub fn start(
+        publishers: usize,
+        providers: usize,
+        provider_config: &[(&str, &str, &str)],
+    ) -> Market {
+        let mut homes = homes_on_one_chain(1 + publishers + providers);
+        let mut miner = homes.remove(0);
+        let mut pubs: Vec<TestHome> = homes.drain(..publishers).collect();
+        let mut provs: Vec<TestHome> = homes;
+        miner.start_node(&["--mine", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let boot = miner.p2p_addr();
+        for p in &mut pubs {
+            set_config(p, "publisher", "ssh_listen", "\"127.0.0.1:0\"");
+            p.start_node(&[
+                "--publish",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot,
+            ]);
+            fund(&miner, p, "100000000000000");
+            p.ok(&["id", "mine", "--role", "publisher", "--threads", "1"]);
+        }
+        let mut image_hash = String::new();
+        for p in &mut provs {
+            image_hash = p.json(&["image", "build"])["hash"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            for (table, key, value) in provider_config {
+                set_config(p, table, key, value);
+            }
+            p.start_node(&[
+                "--provide",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot,
+            ]);
+            fund(&miner, p, "1000000000");
+            p.ok(&["id", "mine", "--role", "node", "--threads", "1"]);
+        }
+        for h in pubs.iter().chain(provs.iter()) {
+            let addr = h.address();
+            wait_until(Duration::from_secs(60), "identity registration", || {
+                api_get(&miner, &format!("/v1/identities/{addr}"))
+                    .is_some_and(|v| !v["publisher"].is_null() || !v["node"].is_null())
+            });
+        }
+        Market {
+            miner,
+            publishers: pubs,
+            providers: provs,
+            image_hash,
+        }
+    }
+
+    /// Announces a task from `publisher` and waits until it is mined.
+    pub fn announce(&self, publisher: usize, instances: u32, interval: i32, extra: &str) -> String {
+        let p = &self.publishers[publisher];
+        let file = p.dir.join(format!("task-{}.toml", rand_suffix()));
+        std::fs::write(
+            &file,
+            format!(
+                r#"images = [{{ id = "zennet-tiny", hash = "{hash}" }}]
+cores = [1]
+memory_mib_per_core = 192
+min_instances = 1
+max_instances = {instances}
+lease_max_secs = 1800
+payout_interval_secs = {interval}
+acceptance_window = 400
+acceptance_difficulty = 500
+{extra}
+[rates]
+per_compute_unit_second = "1000"
+per_memory_gib_hour = "3600000"
+base_per_second = "10"
+"#,
+                hash = self.image_hash
+            ),
+        )
+        .unwrap();
+        let task = p.json(&["task", "announce", file.to_str().unwrap()])["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        wait_until(
+            Duration::from_secs(60),
+            "the announcement to be mined",
+            || p.run(&["task", "show", &task]).status.success(),
+        );
+        task
+    }
+}
+
+pub fn fund(miner: &TestHome, to: &TestHome, sum: &str) {
+    miner.ok(&["wallet", "send", &to.address(), sum, "--wait"]);
+    // The funded node must have synced the block before it spends.
+    wait_until(
+        Duration::from_secs(30),
+        "the funds to reach the node",
+        || amount(&to.json(&["wallet", "balance"])["balance"]) > 0,
+    );
+}
+
+/// GET on a home's node API.
+pub fn api_get(home: &TestHome, path: &str) -> Option<Value> {
+    let node: Value =
+        serde_json::from_slice(&std::fs::read(home.dir.join("node.json")).ok()?).ok()?;
+    let url = format!("http://{}{path}", node["api"].as_str()?);
+    let token = std::fs::read_to_string(home.dir.join("api_token")).ok()?;
+    let resp = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(token.trim())
+        .send()
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().ok()
+}
+
+pub fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+pub fn vms_of(publisher: &TestHome, task: &str) -> Vec<Value> {
+    publisher
+        .json(&["vm", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["task"] == task)
+        .cloned()
+        .collect()
+}
+
+pub fn contract(provider: &TestHome, task: &str) -> Option<Value> {
+    provider
+        .json(&["agent", "status"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["task"] == task)
+        .cloned()
+}
+
+/// Waits until `task` has `n` connected, running VMs at `publisher`.
+pub fn wait_running(publisher: &TestHome, task: &str, n: usize) -> Vec<Value> {
+    wait_until(
+        Duration::from_secs(240),
+        "VMs running behind their tunnels",
+        || {
+            vms_of(publisher, task)
+                .iter()
+                .filter(|v| {
+                    v["connected"] == true && v["phase"] == "running" && !v["ssh_port"].is_null()
+                })
+                .count()
+                == n
+        },
+    );
+    vms_of(publisher, task)
+}
+
+pub fn channel_closed(miner: &TestHome, channel: &str) -> bool {
+    api_get(miner, &format!("/v1/channels/{channel}")).is_none()
+}
+
+/// Sum of claims and closes paid out of `channel` on chain: the last
+/// cumulative the payee submitted.
+pub fn claimed_on_chain(provider: &TestHome, c: &Value) -> u128 {
+    let mut claimed = 0;
+    let txs = c["claim_txs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&c["close_tx"]));
+    for tx in txs.filter(|t| !t.is_null()) {
+        let v = provider.json(&["chain", "tx", tx.as_str().unwrap()]);
+        let body = &v["tx"]["body"];
+        let kind = body["type"].as_str().unwrap_or_default();
+        let voucher = &body["voucher"];
+        if (kind == "channel_claim" || kind == "channel_close") && !voucher.is_null() {
+            claimed = claimed.max(amount(&voucher["voucher"]["cumulative"]));
+        }
+    }
+    claimed
+}
