@@ -46,6 +46,7 @@ pub async fn run(
     let temp = tempfile::Builder::new()
         .prefix("zennet-devnet-")
         .tempdir()?;
+    let in_temp = root.is_none();
     let root = root.unwrap_or_else(|| temp.path().to_path_buf());
     let mut net = Devnet {
         root: root.clone(),
@@ -55,8 +56,11 @@ pub async fn run(
     let result = net.run(providers, primes_below).await;
     net.shutdown().await;
     if keep {
-        let kept = temp.keep();
-        eprintln!("devnet: homes and logs kept in {}", kept.display());
+        // With --home the homes are there already, not in the temp dir.
+        if in_temp {
+            let _ = temp.keep();
+        }
+        eprintln!("devnet: homes and logs kept in {}", root.display());
     }
     let summary = result?;
     out.print(&summary, || summary.text());

@@ -3,8 +3,8 @@
 //! to the channel's close. It dials the publisher in the background (with
 //! backoff) while the machine keeps ticking — so a VM whose publisher is
 //! gone is still paused when payment is late — checks the terms against
-//! the announcement and the channel against the lease, starts the VM,
-//! turns frames, metering ticks and chain tips into events, and carries
+//! the announcement, starts the VM while the publisher's channel is being
+//! mined and then checks the channel against the lease, turns frames, metering ticks and chain tips into events, and carries
 //! out the machine's actions: reports, pause and resume, claims, the last
 //! report, the close steps.
 
@@ -50,9 +50,13 @@ struct Link {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long the node waits for the publisher's terms after `Join` (the
-/// publisher waits for its channel to be mined first).
+/// How long the node waits for the publisher's terms after `Join`.
 const TERMS_TIMEOUT: Duration = Duration::from_secs(180);
+/// Blocks the node waits for the terms' channel to be mined (it boots the
+/// VM meanwhile, unpaid until then, so the wait is short); at least
+/// [`MIN_CHANNEL_WAIT`].
+const CHANNEL_WAIT_BLOCKS: u32 = 5;
+const MIN_CHANNEL_WAIT: Duration = Duration::from_secs(10);
 /// How long the last voucher may take after the last report.
 const LAST_VOUCHER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -294,71 +298,29 @@ impl Runner {
                 "the publisher switched channels mid-contract".into(),
             ));
         }
-        match p.payee.admit(&terms.channel, &row.publisher, min_expiry) {
-            Ok(_) => {}
-            Err(e @ PayError::NotOnChain(_)) => return Err(retry(e)),
-            Err(
-                e @ (PayError::WrongParties { .. }
-                | PayError::ExpiresTooSoon { .. }
-                | PayError::Settling { .. }),
-            ) => return Err(Session::Fatal(e.to_string())),
-            Err(e) => return Err(retry(e)),
-        }
-        row.channel = Some(terms.channel);
-        row.paid = p.payee.paid(&terms.channel).map_err(retry)?;
         row.vm_key = Some(terms.vm_key.clone());
         row.storage_paid = terms.storage_paid;
         row.compute_score = row.compute_score.min(terms.compute_per_core);
         p.store.put(row).map_err(retry)?;
-
-        let vm_id = match &row.vm {
-            Some(id) => id.clone(),
+        // Terms come as soon as the publisher's channel is on its way; the
+        // first boot (the long part) runs while it is mined. A channel that
+        // never comes costs the boot: the VM, unpaid, is paused and then
+        // ended by the contract's own rules.
+        let publisher = row.publisher;
+        let admit = admit_when_mined(&p, &terms.channel, &publisher, min_expiry);
+        let (vm_id, admitted) = match row.vm.clone() {
             None => {
-                let started = Instant::now();
-                let vm = p
-                    .vms
-                    .start(StartVm {
-                        image: row.image_id.clone(),
-                        cores: row.cores as u32,
-                        cpu_quota: None,
-                        mem_mib: row.memory_mib,
-                        volume: (row.storage_gib > 0).then(|| volume_name(&self.task)),
-                        volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
-                        scratch_gib: None,
-                        network: None,
-                        // The bandwidth the task bought: at least the
-                        // announcement's minimum, each way.
-                        bandwidth_mbps: p
-                            .ledger
-                            .task(&row.task)
-                            .map(|t| t.announcement.vm.min_bandwidth_mbps)
-                            .filter(|mbps| *mbps > 0),
-                        authorized_key: terms.vm_key.clone(),
-                    })
-                    .await
-                    .map_err(|e| Session::Fatal(format!("VM launch: {e}")))?;
-                row.vm = Some(vm.id.clone());
-                row.started_ms = Some(now_ms());
-                row.phase = Phase::Running;
-                p.store.put(row).map_err(retry)?;
-                *machine = Some(Contract::new(
-                    self.rules(row),
-                    started,
-                    Instant::now(),
-                    row.paid,
-                    false,
-                ));
-                row.vm_host_key = p
-                    .vms
-                    .wait_ready(&vm.id, Duration::from_secs(180))
-                    .await
-                    .map_err(|e| Session::Fatal(e.to_string()))?;
-                row.boot_ms = started.elapsed().as_millis() as u64;
-                p.store.put(row).map_err(retry)?;
-                tracing::info!(task = %self.task, vm = %vm.id, boot_ms = row.boot_ms, "VM ready");
-                vm.id
+                let rules = self.rules(row);
+                let boot = boot(&p, self.task, rules, row, machine, &terms);
+                let (vm_id, admitted) = tokio::join!(boot, admit);
+                (vm_id?, admitted)
             }
+            Some(vm_id) => (vm_id, admit.await),
         };
+        admitted?;
+        row.channel = Some(terms.channel);
+        row.paid = p.payee.paid(&terms.channel).map_err(retry)?;
+        p.store.put(row).map_err(retry)?;
         if machine.is_none() {
             *machine = Some(self.restore(row, Instant::now()));
         }
@@ -646,6 +608,91 @@ impl Runner {
 }
 
 /// Dials the publisher, opens `zennet-pay`, joins and waits for the terms.
+/// Starts the contract's VM (the first time) and waits for its sshd.
+async fn boot(
+    p: &Provider,
+    task: Hash,
+    rules: Rules,
+    row: &mut ContractRow,
+    machine: &mut Option<Contract>,
+    terms: &Terms,
+) -> Result<String, Session> {
+    let started = Instant::now();
+    let vm = p
+        .vms
+        .start(StartVm {
+            image: row.image_id.clone(),
+            cores: row.cores as u32,
+            cpu_quota: None,
+            mem_mib: row.memory_mib,
+            volume: (row.storage_gib > 0).then(|| volume_name(&task)),
+            volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
+            scratch_gib: None,
+            network: None,
+            // The bandwidth the task bought: at least the
+            // announcement's minimum, each way.
+            bandwidth_mbps: p
+                .ledger
+                .task(&row.task)
+                .map(|t| t.announcement.vm.min_bandwidth_mbps)
+                .filter(|mbps| *mbps > 0),
+            authorized_key: terms.vm_key.clone(),
+        })
+        .await
+        .map_err(|e| Session::Fatal(format!("VM launch: {e}")))?;
+    row.vm = Some(vm.id.clone());
+    row.started_ms = Some(now_ms());
+    row.phase = Phase::Running;
+    p.store.put(row).map_err(retry)?;
+    *machine = Some(Contract::new(
+        rules,
+        started,
+        Instant::now(),
+        row.paid,
+        false,
+    ));
+    row.vm_host_key = p
+        .vms
+        .wait_ready(&vm.id, Duration::from_secs(180))
+        .await
+        .map_err(|e| Session::Fatal(e.to_string()))?;
+    row.boot_ms = started.elapsed().as_millis() as u64;
+    p.store.put(row).map_err(retry)?;
+    tracing::info!(%task, vm = %vm.id, boot_ms = row.boot_ms, "VM ready");
+    Ok(vm.id)
+}
+
+/// Admits the publisher's channel once it is on chain, waiting up to
+/// [`CHANNEL_WAIT_BLOCKS`] for it to be mined (then: retry, while the
+/// contract's rules pause the unpaid VM). A channel with the wrong
+/// parties, too short an expiry or already settling ends the contract.
+async fn admit_when_mined(
+    p: &Provider,
+    channel: &Hash,
+    publisher: &zennet_chain::Address,
+    min_expiry: u64,
+) -> Result<(), Session> {
+    let mut tip = p.ledger.tip();
+    let block = Duration::from_millis(p.ledger.genesis().consensus.block_time_ms);
+    let deadline = Instant::now() + (block * CHANNEL_WAIT_BLOCKS).max(MIN_CHANNEL_WAIT);
+    loop {
+        match p.payee.admit(channel, publisher, min_expiry) {
+            Ok(_) => return Ok(()),
+            Err(e @ PayError::NotOnChain(_)) if Instant::now() >= deadline => {
+                return Err(retry(e));
+            }
+            Err(PayError::NotOnChain(_)) => {}
+            Err(
+                e @ (PayError::WrongParties { .. }
+                | PayError::ExpiresTooSoon { .. }
+                | PayError::Settling { .. }),
+            ) => return Err(Session::Fatal(e.to_string())),
+            Err(e) => return Err(retry(e)),
+        }
+        let _ = tokio::time::timeout_at(deadline, tip.changed()).await;
+    }
+}
+
 async fn join(p: Arc<Provider>, row: ContractRow) -> Result<Joined, Session> {
     let tunnel = Tunnel::dial(
         &row.endpoint,

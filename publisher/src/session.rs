@@ -1,5 +1,6 @@
-//! One admitted node's `zennet-pay` session: `Join`, the channel (opened
-//! on chain before the terms go out), terms, then a voucher for every
+//! One admitted node's `zennet-pay` session: `Join`, terms as soon as the
+//! channel is on its way (opened when the acceptance was mined; the node
+//! boots the VM while it is mined), then a voucher for every
 //! usage report — for no more than the publisher's own bound: the most the
 //! accepted VM could have used since the contract started, at the task's
 //! rates. A negative payout interval prepays that many seconds ahead.
@@ -110,7 +111,11 @@ impl Publisher {
         let interval = a.payout_interval_secs;
         let lease_secs = a.lease_max_secs;
         let channel = c.channel.ok_or(PublisherError::ChannelNotOpen(task))?;
-        self.wait_channel(&channel).await?;
+        // Terms go out while the channel is still being mined: the node
+        // boots the VM meanwhile and admits the channel once it is on chain.
+        if self.payer.open_failed(&channel) {
+            return Err(PublisherError::ChannelNotOpen(channel));
+        }
         let task_row = self.own_task(&task)?;
         let mut terms = Terms {
             channel,
@@ -333,20 +338,6 @@ impl Publisher {
             .cloned()
             .ok_or(PublisherError::NoAcceptance(*task))?;
         Ok((record, acceptance))
-    }
-
-    async fn wait_channel(&self, channel: &Hash) -> Result<(), PublisherError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.payer.is_open(channel) {
-                return Ok(());
-            }
-            if self.ledger.included_at(channel).is_some() || tokio::time::Instant::now() > deadline
-            {
-                return Err(PublisherError::ChannelNotOpen(*channel));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// The voucher answering a usage report, if one is due: no more than

@@ -10,9 +10,13 @@
 //! The server is open to the internet, so what an unauthenticated client
 //! can hold is bounded ([`Limits`]): a few connections per source address,
 //! a total, and a deadline to authenticate by (like OpenSSH's
-//! `PerSourceMaxStartups`, `MaxStartups` and `LoginGraceTime`). A flood of
-//! idle connections from one address costs it its own slots only; the
-//! accept loop is ours (russh's `run_on_socket` has no such limits), each
+//! `PerSourceMaxStartups`, `MaxStartups` and `LoginGraceTime`), and a rate
+//! of new connections per source address (OpenSSH's `PerSourcePenalties`
+//! in spirit): a key exchange costs the server more than the client, so a
+//! client that opens, exchanges keys and hangs up in a loop (DHEat,
+//! CVE-2002-20001) is held to a few a second without holding any slot. A
+//! flood from one address costs it its own slots and rate only; the accept
+//! loop is ours (russh's `run_on_socket` has no such limits), each
 //! connection then runs through `russh::server::run_stream`.
 
 use std::collections::HashMap;
@@ -104,6 +108,12 @@ pub struct Limits {
     pub total: usize,
     /// A client not authenticated this long after connecting is dropped.
     pub auth_timeout: Duration,
+    /// New connections one source address may open per second, on
+    /// average; more are closed before the key exchange.
+    pub new_per_source_per_sec: f64,
+    /// New connections one source address may open at once after being
+    /// quiet (the bucket's size).
+    pub new_per_source_burst: f64,
 }
 
 impl Default for Limits {
@@ -112,6 +122,10 @@ impl Default for Limits {
             per_source: 10,
             total: 100,
             auth_timeout: Duration::from_secs(20),
+            // A node redials about once a second at most; ssh-audit's
+            // DHEat check wants fewer than 20 a second per source.
+            new_per_source_per_sec: 5.0,
+            new_per_source_burst: 10.0,
         }
     }
 }
@@ -168,6 +182,8 @@ impl SshServer {
             subsystem,
         };
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let mut rate =
+            NewConnections::new(limits.new_per_source_per_sec, limits.new_per_source_burst);
         let task = tokio::spawn(async move {
             loop {
                 let (socket, peer) = match listener.accept().await {
@@ -179,6 +195,10 @@ impl SshServer {
                         continue;
                     }
                 };
+                if !rate.admit(peer.ip(), tokio::time::Instant::now()) {
+                    tracing::debug!(%peer, "SSH connection refused: too many new ones from its address");
+                    continue;
+                }
                 let Some(slot) = Slot::take(&pending, peer.ip(), &limits) else {
                     tracing::debug!(%peer, "SSH connection refused: too many unauthenticated");
                     continue;
@@ -242,6 +262,57 @@ async fn serve(
             }
         }
     }
+}
+
+/// New connections per source address: a token bucket each, refilled at
+/// `per_sec` up to `burst`. Only addresses seen lately are kept: a full
+/// bucket is the same as none, so those are forgotten once the map grows.
+struct NewConnections {
+    per_sec: f64,
+    burst: f64,
+    buckets: HashMap<IpAddr, (f64, tokio::time::Instant)>,
+}
+
+/// Addresses tracked before full buckets are forgotten.
+const TRACKED_SOURCES: usize = 4096;
+
+impl NewConnections {
+    fn new(per_sec: f64, burst: f64) -> NewConnections {
+        NewConnections {
+            per_sec,
+            burst: burst.max(1.0),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `ip` may open a connection at `now` (and takes its token).
+    fn admit(&mut self, ip: IpAddr, now: tokio::time::Instant) -> bool {
+        if self.buckets.len() >= TRACKED_SOURCES {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            self.buckets
+                .retain(|_, (tokens, at)| refill(*tokens, *at, now, per_sec, burst) < burst);
+        }
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
+        *tokens = refill(*tokens, *at, now, per_sec, burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn refill(
+    tokens: f64,
+    at: tokio::time::Instant,
+    now: tokio::time::Instant,
+    per_sec: f64,
+    burst: f64,
+) -> f64 {
+    (tokens + now.duration_since(at).as_secs_f64() * per_sec).min(burst)
 }
 
 /// Unauthenticated connections held, per source and in all.
@@ -493,5 +564,49 @@ impl russh::server::Handler for SessionHandler {
         }));
         tracing::info!(port = bound, "remote forward bound on loopback");
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The new-connection rate, in virtual time: the flooder's address
+    //! runs dry, everyone else's does not, and the map stays bounded.
+
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_gets_its_burst_then_its_rate_and_no_more() {
+        let mut r = NewConnections::new(5.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        let first = (0..100).filter(|_| r.admit(ip(1), t0)).count();
+        assert_eq!(first, 10, "the burst");
+        // Hammering for 10 s more gets the rate, 5 a second, not the attempts.
+        let mut later = 0;
+        for ms in (10..=10_000).step_by(10) {
+            later += usize::from(r.admit(ip(1), t0 + Duration::from_millis(ms)));
+        }
+        assert!((49..=51).contains(&later), "{later} in 10 s");
+        // Another address was never touched by that.
+        assert_eq!((0..10).filter(|_| r.admit(ip(2), t0)).count(), 10);
+        // A quiet source is whole again.
+        let quiet = t0 + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| r.admit(ip(1), quiet)).count(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spoofed_spread_of_addresses_does_not_grow_the_map_without_end() {
+        let mut r = NewConnections::new(5.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        for n in 0..100_000 {
+            // One connection each; a second later all are full again.
+            let now = t0 + Duration::from_millis(n as u64 * 20);
+            assert!(r.admit(ip(n), now));
+            assert!(r.buckets.len() <= TRACKED_SOURCES, "{}", r.buckets.len());
+        }
     }
 }

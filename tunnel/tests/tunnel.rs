@@ -213,6 +213,8 @@ async fn a_flood_of_idle_connections_does_not_lock_the_node_out() {
         per_source: 8,
         total: 40,
         auth_timeout: Duration::from_secs(3),
+        // The default rate of new connections applies as well.
+        ..zennet_tunnel::Limits::default()
     };
     let (server, _conns) =
         SshServer::start_with("127.0.0.1:0", host, gate, wire::SUBSYSTEM, limits)
@@ -271,6 +273,50 @@ async fn a_flood_of_idle_connections_does_not_lock_the_node_out() {
     tunnel.open_subsystem(wire::SUBSYSTEM).await.unwrap();
 }
 
+/// DHEat (CVE-2002-20001): from one address, connect, take the server's
+/// banner and hang up, as fast as possible — each answered connection is a
+/// key exchange the server would pay for. It answers the address's burst,
+/// then about its rate, and closes the rest before saying anything; the
+/// admitted node, from its own address, gets in all along.
+#[tokio::test]
+async fn a_connection_loop_from_one_address_is_held_to_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
+    let host_fp = sshkey::fingerprint(host.public_key());
+    let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
+    let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
+    let limits = zennet_tunnel::Limits::default();
+    let (server, _conns) =
+        SshServer::start_with("127.0.0.1:0", host, gate, wire::SUBSYSTEM, limits)
+            .await
+            .unwrap();
+    let port = server.local_addr.port();
+
+    let started = std::time::Instant::now();
+    let (mut answered, mut tries) = (0, 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        tries += 1;
+        let mut s = connect_from("127.0.0.3", port).await.expect("connect");
+        let mut banner = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut banner)).await;
+        if matches!(got, Ok(Ok(_))) && &banner == b"SSH-" {
+            answered += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let allowed = limits.new_per_source_burst + limits.new_per_source_per_sec * secs + 1.0;
+    assert!(tries > 100, "the loop ran only {tries} times");
+    assert!(
+        answered as f64 <= allowed && answered as f64 >= limits.new_per_source_burst,
+        "{answered} of {tries} connections answered in {secs:.1}s (allowed {allowed:.0})"
+    );
+    // Meanwhile the node dials from its own address and gets in.
+    let tunnel = Tunnel::dial(&server.local_addr.to_string(), host_fp, node.clone())
+        .await
+        .expect("the node gets in");
+    tunnel.open_subsystem(wire::SUBSYSTEM).await.unwrap();
+}
+
 /// Where `scripts/setup.sh` installs PyPI's ssh-audit.
 const SSH_AUDIT: &str = "/opt/zennet-tools/bin/ssh-audit";
 
@@ -286,15 +332,10 @@ async fn ssh_audit_finds_no_weak_algorithm() {
         .await
         .unwrap();
     let out = tokio::process::Command::new(SSH_AUDIT)
-        // The rate test (DHEat) wants < 20 new connections/s per source;
-        // the server bounds concurrent unauthenticated ones instead (see
-        // the flood test), so it is skipped here.
-        .args([
-            "--skip-rate-test",
-            "-p",
-            &server.local_addr.port().to_string(),
-            "127.0.0.1",
-        ])
+        // With its connection-rate test (DHEat), which grades servers that
+        // offer finite-field Diffie-Hellman; this one offers none, and its
+        // own rate limit is tested above.
+        .args(["-p", &server.local_addr.port().to_string(), "127.0.0.1"])
         .output()
         .await
         .expect("ssh-audit runs (scripts/setup.sh installs it)");
@@ -306,6 +347,12 @@ async fn ssh_audit_finds_no_weak_algorithm() {
         fails.join("\n")
     );
     assert!(text.contains("mlkem768x25519-sha256"), "{text}");
+    // The only warnings: curve25519 is not post-quantum.
+    let warns: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[warn]") && !l.contains("post-quantum"))
+        .collect();
+    assert!(warns.is_empty(), "ssh-audit warns:\n{}", warns.join("\n"));
     assert!(
         // ssh-audit: 0 good, 2 warnings (curve25519 is not post-quantum;
         // it stays for OpenSSH before 9.9), 3 failures, 1 no connection.
