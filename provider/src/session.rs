@@ -4,9 +4,10 @@
 //! backoff) while the machine keeps ticking — so a VM whose publisher is
 //! gone is still paused when payment is late — checks the terms against
 //! the announcement, starts the VM while the publisher's channel is being
-//! mined and then checks the channel against the lease, turns frames, metering ticks and chain tips into events, and carries
-//! out the machine's actions: reports, pause and resume, claims, the last
-//! report, the close steps.
+//! mined and then checks the channel against the lease, turns frames,
+//! metering ticks and chain tips into events, and carries out the
+//! machine's actions: reports, pause and resume, claims, the last report,
+//! the close steps.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -607,7 +608,6 @@ impl Runner {
     }
 }
 
-/// Dials the publisher, opens `zennet-pay`, joins and waits for the terms.
 /// Starts the contract's VM (the first time) and waits for its sshd.
 async fn boot(
     p: &Provider,
@@ -693,6 +693,7 @@ async fn admit_when_mined(
     }
 }
 
+/// Dials the publisher, opens `zennet-pay`, joins and waits for the terms.
 async fn join(p: Arc<Provider>, row: ContractRow) -> Result<Joined, Session> {
     let tunnel = Tunnel::dial(
         &row.endpoint,
