@@ -31,13 +31,7 @@ impl Market {
         let boot = miner.p2p_addr();
         for p in &mut pubs {
             set_config(p, "publisher", "ssh_listen", "\"127.0.0.1:0\"");
-            p.start_node(&[
-                "--publish",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &boot,
-            ]);
+            start_in_market(p, "--publish", &boot);
             fund(&miner, p, "100000000000000");
             p.ok(&["id", "mine", "--role", "publisher", "--threads", "1"]);
         }
@@ -50,13 +44,7 @@ impl Market {
             for (table, key, value) in provider_config {
                 set_config(p, table, key, value);
             }
-            p.start_node(&[
-                "--provide",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &boot,
-            ]);
+            start_in_market(p, "--provide", &boot);
             fund(&miner, p, "1000000000");
             p.ok(&["id", "mine", "--role", "node", "--threads", "1"]);
         }
@@ -73,6 +61,17 @@ impl Market {
             providers: provs,
             image_hash,
         }
+    }
+
+    /// Keeps publisher `i`'s SSH server on the endpoint it announced from
+    /// now on (it is on chain), so a restart listens there again.
+    pub fn pin_ssh_endpoint(&self, i: usize) {
+        let p = &self.publishers[i];
+        let endpoint = api_get(p, "/v1/publisher").unwrap()["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        set_config(p, "publisher", "ssh_listen", &format!("{endpoint:?}"));
     }
 
     /// Announces a task from `publisher` and waits until it is mined.
@@ -112,6 +111,18 @@ base_per_second = "10"
         );
         task
     }
+}
+
+/// Starts (or restarts) a market node: `role` is `--publish` or
+/// `--provide`, `boot` the miner's address.
+pub fn start_in_market(home: &mut TestHome, role: &str, boot: &str) {
+    home.start_node(&[
+        role,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        boot,
+    ]);
 }
 
 pub fn fund(miner: &TestHome, to: &TestHome, sum: &str) {

@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use zennet_tests::market::{
-    Market, api_get, channel_closed, claimed_on_chain, contract, vms_of, wait_running,
+    Market, api_get, channel_closed, claimed_on_chain, contract, start_in_market, vms_of,
+    wait_running,
 };
-use zennet_tests::{TestHome, amount, set_config, wait_until};
+use zennet_tests::{TestHome, amount, wait_until};
 
 /// Payout interval of the task (seconds).
 const INTERVAL: u64 = 2;
@@ -46,16 +47,7 @@ fn kill_9_of_providers_and_publisher_loses_no_money() {
     // survive the chaos, not be ended by it.
     let mut m = Market::start(1, 2, &[("provider", "grace_secs", "60")]);
     // The SSH endpoint is on chain: a restarted publisher must listen there again.
-    let endpoint = api_get(&m.publishers[0], "/v1/publisher").unwrap()["endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    set_config(
-        &m.publishers[0],
-        "publisher",
-        "ssh_listen",
-        &format!("{endpoint:?}"),
-    );
+    m.pin_ssh_endpoint(0);
     let (start_height, before) = balances_at_one_height(&m);
 
     let task = m.announce(0, 2, INTERVAL as i32, "");
@@ -99,13 +91,7 @@ fn kill_9_of_providers_and_publisher_loses_no_money() {
         home.kill_node();
         let down = Duration::from_millis(rng.below(2000));
         std::thread::sleep(down);
-        home.start_node(&[
-            role,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &boot,
-        ]);
+        start_in_market(home, role, &boot);
         if victim != 2 {
             watch.node_up(victim);
         }

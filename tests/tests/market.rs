@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zennet_tests::market::{
-    Market, api_get, channel_closed, claimed_on_chain, contract, vms_of, wait_running,
+    Market, api_get, channel_closed, claimed_on_chain, contract, start_in_market, vms_of,
+    wait_running,
 };
-use zennet_tests::{TestHome, amount, set_config, wait_until};
+use zennet_tests::{TestHome, amount, wait_until};
 
 #[test]
 fn devnet_runs_a_paid_job_and_balances_reconcile() {
@@ -90,13 +91,8 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
     });
     m.providers[0].kill_node();
     let paid_before = amount(&vms_of(publisher, &task)[0]["paid"]);
-    m.providers[0].start_node(&[
-        "--provide",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
-        &m.miner.p2p_addr(),
-    ]);
+    let boot = m.miner.p2p_addr();
+    start_in_market(&mut m.providers[0], "--provide", &boot);
     wait_until(
         Duration::from_secs(90),
         "the tunnel back and billing resumed",
@@ -280,27 +276,12 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
 
     // A publisher whose SSH host key changed since it announced: the node
     // refuses to talk to it and gives the task up without starting a VM.
-    let endpoint = api_get(&m.publishers[0], "/v1/publisher").unwrap()["endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    set_config(
-        &m.publishers[0],
-        "publisher",
-        "ssh_listen",
-        &format!("{endpoint:?}"),
-    );
+    m.pin_ssh_endpoint(0);
     let task = m.announce(0, 1, 2, "");
     m.publishers[0].stop_node();
     std::fs::remove_file(m.publishers[0].dir.join("publisher/host_key")).unwrap();
     let boot = m.miner.p2p_addr();
-    m.publishers[0].start_node(&[
-        "--publish",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
-        &boot,
-    ]);
+    start_in_market(&mut m.publishers[0], "--publish", &boot);
     let provider = &m.providers[0];
     provider.ok(&["agent", "accept", &task]);
     wait_until(
