@@ -53,9 +53,9 @@ struct Link {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the node waits for the publisher's terms after `Join`.
 const TERMS_TIMEOUT: Duration = Duration::from_secs(180);
-/// Blocks the node waits for the terms' channel to be mined (it boots the
-/// VM meanwhile, unpaid until then, so the wait is short); at least
-/// [`MIN_CHANNEL_WAIT`].
+/// Blocks the node waits for the terms' channel to be mined while it
+/// boots the VM (unpaid until then, so the wait is short); at least
+/// [`MIN_CHANNEL_WAIT`]. A redial does not wait.
 const CHANNEL_WAIT_BLOCKS: u32 = 5;
 const MIN_CHANNEL_WAIT: Duration = Duration::from_secs(10);
 /// How long the last voucher may take after the last report.
@@ -306,17 +306,26 @@ impl Runner {
         // Terms come as soon as the publisher's channel is on its way; the
         // first boot (the long part) runs while it is mined. A channel that
         // never comes costs the boot: the VM, unpaid, is paused and then
-        // ended by the contract's own rules.
+        // ended by the contract's own rules. Only the first boot waits for
+        // the channel: on a redial the loop must go on ticking (pausing,
+        // ending an unpaid VM), so a channel still missing then is a retry
+        // at once.
         let publisher = row.publisher;
-        let admit = admit_when_mined(&p, &terms.channel, &publisher, min_expiry);
         let (vm_id, admitted) = match row.vm.clone() {
             None => {
+                let block = Duration::from_millis(genesis.consensus.block_time_ms);
+                let wait = (block * CHANNEL_WAIT_BLOCKS).max(MIN_CHANNEL_WAIT);
+                let admit = admit_when_mined(&p, &terms.channel, &publisher, min_expiry, wait);
                 let rules = self.rules(row);
                 let boot = boot(&p, self.task, rules, row, machine, &terms);
                 let (vm_id, admitted) = tokio::join!(boot, admit);
                 (vm_id?, admitted)
             }
-            Some(vm_id) => (vm_id, admit.await),
+            Some(vm_id) => {
+                let admit =
+                    admit_when_mined(&p, &terms.channel, &publisher, min_expiry, Duration::ZERO);
+                (vm_id, admit.await)
+            }
         };
         admitted?;
         row.channel = Some(terms.channel);
@@ -663,18 +672,18 @@ async fn boot(
 }
 
 /// Admits the publisher's channel once it is on chain, waiting up to
-/// [`CHANNEL_WAIT_BLOCKS`] for it to be mined (then: retry, while the
-/// contract's rules pause the unpaid VM). A channel with the wrong
-/// parties, too short an expiry or already settling ends the contract.
+/// `wait` for it to be mined (then: retry, while the contract's rules
+/// pause the unpaid VM). A channel with the wrong parties, too short an
+/// expiry or already settling ends the contract.
 async fn admit_when_mined(
     p: &Provider,
     channel: &Hash,
     publisher: &zennet_chain::Address,
     min_expiry: u64,
+    wait: Duration,
 ) -> Result<(), Session> {
     let mut tip = p.ledger.tip();
-    let block = Duration::from_millis(p.ledger.genesis().consensus.block_time_ms);
-    let deadline = Instant::now() + (block * CHANNEL_WAIT_BLOCKS).max(MIN_CHANNEL_WAIT);
+    let deadline = Instant::now() + wait;
     loop {
         match p.payee.admit(channel, publisher, min_expiry) {
             Ok(_) => return Ok(()),

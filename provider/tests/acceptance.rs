@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use zennet_chain::task::{CoreChoice, ImageChoice, Rates, TaskAnnouncement, VmRequirements};
 use zennet_chain::testkit::{TestChain, TestLedger};
-use zennet_chain::{Hash, Ledger, Role, SecretKey, TxBody, pow};
-use zennet_provider::market::{Machine, MarketPolicy};
+use zennet_chain::{Hash, Ledger, Role, SecretKey};
+use zennet_provider::market::MarketPolicy;
 use zennet_provider::{Provider, ProviderConfig, ProviderError};
 use zennet_testkit::FakeBackend;
 
-const FUNDS: u128 = 1_000_000_000_000;
-const IMAGE: Hash = Hash([0x11; 32]);
+mod common;
+
+use common::FUNDS;
 
 /// Announces a one-core task asking for `acceptance_difficulty`, open for
 /// `window` blocks.
@@ -26,54 +26,13 @@ fn announce(
     acceptance_difficulty: u64,
     window: u64,
 ) -> Hash {
-    let height = chain.height();
-    let mut a = TaskAnnouncement {
-        vm: VmRequirements {
-            images: vec![ImageChoice {
-                id: "zennet-tiny".into(),
-                hash: IMAGE,
-            }],
-            min_bandwidth_mbps: 0,
-            min_disk_gib: 1,
-            min_disk_mbps: 0,
-            persistent_storage_gib: 0,
-            cores: vec![CoreChoice {
-                cores: 1,
-                min_compute_per_core: 1,
-            }],
-            max_compute_per_core: 100,
-            memory_mib_per_core: 256,
-            min_memory_mbps: 0,
-        },
-        min_instances: 1,
-        max_instances: 1,
-        endpoint: "127.0.0.1:9".into(),
-        host_key_fingerprint: Hash([0x22; 32]),
-        lease_min_secs: 60,
-        lease_max_secs: 600,
-        payout_interval_secs: 5,
-        rates: Rates {
-            base_per_second: 1,
-            ..Rates::default()
-        },
-        acceptance_window: window,
+    let a = common::task(
+        "127.0.0.1:9",
+        Hash([0x22; 32]),
+        window,
         acceptance_difficulty,
-        prune_height: height + window + 400,
-        info: String::new(),
-        pow_nonce: 0,
-    };
-    let me = publisher.address();
-    let d = publisher.genesis().pow.min_announcement_difficulty;
-    a.pow_nonce = pow::search(0, u64::MAX, d, |n| {
-        a.pow_nonce = n;
-        a.pow_hash(&me)
-    })
-    .unwrap();
-    let task = publisher
-        .submit(TxBody::AnnounceTask { announcement: a })
-        .unwrap();
-    chain.mine();
-    task
+    );
+    common::announce(chain, publisher, a)
 }
 
 fn accepted_by(ledger: &TestLedger, task: &Hash) -> bool {
@@ -97,14 +56,7 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
         max_acceptance_difficulty: u64::MAX,
         ..MarketPolicy::default()
     };
-    let machine = Machine {
-        cores: 4,
-        memory_mib: 8192,
-        disk_gib: 100,
-        compute_per_core: 10,
-        disk_mbps: None,
-        memory_mbps: None,
-    };
+    let machine = common::machine();
     let dir = tempfile::tempdir().unwrap();
     let vms = zennet_vm::Runtime::open(
         zennet_vm::RuntimeConfig::new(dir.path().join("agent"), dir.path().join("images")),
@@ -119,7 +71,7 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
             policy,
             machine,
             Arc::new(zennet_tunnel::keys::generate()),
-            vec![("zennet-tiny".into(), IMAGE)],
+            vec![("zennet-tiny".into(), common::IMAGE)],
         ),
         &dir.path().join("contracts.db"),
         Arc::new(zennet_pay::MemoryStore::new()),

@@ -202,3 +202,40 @@ impl Instance for FakeVm {
         self.backend.crash(&self.id);
     }
 }
+
+/// Writes an image record `id` into `images_dir` whose files are empty:
+/// enough for the VM runtime to start a [`FakeBackend`] guest from it
+/// (only a real hypervisor reads, and hash-checks, the files).
+pub fn install_image(images_dir: &Path, id: &str) {
+    use zennet_images::{FileRole, ImageFile, MANIFEST_FORMAT, Manifest};
+    // SHA-256 of no bytes.
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let dir = images_dir.join(id);
+    std::fs::create_dir_all(&dir).expect("image directory");
+    let file = |role, name: &str| {
+        std::fs::write(dir.join(name), b"").expect("image file");
+        ImageFile {
+            role,
+            name: name.into(),
+            sha256: EMPTY.into(),
+            size: 0,
+        }
+    };
+    let mut manifest = Manifest {
+        id: id.into(),
+        format: MANIFEST_FORMAT,
+        kernel_release: "fake".into(),
+        boot_args: Vec::new(),
+        files: vec![
+            file(FileRole::Kernel, "vmlinuz"),
+            file(FileRole::Initramfs, "initramfs.cpio.gz"),
+        ],
+        disks: Vec::new(),
+        packages: Vec::new(),
+        min_memory_mib: 64,
+        hash: String::new(),
+    };
+    manifest.hash = manifest.compute_hash();
+    let json = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
+    std::fs::write(dir.join("manifest.json"), json).expect("manifest written");
+}

@@ -8,12 +8,16 @@
 //!   shared by every VM test.
 //! * [`wait_for_marker`]: wait for a line in a log (a guest's ready marker).
 //! * [`fake`]: a [`zennet_vm::Backend`] without a hypervisor, for tests of
-//!   what drives VMs (the provider's contracts) in virtual time.
+//!   what drives VMs (the provider's contracts) in virtual time, and
+//!   [`fake::install_image`], the image record such a backend "boots".
+//! * [`internet`]: a namespace with a public-looking address and an HTTP
+//!   server, standing for the internet a guest may reach.
 //!
 //! The in-memory ledger over a real chain lives in `zennet_chain::testkit`
 //! (next to the chain it drives).
 
 pub mod fake;
+pub mod internet;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
