@@ -264,17 +264,27 @@ async fn serve(
     }
 }
 
-/// New connections per source address: a token bucket each, refilled at
-/// `per_sec` up to `burst`. Only addresses seen lately are kept: a full
-/// bucket is the same as none, so those are forgotten once the map grows.
+/// New connections per source: a token bucket each, refilled at
+/// `per_sec` up to `burst`. A source is an IPv4 address or an IPv6 /64
+/// (one subscriber's prefix: a single host can use any address in it).
+/// The map is bounded: a full bucket is the same as none, so those are
+/// forgotten once it reaches [`TRACKED_SOURCES`]; when every tracked
+/// source is still drawing (more sources than that within a refill time,
+/// which no honest set of nodes does), newcomers are refused until the
+/// next sweep finds room — the held slots stay bounded by [`Limits`]
+/// either way, and nodes redial.
 struct NewConnections {
     per_sec: f64,
     burst: f64,
     buckets: HashMap<IpAddr, (f64, tokio::time::Instant)>,
+    /// When full buckets were last forgotten (a sweep scans the map, so
+    /// a full map is swept at most every [`SWEEP_EVERY`]).
+    swept: Option<tokio::time::Instant>,
 }
 
-/// Addresses tracked before full buckets are forgotten.
+/// Sources tracked at once.
 const TRACKED_SOURCES: usize = 4096;
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
 impl NewConnections {
     fn new(per_sec: f64, burst: f64) -> NewConnections {
@@ -282,18 +292,29 @@ impl NewConnections {
             per_sec,
             burst: burst.max(1.0),
             buckets: HashMap::new(),
+            swept: None,
         }
     }
 
     /// Whether `ip` may open a connection at `now` (and takes its token).
     fn admit(&mut self, ip: IpAddr, now: tokio::time::Instant) -> bool {
-        if self.buckets.len() >= TRACKED_SOURCES {
-            let (per_sec, burst) = (self.per_sec, self.burst);
+        let source = source_of(ip);
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= TRACKED_SOURCES {
+            if self
+                .swept
+                .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+            {
+                return false;
+            }
+            self.swept = Some(now);
             self.buckets
                 .retain(|_, (tokens, at)| refill(*tokens, *at, now, per_sec, burst) < burst);
+            if self.buckets.len() >= TRACKED_SOURCES {
+                return false;
+            }
         }
-        let (per_sec, burst) = (self.per_sec, self.burst);
-        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
+        let (tokens, at) = self.buckets.entry(source).or_insert((burst, now));
         *tokens = refill(*tokens, *at, now, per_sec, burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -302,6 +323,20 @@ impl NewConnections {
         } else {
             false
         }
+    }
+}
+
+/// The source a connection counts against: an IPv4 address (IPv4-mapped
+/// IPv6 included) or the /64 of an IPv6 one.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -608,5 +643,49 @@ mod tests {
             assert!(r.admit(ip(n), now));
             assert!(r.buckets.len() <= TRACKED_SOURCES, "{}", r.buckets.len());
         }
+    }
+
+    /// The spread the sweep cannot thin: more sources than the map holds,
+    /// all within a refill time. The map stays at its bound, newcomers
+    /// wait for room, and a source already tracked keeps its own rate.
+    #[tokio::test(start_paused = true)]
+    async fn a_spread_faster_than_buckets_refill_is_held_at_the_bound() {
+        let mut r = NewConnections::new(5.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        assert!(r.admit(ip(0), t0));
+        let admitted = (1..100_000u32)
+            .filter(|n| r.admit(ip(*n), t0 + Duration::from_micros(u64::from(*n))))
+            .count();
+        assert_eq!(r.buckets.len(), TRACKED_SOURCES);
+        assert_eq!(admitted, TRACKED_SOURCES - 1);
+        let soon = t0 + Duration::from_millis(150);
+        assert!(r.admit(ip(0), soon), "a tracked source lost its own tokens");
+        // Once the flood's buckets are full again, there is room.
+        assert!(r.admit(ip(200_000), t0 + Duration::from_secs(2)));
+        assert!(r.buckets.len() <= TRACKED_SOURCES);
+    }
+
+    /// One IPv6 host can pick any address of its /64: they are one source.
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_prefix_is_one_source() {
+        let mut r = NewConnections::new(5.0, 10.0);
+        let t0 = tokio::time::Instant::now();
+        let host = |n: u64| {
+            IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | u128::from(n),
+            ))
+        };
+        let admitted = (0..1000).filter(|n| r.admit(host(*n), t0)).count();
+        assert_eq!(admitted, 10, "a /64 got more than one burst");
+        assert_eq!(r.buckets.len(), 1);
+        let next_prefix = IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8_0000_0001_u128) << 64));
+        assert!(r.admit(next_prefix, t0));
+        // An IPv4-mapped address counts as its IPv4 address.
+        assert!(r.admit(ip(7), t0));
+        let mapped = match ip(7) {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        assert_eq!(source_of(mapped), ip(7));
     }
 }
