@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use zennet_testkit::internet::{INTERNET_IP, INTERNET_PORT, INTERNET_PRIVATE_IP, Internet};
 use zennet_testkit::{free_port, image, ssh_keygen as ssh_key};
 use zennet_vm::cgroup::VmCgroup;
 use zennet_vm::qemu::launch as qemu;
@@ -444,109 +445,6 @@ async fn isolated_guest_reaches_nothing_on_its_host() {
     );
 }
 
-/// A stand-in for the internet: a network namespace of its own with a
-/// public-looking address, routed from the host, and an HTTP server on
-/// every address it has (a private one too). Removed however the test
-/// ends.
-struct Internet;
-
-const INTERNET_NS: &str = "zntest-inet";
-/// Public (not in `BLOCKED_V4`): the guest may reach it.
-const INTERNET_IP: &str = "93.184.216.34";
-/// The same server's private address: the guest may not.
-const INTERNET_PRIVATE_IP: &str = "10.250.0.2";
-const INTERNET_PORT: u16 = 8080;
-
-impl Internet {
-    fn up() -> Internet {
-        Internet::down();
-        for cmd in [
-            format!("netns add {INTERNET_NS}"),
-            format!("link add itest0 type veth peer name itest1 netns {INTERNET_NS}"),
-            "addr add 10.250.0.1/30 dev itest0".into(),
-            "link set itest0 up".into(),
-            format!("-n {INTERNET_NS} addr add {INTERNET_PRIVATE_IP}/30 dev itest1"),
-            format!("-n {INTERNET_NS} addr add {INTERNET_IP}/32 dev itest1"),
-            format!("-n {INTERNET_NS} link set itest1 up"),
-            format!("-n {INTERNET_NS} link set lo up"),
-            format!("route add {INTERNET_IP}/32 via {INTERNET_PRIVATE_IP}"),
-        ] {
-            let out = Command::new("ip")
-                .args(cmd.split_whitespace())
-                .output()
-                .expect("ip runs (install iproute2)");
-            assert!(
-                out.status.success(),
-                "ip {cmd}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::spawn(serve_http_in_the_internet);
-        Internet
-    }
-
-    fn down() {
-        for cmd in [
-            format!("route del {INTERNET_IP}/32"),
-            "link del itest0".into(),
-            format!("netns del {INTERNET_NS}"),
-        ] {
-            let _ = Command::new("ip").args(cmd.split_whitespace()).output();
-        }
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        Internet::down();
-    }
-}
-
-/// `GET /hello` answers a line; `GET /bytes/N` sends N bytes; `POST`
-/// reads its body and answers how many bytes came.
-fn serve_http_in_the_internet() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::fd::AsFd;
-    let ns = std::fs::File::open(format!("/run/netns/{INTERNET_NS}")).unwrap();
-    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    let listener = std::net::TcpListener::bind(("0.0.0.0", INTERNET_PORT)).unwrap();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { return };
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            reader.read_line(&mut request).unwrap_or_default();
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let body: Vec<u8> = if request.starts_with("POST") {
-                let mut got = vec![0u8; length];
-                reader.read_exact(&mut got).unwrap_or_default();
-                format!("got {length}\n").into_bytes()
-            } else if let Some(n) = path.strip_prefix("/bytes/") {
-                vec![b'x'; n.parse().unwrap_or(0)]
-            } else {
-                b"hello from the internet\n".to_vec()
-            };
-            let mut stream = stream;
-            let _ = write!(
-                stream,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(&body);
-        });
-    }
-}
-
 /// The guest of a task with internet reaches a public address — and only
 /// that: the host (loopback, its own addresses, the VM's gateway), the
 /// cloud metadata address and a private address of the very same server
@@ -793,7 +691,8 @@ async fn oversubscription_and_a_corrupt_image_are_refused_before_anything_starts
 
 /// A VM's files belong to its own uid and nobody else may read them; a
 /// guest printing without end costs the host at most twice the console
-/// cap; a guest that powers itself off is noticed by metering and
+/// cap; a guest filling its scratch disk stops at the disk's size, on
+/// the host too; a guest that powers itself off is noticed by metering and
 /// everything it held on the host (run directory, namespace) is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded() {
@@ -835,6 +734,33 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
     assert!(
         logged <= 2 * zennet_vm::console::LOG_CAP,
         "the console log holds {logged} bytes"
+    );
+
+    // The guest fills its scratch disk (a raw 1 GiB virtio disk of its
+    // own, the one without a serial), then writes past its end: both stop
+    // at the disk's size, and the host's file grows no further than that.
+    let started = Instant::now();
+    let filled = ssh(
+        &key,
+        vm.ssh_port,
+        "d=$(for b in /sys/block/vd*; do [ -z \"$(cat $b/serial 2>/dev/null)\" ] && \
+           echo /dev/${b##*/} $(cat $b/size); done); echo \"disk $d\"; set -- $d; \
+         dd if=/dev/zero of=$1 bs=1M 2>&1; sync; \
+         dd if=/dev/zero of=$1 bs=1M seek=1024 count=1 2>&1; echo \"past the end: $?\"",
+    );
+    eprintln!("scratch filled in {:?}: {filled}", started.elapsed());
+    assert!(
+        filled.contains(" 2097152\n"),
+        "no 1 GiB scratch disk: {filled}"
+    );
+    assert!(filled.contains("No space left on device"), "{filled}");
+    assert!(filled.contains("past the end: 1"), "{filled}");
+    let on_host = std::fs::metadata(run_dir.join("scratch.qcow2"))
+        .unwrap()
+        .len();
+    assert!(
+        on_host <= (1 << 30) + (16 << 20),
+        "a full 1 GiB scratch disk takes {on_host} bytes on the host"
     );
 
     // The guest's own poweroff. Its ssh session dies with the guest
