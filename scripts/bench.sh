@@ -17,4 +17,4 @@ if [ ! -x /usr/sbin/sshd ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server
 fi
 cargo build --release --quiet -p zennet-cli -p zennet-bench
-exec target/release/zennet-bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/zennet-bench" "$@"

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --quiet -p zennet-cli
-exec target/release/zennet devnet "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/zennet" devnet "$@"

@@ -44,6 +44,7 @@ fn accepted_by(ledger: &TestLedger, task: &Hash) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
+    common::logs();
     let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
     let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
     let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
