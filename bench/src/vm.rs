@@ -267,22 +267,7 @@ fn sshd_stream(key: &Path, port: u16, size: u64) -> f64 {
 }
 
 fn guest_ssh(key: &Path, port: u16, command: &str) -> Vec<u8> {
-    let out = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-i",
-        ])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
-        .output()
-        .expect("ssh runs");
+    let out = zennet_testkit::guest_ssh(key, port, command);
     assert!(
         out.status.success(),
         "ssh {command:?}: {}",

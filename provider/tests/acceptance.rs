@@ -5,13 +5,12 @@
 //! operator's `agent accept`, its search ends when the task's acceptance
 //! window closes, and a node shutting down stops every search at once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use zennet_chain::testkit::{TestChain, TestLedger};
 use zennet_chain::{Hash, Ledger, Role, SecretKey};
+use zennet_provider::ProviderError;
 use zennet_provider::market::MarketPolicy;
-use zennet_provider::{Provider, ProviderConfig, ProviderError};
 use zennet_testkit::FakeBackend;
 
 mod common;
@@ -57,28 +56,14 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
         max_acceptance_difficulty: u64::MAX,
         ..MarketPolicy::default()
     };
-    let machine = common::machine();
     let dir = tempfile::tempdir().unwrap();
-    let vms = zennet_vm::Runtime::open(
-        zennet_vm::RuntimeConfig::new(dir.path().join("agent"), dir.path().join("images")),
-        Arc::new(FakeBackend::new()),
-    )
-    .await
-    .unwrap();
-    let provider = Provider::start(
-        vms,
+    let provider = common::start_provider(
+        dir.path(),
         node.clone(),
-        ProviderConfig::new(
-            policy,
-            machine,
-            Arc::new(zennet_tunnel::keys::generate()),
-            vec![("zennet-tiny".into(), common::IMAGE)],
-        ),
-        &dir.path().join("contracts.db"),
-        Arc::new(zennet_pay::MemoryStore::new()),
+        common::config(policy),
+        FakeBackend::new(),
     )
-    .await
-    .unwrap();
+    .await;
 
     // The hostile task comes first and its search starts at once.
     let hostile = announce(&chain, &publisher, u64::MAX, 30);

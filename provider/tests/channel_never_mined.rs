@@ -20,7 +20,6 @@ use zennet_chain::{Hash, Ledger, Role, SecretKey};
 use zennet_proto::{self as proto, Frame, PayStream, Terms};
 use zennet_provider::contract::Phase;
 use zennet_provider::market::MarketPolicy;
-use zennet_provider::{Provider, ProviderConfig};
 use zennet_testkit::FakeBackend;
 use zennet_tunnel::keys as sshkey;
 use zennet_tunnel::{Gate, SshServer};
@@ -52,36 +51,13 @@ async fn terms_for_a_channel_never_mined_get_a_paused_vm_and_then_an_ended_contr
     chain.mine();
 
     let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    zennet_testkit::fake::install_image(&images, "zennet-tiny");
     let backend = FakeBackend::new();
-    let vms = zennet_vm::Runtime::open(
-        zennet_vm::RuntimeConfig::new(dir.path().join("agent"), images),
-        Arc::new(backend.clone()),
-    )
-    .await
-    .unwrap();
-    // Metering, as the node runs it.
-    tokio::spawn(vms.clone().meter());
-    let mut config = ProviderConfig::new(
-        MarketPolicy::default(),
-        common::machine(),
-        Arc::new(sshkey::generate()),
-        vec![("zennet-tiny".into(), common::IMAGE)],
-    );
+    let mut config = common::config(MarketPolicy::default());
     config.grace = Duration::from_secs(3);
     let late_after = Duration::from_secs_f64(INTERVAL_SECS as f64 * config.pause_after_intervals)
         + Duration::from_secs(1);
     let grace = config.grace;
-    let provider = Provider::start(
-        vms,
-        node.clone(),
-        config,
-        &dir.path().join("contracts.db"),
-        Arc::new(zennet_pay::MemoryStore::new()),
-    )
-    .await
-    .unwrap();
+    let provider = common::start_provider(dir.path(), node.clone(), config, backend.clone()).await;
 
     // The lying publisher: its SSH server admits the node, and every Join
     // gets terms true to the announcement except for the channel.

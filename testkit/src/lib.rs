@@ -2,7 +2,8 @@
 //! of helpers copied from test to test.
 //!
 //! # Layout
-//! * [`free_port`], [`ssh_keygen`]: loopback ports and OpenSSH key pairs.
+//! * [`free_port`], [`ssh_keygen`], [`guest_ssh`]: loopback ports,
+//!   OpenSSH key pairs, a command run in a guest over OpenSSH.
 //! * [`image`]: the default image, built once per machine into
 //!   `$ZENNET_IMAGE_CACHE` (default `/var/tmp/zennet-images-test`) and
 //!   shared by every VM test.
@@ -24,6 +25,26 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use fake::FakeBackend;
+
+/// Runs `command` as root in a guest whose sshd is forwarded to loopback
+/// `port`, with the stock OpenSSH client and `key`. Test guests make a
+/// fresh host key each boot, so it is not checked.
+pub fn guest_ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
+    Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["-o", "ConnectTimeout=20", "-o", "BatchMode=yes", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
+        .output()
+        .expect("ssh runs (install openssh-client)")
+}
 
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {

@@ -5,38 +5,17 @@
 //! with a persistent volume is relaunched).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use zennet_tests::{TestHome, wait_until};
 
 fn ssh_key(dir: &Path) -> std::path::PathBuf {
-    let key = dir.join("id_ed25519");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    key
+    zennet_testkit::ssh_keygen(dir).0
 }
 
 fn ssh(key: &Path, port: u64, command: &str) -> Option<String> {
-    let out = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
-        .output()
-        .unwrap();
+    let out = zennet_testkit::guest_ssh(key, port as u16, command);
     out.status
         .success()
         .then(|| String::from_utf8(out.stdout).unwrap())

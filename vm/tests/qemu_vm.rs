@@ -65,20 +65,7 @@ fn wait_ready(serial: &Path) {
 }
 
 fn ssh(key: &Path, port: u16, command: &str) -> String {
-    let out = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .args(["-o", "ConnectTimeout=20", "-o", "BatchMode=yes", "-i"])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
-        .output()
-        .expect("ssh runs");
+    let out = zennet_testkit::guest_ssh(key, port, command);
     assert!(
         out.status.success(),
         "ssh {command:?} failed: {}",

@@ -1,10 +1,16 @@
 //! What the provider's integration tests share: a one-core task announced
-//! on a `TestChain`, and the machine the node offers.
+//! on a `TestChain`, and a provider over a `FakeBackend` offering
+//! [`machine`].
+
+use std::path::Path;
+use std::sync::Arc;
 
 use zennet_chain::task::{CoreChoice, ImageChoice, Rates, TaskAnnouncement, VmRequirements};
 use zennet_chain::testkit::{TestChain, TestLedger};
 use zennet_chain::{Hash, Ledger, TxBody, pow};
-use zennet_provider::market::Machine;
+use zennet_provider::market::{Machine, MarketPolicy};
+use zennet_provider::{Provider, ProviderConfig};
+use zennet_testkit::FakeBackend;
 
 pub const FUNDS: u128 = 1_000_000_000_000;
 /// The manifest hash the node's image is known by.
@@ -89,4 +95,43 @@ pub fn machine() -> Machine {
         disk_mbps: None,
         memory_mbps: None,
     }
+}
+
+/// The provider's config with `policy` on [`machine`], a fresh node key
+/// and the default image known as [`IMAGE`].
+pub fn config(policy: MarketPolicy) -> ProviderConfig {
+    ProviderConfig::new(
+        policy,
+        machine(),
+        Arc::new(zennet_tunnel::keys::generate()),
+        vec![("zennet-tiny".into(), IMAGE)],
+    )
+}
+
+/// A provider of `node` under `dir`, its VMs on `backend` (the image
+/// record installed, metered every second as the node does).
+pub async fn start_provider(
+    dir: &Path,
+    node: Arc<TestLedger>,
+    config: ProviderConfig,
+    backend: FakeBackend,
+) -> Arc<Provider> {
+    let images = dir.join("images");
+    zennet_testkit::fake::install_image(&images, "zennet-tiny");
+    let vms = zennet_vm::Runtime::open(
+        zennet_vm::RuntimeConfig::new(dir.join("agent"), images),
+        Arc::new(backend),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(vms.clone().meter());
+    Provider::start(
+        vms,
+        node,
+        config,
+        &dir.join("contracts.db"),
+        Arc::new(zennet_pay::MemoryStore::new()),
+    )
+    .await
+    .unwrap()
 }
