@@ -233,21 +233,36 @@ impl Provider {
         )
     }
 
+    /// What the node can still take: the machine less the operator's
+    /// reservations and what contracts and acceptances in flight hold,
+    /// with disk capped by the disk as measured now (so volumes kept from
+    /// ended tasks, which no contract holds, count too): the filesystem's
+    /// free space beyond what running VMs and kept volumes may still grow
+    /// into, less what contracts whose VM has not started yet will take.
     fn free(&self) -> Result<Resources, ProviderError> {
         let mut in_use = Resources::default();
+        let mut not_started_gib = 0;
         let held = self.store.all()?;
+        let active = held.iter().filter(|c| c.active());
         let reserved: Vec<Resources> = self.reserved().values().copied().collect();
-        for n in held
-            .iter()
-            .filter(|c| c.active())
-            .map(|c| c.needs())
-            .chain(reserved)
+        for (n, started) in active
+            .map(|c| (c.needs(), c.vm.is_some()))
+            .chain(reserved.into_iter().map(|r| (r, false)))
         {
             in_use.cores += n.cores;
             in_use.memory_mib += n.memory_mib;
             in_use.disk_gib += n.disk_gib;
+            if !started {
+                not_started_gib += n.disk_gib;
+            }
         }
-        Ok(self.config.policy.free(&self.config.machine, &in_use))
+        let mut free = self.config.policy.free(&self.config.machine, &in_use);
+        let measured = self
+            .vms
+            .disk_headroom_gib()?
+            .saturating_sub(not_started_gib);
+        free.disk_gib = free.disk_gib.min(measured);
+        Ok(free)
     }
 
     fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Resources>> {

@@ -128,3 +128,59 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A volume kept from an ended task is held by no contract, but it is on
+/// the disk: the free disk is measured before each acceptance, so a kept
+/// volume bigger than the disk (sparse, 15 TiB) leaves no room for a
+/// task, and removing it gives the room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_volume_counts_against_the_disk_before_a_task_is_accepted() {
+    common::logs();
+    let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
+    let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
+    let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
+    publisher.register(Role::Publisher);
+    node.register(Role::Node);
+    chain.mine();
+    let policy = MarketPolicy {
+        auto_accept: false,
+        ..MarketPolicy::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = common::start_provider(
+        dir.path(),
+        node.clone(),
+        common::config(policy),
+        FakeBackend::new(),
+    )
+    .await;
+    let volumes = dir.path().join("agent/volumes");
+    std::fs::create_dir_all(&volumes).unwrap();
+    let kept = volumes.join("task-0123456789ab.img");
+    std::fs::File::create(&kept)
+        .unwrap()
+        .set_len(15 << 40)
+        .unwrap();
+
+    let task = announce(&chain, &publisher, 2, 30);
+    match provider.accept(&task).await {
+        Err(ProviderError::Refused {
+            reason: zennet_provider::market::Rejection::NoCapacity { free, .. },
+            ..
+        }) => assert!(free.contains(" 0 GiB disk"), "{free}"),
+        other => panic!("a task was taken onto a full disk: {other:?}"),
+    }
+    let verdict = provider
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.task == task)
+        .unwrap()
+        .verdict;
+    assert!(verdict.contains("0 GiB disk"), "{verdict}");
+
+    std::fs::remove_file(&kept).unwrap();
+    let taken = provider.accept(&task).await.expect("room again");
+    assert_eq!(taken.task, task);
+    provider.shutdown();
+}
