@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use zennet_chain::codec::amount_str;
-use zennet_chain::task::CoreChoice;
+use zennet_chain::task::{CoreChoice, VmRequirements};
 use zennet_chain::{Address, Amount, Hash, TaskRecord, pow};
 
 /// The operator's policy, the `[market]` table of config.toml.
@@ -195,6 +195,13 @@ pub enum Rejection {
     MemoryTooSlow { needed: u32, have: u32 },
 }
 
+/// The scratch disk a task's VM gets: the announcement's minimum disk,
+/// and never less than the VM runtime's default (which is what a task
+/// that names no minimum gets). Counted against capacity at this size.
+pub fn scratch_gib(vm: &VmRequirements) -> u32 {
+    vm.min_disk_gib.max(zennet_vm::runtime::DEFAULT_SCRATCH_GIB)
+}
+
 /// Checks one task against the policy and the machine. `images` are the (id, manifest hash) pairs built on this node.
 pub fn evaluate(
     task: &TaskRecord,
@@ -250,7 +257,7 @@ pub fn evaluate(
         .find(|c| allowed(&c.id) && images.iter().any(|(_, h)| *h == c.hash))
         .ok_or_else(|| Rejection::NoImage(vm.images.iter().map(|c| c.id.clone()).collect()))?;
 
-    let disk_gib = u64::from(vm.min_disk_gib) + u64::from(vm.persistent_storage_gib);
+    let disk_gib = u64::from(scratch_gib(vm)) + u64::from(vm.persistent_storage_gib);
     let needs = |c: &CoreChoice| Resources {
         cores: u32::from(c.cores),
         memory_mib: u64::from(c.cores) * u64::from(vm.memory_mib_per_core),
@@ -515,6 +522,13 @@ mod tests {
         assert!((offer.income_per_sec - 1213.0).abs() < 1e-9);
         // A reserved core leaves room for one core only.
         assert_eq!(eval(|_, p, _| p.reserved_cores = 3).unwrap().cores, 1);
+        // A task naming no minimum disk still gets (and is counted at) the
+        // runtime's default scratch disk, beside its 2 GiB volume.
+        let no_minimum = eval(|t, _, _| t.announcement.vm.min_disk_gib = 0).unwrap();
+        assert_eq!(
+            no_minimum.needs.disk_gib,
+            u64::from(zennet_vm::runtime::DEFAULT_SCRATCH_GIB) + 2
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use zennet_chain::{Address, Hash, Ledger, TxBody, pow};
 use zennet_pay::{PayStore, Payee};
 use zennet_proto::Usage;
 use zennet_vm::Runtime;
+use zennet_vm::runtime::DEFAULT_SCRATCH_GIB;
 
 use crate::contract::Phase;
 use crate::error::ProviderError;
@@ -245,8 +246,19 @@ impl Provider {
         let held = self.store.all()?;
         let active = held.iter().filter(|c| c.active());
         let reserved: Vec<Resources> = self.reserved().values().copied().collect();
+        // A contract holds its volume (its row) and its scratch disk (its
+        // announcement; the default once the task is pruned).
+        let scratch = |c: &ContractRow| {
+            self.ledger.task(&c.task).map_or(DEFAULT_SCRATCH_GIB, |t| {
+                market::scratch_gib(&t.announcement.vm)
+            })
+        };
         for (n, started) in active
-            .map(|c| (c.needs(), c.vm.is_some()))
+            .map(|c| {
+                let mut n = c.needs();
+                n.disk_gib += u64::from(scratch(c));
+                (n, c.vm.is_some())
+            })
             .chain(reserved.into_iter().map(|r| (r, false)))
         {
             in_use.cores += n.cores;

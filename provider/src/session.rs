@@ -636,7 +636,11 @@ async fn boot(
             mem_mib: row.memory_mib,
             volume: (row.storage_gib > 0).then(|| volume_name(&task)),
             volume_gib: (row.storage_gib > 0).then_some(row.storage_gib),
-            scratch_gib: None,
+            // The disk the task asked for (what the market counted).
+            scratch_gib: p
+                .ledger
+                .task(&row.task)
+                .map(|t| crate::market::scratch_gib(&t.announcement.vm)),
             network: None,
             // The bandwidth the task bought: at least the
             // announcement's minimum, each way.

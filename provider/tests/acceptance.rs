@@ -57,7 +57,7 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
         ..MarketPolicy::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let provider = common::start_provider(
+    let (provider, _vms) = common::start_provider(
         dir.path(),
         node.clone(),
         common::config(policy),
@@ -147,7 +147,7 @@ async fn a_kept_volume_counts_against_the_disk_before_a_task_is_accepted() {
         ..MarketPolicy::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let provider = common::start_provider(
+    let (provider, _vms) = common::start_provider(
         dir.path(),
         node.clone(),
         common::config(policy),

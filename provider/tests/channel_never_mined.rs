@@ -57,7 +57,8 @@ async fn terms_for_a_channel_never_mined_get_a_paused_vm_and_then_an_ended_contr
     let late_after = Duration::from_secs_f64(INTERVAL_SECS as f64 * config.pause_after_intervals)
         + Duration::from_secs(1);
     let grace = config.grace;
-    let provider = common::start_provider(dir.path(), node.clone(), config, backend.clone()).await;
+    let (provider, vms) =
+        common::start_provider(dir.path(), node.clone(), config, backend.clone()).await;
 
     // The lying publisher: its SSH server admits the node, and every Join
     // gets terms true to the announcement except for the channel.
@@ -126,6 +127,8 @@ async fn terms_for_a_channel_never_mined_get_a_paused_vm_and_then_an_ended_contr
     };
     let booted = Instant::now();
     assert!(backend.is_running(&vm));
+    // With the scratch disk the task asked for.
+    assert_eq!(vms.info(&vm).await.unwrap().scratch_gib, 3);
 
     // ... is paused once payment is late: at most the node's wait for the
     // channel to be mined (10 s on this chain's 2 s blocks), plus the

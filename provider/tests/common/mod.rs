@@ -27,7 +27,8 @@ pub fn logs() {
         .try_init();
 }
 
-/// A one-core, 256 MiB task of the default image at 1 unit a second,
+/// A one-core, 256 MiB task of the default image with a 3 GiB scratch
+/// disk at 1 unit a second,
 /// open for acceptances for `window` blocks.
 pub fn task(endpoint: &str, host_key: Hash, window: u64, difficulty: u64) -> TaskAnnouncement {
     TaskAnnouncement {
@@ -37,7 +38,7 @@ pub fn task(endpoint: &str, host_key: Hash, window: u64, difficulty: u64) -> Tas
                 hash: IMAGE,
             }],
             min_bandwidth_mbps: 0,
-            min_disk_gib: 1,
+            min_disk_gib: 3,
             min_disk_mbps: 0,
             persistent_storage_gib: 0,
             cores: vec![CoreChoice {
@@ -109,13 +110,14 @@ pub fn config(policy: MarketPolicy) -> ProviderConfig {
 }
 
 /// A provider of `node` under `dir`, its VMs on `backend` (the image
-/// record installed, metered every second as the node does).
+/// record installed, metered every second as the node does), and its
+/// VM runtime.
 pub async fn start_provider(
     dir: &Path,
     node: Arc<TestLedger>,
     config: ProviderConfig,
     backend: FakeBackend,
-) -> Arc<Provider> {
+) -> (Arc<Provider>, Arc<zennet_vm::Runtime>) {
     let images = dir.join("images");
     zennet_testkit::fake::install_image(&images, "zennet-tiny");
     let vms = zennet_vm::Runtime::open(
@@ -125,13 +127,14 @@ pub async fn start_provider(
     .await
     .unwrap();
     tokio::spawn(vms.clone().meter());
-    Provider::start(
-        vms,
+    let provider = Provider::start(
+        vms.clone(),
         node,
         config,
         &dir.join("contracts.db"),
         Arc::new(zennet_pay::MemoryStore::new()),
     )
     .await
-    .unwrap()
+    .unwrap();
+    (provider, vms)
 }
