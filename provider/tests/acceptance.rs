@@ -8,14 +8,12 @@
 use std::time::Duration;
 
 use zennet_chain::testkit::{TestChain, TestLedger};
-use zennet_chain::{Hash, Ledger, Role, SecretKey};
+use zennet_chain::{Hash, Ledger};
 use zennet_provider::ProviderError;
 use zennet_provider::market::MarketPolicy;
 use zennet_testkit::FakeBackend;
 
 mod common;
-
-use common::FUNDS;
 
 /// Announces a one-core task asking for `acceptance_difficulty`, open for
 /// `window` blocks.
@@ -43,13 +41,7 @@ fn accepted_by(ledger: &TestLedger, task: &Hash) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
-    common::logs();
-    let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
-    let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
-    let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
-    publisher.register(Role::Publisher);
-    node.register(Role::Node);
-    chain.mine();
+    let (chain, publisher, node) = common::parties();
 
     // The worst case: an operator who lifted the cap on acceptance work.
     let policy = MarketPolicy {
@@ -135,13 +127,7 @@ async fn a_hostile_acceptance_difficulty_stalls_nothing_and_is_given_up() {
 /// task, and removing it gives the room back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_volume_counts_against_the_disk_before_a_task_is_accepted() {
-    common::logs();
-    let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
-    let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
-    let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
-    publisher.register(Role::Publisher);
-    node.register(Role::Node);
-    chain.mine();
+    let (chain, publisher, node) = common::parties();
     let policy = MarketPolicy {
         auto_accept: false,
         ..MarketPolicy::default()

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use zennet_chain::testkit::TestChain;
-use zennet_chain::{Hash, Ledger, Role, SecretKey};
+use zennet_chain::{Hash, Ledger};
 use zennet_proto::{self as proto, Frame, PayStream, Terms};
 use zennet_provider::contract::Phase;
 use zennet_provider::market::MarketPolicy;
@@ -25,8 +24,6 @@ use zennet_tunnel::keys as sshkey;
 use zennet_tunnel::{Gate, SshServer};
 
 mod common;
-
-use common::FUNDS;
 
 const INTERVAL_SECS: i32 = 1;
 const LEASE_SECS: u32 = 600;
@@ -42,13 +39,7 @@ impl Gate for OneKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terms_for_a_channel_never_mined_get_a_paused_vm_and_then_an_ended_contract() {
-    common::logs();
-    let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
-    let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
-    let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
-    publisher.register(Role::Publisher);
-    node.register(Role::Node);
-    chain.mine();
+    let (chain, publisher, node) = common::parties();
 
     let dir = tempfile::tempdir().unwrap();
     let backend = FakeBackend::new();

@@ -229,20 +229,11 @@ async fn guest_memory_stays_within_the_cgroup_limit() {
     let (vm, qmp) = (&launched.process, &launched.qmp);
     wait_ready(&vm.serial_log);
     // Fill a tmpfs well past guest RAM: the guest runs out, not the host.
-    let _ = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .args(["-o", "BatchMode=yes", "-i"])
-        .arg(&key)
-        .args(["-p", &spec.ssh_port.to_string(), "root@127.0.0.1"])
-        .arg("mount -t tmpfs -o size=1g tmpfs /mnt && dd if=/dev/zero of=/mnt/fill bs=1M count=600")
-        .output();
+    let _ = zennet_testkit::guest_ssh(
+        &key,
+        spec.ssh_port,
+        "mount -t tmpfs -o size=1g tmpfs /mnt && dd if=/dev/zero of=/mnt/fill bs=1M count=600",
+    );
     let limit = zennet_vm::cgroup::Limits::for_vm(1.0, mem_mib).memory_bytes;
     let usage = VmCgroup::load(&spec.id).usage();
     qemu::shutdown(&spec.id, vm.pid, Some(qmp), Duration::from_secs(10)).await;

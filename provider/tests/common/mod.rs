@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use zennet_chain::task::{CoreChoice, ImageChoice, Rates, TaskAnnouncement, VmRequirements};
 use zennet_chain::testkit::{TestChain, TestLedger};
-use zennet_chain::{Hash, Ledger, TxBody, pow};
+use zennet_chain::{Hash, Ledger, Role, SecretKey, TxBody, pow};
 use zennet_provider::market::{Machine, MarketPolicy};
 use zennet_provider::{Provider, ProviderConfig};
 use zennet_testkit::FakeBackend;
@@ -25,6 +25,19 @@ pub fn logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A chain funding a publisher and a node, both registered (and the
+/// test's logs on): the parties of every provider test.
+pub fn parties() -> (Arc<TestChain>, Arc<TestLedger>, Arc<TestLedger>) {
+    logs();
+    let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
+    let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
+    let (publisher, node) = (chain.ledger(p_key), chain.ledger(n_key));
+    publisher.register(Role::Publisher);
+    node.register(Role::Node);
+    chain.mine();
+    (chain, publisher, node)
 }
 
 /// A one-core, 256 MiB task of the default image with a 3 GiB scratch
