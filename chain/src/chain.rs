@@ -834,11 +834,17 @@ impl Chain {
 }
 
 /// Writes state changes and trie node writes.
+/// Writes in key order (path, prefix), so SQLite walks each B-tree once
+/// from left to right instead of jumping between random pages.
 fn write_state(w: &StoreTx<'_>, changes: &Changes, writes: &NodeWrites) -> Result<()> {
-    for (k, v) in changes {
+    let mut rows: Vec<_> = changes.iter().map(|(k, v)| (k.path(), k, v)).collect();
+    rows.sort_unstable_by_key(|(path, ..)| *path);
+    for (_, k, v) in rows {
         w.write_state(k, v.as_ref())?;
     }
-    for (prefix, node) in writes {
+    let mut nodes: Vec<_> = writes.iter().map(|(p, n)| (p.encode(), p, n)).collect();
+    nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, prefix, node) in nodes {
         w.write_trie(prefix, node.as_ref())?;
     }
     Ok(())

@@ -7,6 +7,14 @@
 //! trie nodes included — or not at all. The schema is versioned with
 //! `PRAGMA user_version` and migrated on open.
 //!
+//! Checkpoints (copying committed WAL pages back into the database file)
+//! run on a thread of their own ([`Checkpointer`]), not inside the commit
+//! that happens to cross SQLite's 1,000-page threshold. With a large state
+//! a block dirties thousands of scattered pages (its state rows and trie
+//! nodes sit at random paths), so a checkpoint per commit had become most
+//! of a block's import time. Durability is unchanged: a commit is in the
+//! WAL either way, and SQLite replays the WAL after a crash.
+//!
 //! State rows are keyed by their trie path, so a snapshot chunk (every leaf
 //! under one prefix) is one range scan, served from a separate read
 //! connection ([`Store::reader`]) that sees one consistent tip while the
@@ -14,6 +22,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -101,6 +112,9 @@ pub struct TxLocation {
 }
 
 pub struct Store {
+    // First, so its thread has stopped before `conn` closes (the last
+    // connection to close checkpoints and removes the WAL).
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     path: Option<PathBuf>,
 }
@@ -108,7 +122,14 @@ pub struct Store {
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
-        Self::with_connection(conn, Some(path.to_path_buf()))
+        let mut store = Self::with_connection(conn, Some(path.to_path_buf()))?;
+        // The commit path checkpoints only as a backstop (a WAL of 64 MiB),
+        // for when the checkpointer cannot keep up or a reader holds it back.
+        store
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
+        store.checkpointer = Some(Checkpointer::start(path)?);
+        Ok(store)
     }
 
     pub fn in_memory() -> Result<Store> {
@@ -130,6 +151,7 @@ impl Store {
         Ok(Store {
             conn,
             path: Some(path.clone()),
+            checkpointer: None,
         })
     }
 
@@ -141,7 +163,11 @@ impl Store {
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Store { conn, path })
+        Ok(Store {
+            conn,
+            path,
+            checkpointer: None,
+        })
     }
 
     pub fn schema_version(&self) -> Result<i64> {
@@ -157,6 +183,9 @@ impl Store {
         };
         let out = f(&tx)?;
         tx.tx.commit()?;
+        if let Some(c) = &self.checkpointer {
+            c.nudge();
+        }
         Ok(out)
     }
 
@@ -648,6 +677,88 @@ impl StoreTx<'_> {
     }
 }
 
+/// WAL pages past which a commit checkpoints by itself (64 MiB of 4 KiB
+/// pages): only when the [`Checkpointer`] falls behind or a long read holds
+/// it back.
+const BACKSTOP_PAGES: i64 = 16_384;
+
+/// At most one checkpoint per interval, so a burst of imports (a sync)
+/// shares one and the pages they all touch are copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// A thread with its own connection that runs a passive checkpoint after
+/// commits. Passive: it copies what no reader still needs and never blocks
+/// the writer or a reader.
+struct Checkpointer {
+    shared: Arc<(Mutex<Wanted>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Wanted {
+    checkpoint: bool,
+    stop: bool,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let shared = Arc::new((Mutex::new(Wanted::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("chain-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &theirs))?;
+        Ok(Checkpointer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn nudge(&self) {
+        let (wanted, cv) = &*self.shared;
+        wanted.lock().unwrap_or_else(|e| e.into_inner()).checkpoint = true;
+        cv.notify_one();
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (wanted, cv) = &*self.shared;
+        wanted.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, shared: &(Mutex<Wanted>, Condvar)) {
+    let (wanted, cv) = shared;
+    let lock = || wanted.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last: Option<Instant> = None;
+    loop {
+        let mut w = cv
+            .wait_while(lock(), |w| !w.checkpoint && !w.stop)
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(rest) = last.and_then(|t| CHECKPOINT_EVERY.checked_sub(t.elapsed())) {
+            w = cv
+                .wait_timeout_while(w, rest, |w| !w.stop)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if w.stop {
+            return;
+        }
+        w.checkpoint = false;
+        drop(w);
+        last = Some(Instant::now());
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "chain WAL checkpoint failed; the next one retries");
+        }
+    }
+}
+
 fn decode_entry(path: &[u8], key: &[u8], value: &[u8]) -> Result<(StateKey, StateValue)> {
     let key: StateKey = decode(key, MAX_BLOB, "state key")?;
     let value: StateValue = decode(value, MAX_BLOB, "state value")?;
@@ -725,5 +836,49 @@ mod tests {
         }
         let store = Store::open(&empty).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    /// Commits far below the backstop reach the database file anyway: the
+    /// checkpoint thread copies them, not the commit.
+    #[test]
+    fn the_checkpoint_thread_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chain.db");
+        let mut store = Store::open(&path).unwrap();
+        let wal = dir.path().join("chain.db-wal");
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        store
+            .write(|w| {
+                for i in 0..2_000u32 {
+                    let key = StateKey::Account(
+                        crate::crypto::Address::from_slice(
+                            &crate::crypto::keccak256(&i.to_be_bytes()).0[..20],
+                        )
+                        .unwrap(),
+                    );
+                    let value = StateValue::Account(crate::state::Account {
+                        balance: i as u128,
+                        nonce: 0,
+                    });
+                    w.write_state(&key, Some(&value))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let pages = std::fs::metadata(&wal).unwrap().len() / 4096;
+        assert!(
+            pages < BACKSTOP_PAGES as u64,
+            "the commit stays below the backstop ({pages} pages)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db_len() <= before {
+            assert!(Instant::now() < deadline, "no checkpoint within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Shutting down joins the thread; the data is there on reopening.
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.state_count().unwrap(), 2_000);
     }
 }
