@@ -160,8 +160,14 @@ impl Payee {
         let Some(ch) = self.ledger.channel(channel) else {
             return Ok(None);
         };
-        let urgent =
-            ch.settle_at.is_some() || self.ledger.height() + self.margin >= ch.expiry_height;
+        let height = self.ledger.height();
+        // A claim is valid only in a block below settle_at; once the next
+        // block cannot hold it, submitting would only be refused (on every
+        // block, by a caller that asks each block).
+        if ch.settle_at.is_some_and(|at| height + 1 >= at) {
+            return Ok(None);
+        }
+        let urgent = ch.settle_at.is_some() || height + self.margin >= ch.expiry_height;
         if !urgent {
             return Ok(None);
         }

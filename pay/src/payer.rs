@@ -49,7 +49,8 @@ impl Payer {
 
     /// A channel to `payee` with at least `need` unspent and an expiry at or
     /// after `min_expiry`, for services that pay the same peer many times:
-    /// the open (or opening) channel to `payee` if it covers that, else that
+    /// the open (or opening) channel to `payee` that is not being wound
+    /// down, if it covers that, else that
     /// channel topped up by `top_up` (and its expiry moved to `min_expiry`),
     /// else a new channel with `top_up` deposited.
     pub fn channel_for(
@@ -64,7 +65,7 @@ impl Payer {
             .store
             .outgoing_all()?
             .into_iter()
-            .filter(|o| o.payee == payee)
+            .filter(|o| o.payee == payee && o.wind_down_tx.is_none())
             .find(|o| match self.ledger.channel(&o.channel) {
                 Some(ch) => ch.settle_at.is_none() && ch.expiry_height > self.ledger.height(),
                 None => self.ledger.pending(&o.channel),
