@@ -19,7 +19,7 @@ use zennet_chain::SecretKey;
 use zennet_chain::codec::amount_str;
 use zennet_fs::api::{
     AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferState,
-    TransferView,
+    TransferView, WindDownView,
 };
 use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::{FileId, Fs, FsConfig, HttpMode};
@@ -56,6 +56,10 @@ pub struct FsSection {
     pub window: usize,
     /// Upload cap over the part protocol in MiB/s (0: none).
     pub upload_limit_mib_s: f64,
+    /// Wind down a channel to a seeder after this many seconds without a
+    /// voucher on it (0: only `fs settle` or expiry): the seeder claims
+    /// what it was paid and the rest of the deposit comes back.
+    pub settle_idle_secs: u64,
 }
 
 impl Default for FsSection {
@@ -70,6 +74,7 @@ impl Default for FsSection {
             channel_deposit: 0,
             window: 16,
             upload_limit_mib_s: 0.0,
+            settle_idle_secs: 600,
         }
     }
 }
@@ -121,6 +126,10 @@ pub enum FsCmd {
     Rm { id: String },
     /// Transfers, what was earned and spent, the store and the HTTP address.
     Status,
+    /// Wind down the channels to seeders now (no download may be running):
+    /// each seeder claims what it was paid, the rest of each deposit comes
+    /// back after the challenge period (run again then to reclaim it).
+    Settle,
 }
 
 /// Starts the file service and its HTTP listener.
@@ -152,6 +161,7 @@ pub async fn start(
         min_deposit: section.channel_deposit,
         ..ChannelTerms::default()
     };
+    let mut tip = zennet_chain::Ledger::tip(&*ledger);
     let channels = Arc::new(Channels::new(
         ledger,
         key.clone(),
@@ -166,13 +176,28 @@ pub async fn start(
         channels.clone(),
     )
     .context("cannot start the file service")?;
-    // Held vouchers are claimed when a payer settles or expiry nears.
+    // Held vouchers are claimed when a payer settles or expiry nears, and
+    // looked at on every block: a settling channel is claimable only for
+    // its challenge period, which on a fast chain is a few seconds.
+    // Channels idle for settle_idle_secs are wound down, step by step.
+    let idle = Duration::from_secs(section.settle_idle_secs);
+    let winding = fs.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(30));
+        const AT_LEAST: Duration = Duration::from_secs(5);
+        let mut wound_at = tokio::time::Instant::now();
         loop {
-            every.tick().await;
+            if let Ok(Err(_)) = tokio::time::timeout(AT_LEAST, tip.changed()).await {
+                // The chain is gone: the node is shutting down.
+                tokio::time::sleep(AT_LEAST).await;
+            }
             if let Err(e) = channels.claim_due() {
                 tracing::warn!(error = %e, "claiming file vouchers failed");
+            }
+            if !idle.is_zero() && wound_at.elapsed() >= AT_LEAST {
+                wound_at = tokio::time::Instant::now();
+                if let Err(e) = winding.wind_down_idle(idle) {
+                    tracing::warn!(error = %e, "winding down idle channels failed");
+                }
             }
         }
     });
@@ -374,6 +399,25 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                 .post(&format!("/v1/fs/files/{file}/rm"), &serde_json::json!({}))
                 .await?;
             out.print(&v, || format!("removed {file}"));
+        }
+        FsCmd::Settle => {
+            let v: Vec<WindDownView> = client()?
+                .post("/v1/fs/settle", &serde_json::json!({}))
+                .await?;
+            out.print(&v, || {
+                if v.is_empty() {
+                    return "nothing to wind down".to_string();
+                }
+                v.iter()
+                    .map(|w| {
+                        format!(
+                            "{} to {}: {} paid, tx {}",
+                            w.channel, w.seeder, w.paid, w.tx
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
         }
         FsCmd::Status => {
             let s: StatusView = client()?.get("/v1/fs/status").await?;

@@ -166,6 +166,18 @@ pub struct AccountView {
     pub paid: u128,
 }
 
+/// A channel to a seeder that `fs settle` (or the idle timer) started to
+/// wind down: a settle, or the reclaim after the challenge period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindDownView {
+    pub seeder: Address,
+    pub channel: zennet_chain::Hash,
+    /// What the vouchers signed on it pay: what the seeder can claim.
+    #[serde(with = "amount_str")]
+    pub paid: zennet_chain::Amount,
+    pub tx: zennet_chain::Hash,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
     pub http: Option<String>,

@@ -12,20 +12,23 @@
 //!   ([`zennet_pay::check_voucher`]) and stored before the part it pays
 //!   for counts, so a `kill -9` never loses a voucher the seeder acted on.
 //!   Held vouchers are claimed when the payer starts settling or expiry
-//!   nears ([`Channels::claim_due`]).
+//!   nears ([`Channels::claim_due`]);
+//! * a channel nothing was paid through for a while is wound down
+//!   ([`PartPayer::wind_down_idle`]): settled, then reclaimed, and never
+//!   chosen for a transfer again once that began.
 //!
 //! No voucher or channel rule lives here: only which channel serves which
 //! seeder, the per-part bound, and waiting for the chain.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zennet_chain::{Address, Amount, Hash, Ledger, SecretKey, SignedVoucher};
 use zennet_pay::{PayStore, Payee, Payer, Received};
 
 use crate::error::{FsError, PaymentError};
-use crate::payment::{BoxFuture, PartPayee, PartPayer};
+use crate::payment::{BoxFuture, PartPayee, PartPayer, WindDown};
 
 /// How channels to seeders are funded and kept.
 #[derive(Debug, Clone)]
@@ -66,6 +69,11 @@ pub struct Channels {
     /// while signing, so two transfers paying one seeder never sign two
     /// vouchers with one seq.
     using: Mutex<HashMap<Address, Hash>>,
+    /// When each channel was last prepared or paid through, for winding
+    /// down idle ones; a channel not touched since this node started
+    /// counts from the start.
+    touched: Mutex<HashMap<Hash, Instant>>,
+    started: Instant,
 }
 
 impl Channels {
@@ -85,6 +93,8 @@ impl Channels {
             store,
             terms,
             using: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
     }
 
@@ -134,6 +144,13 @@ impl Channels {
         self.using.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn touch(&self, channel: Hash) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel, Instant::now());
+    }
+
     async fn wait_mined(
         &self,
         channel: Hash,
@@ -173,6 +190,7 @@ impl PartPayer for Channels {
                 budget.max(self.terms.min_deposit),
             )?;
             self.lock().insert(payee, o.channel);
+            self.touch(o.channel);
             self.wait_mined(o.channel, o.deposit, o.expiry_height)
                 .await?;
             tracing::debug!(channel = %o.channel, %payee, deposit = %o.deposit, "channel ready");
@@ -185,10 +203,44 @@ impl PartPayer for Channels {
         let channel = *using.get(&payee).ok_or(PaymentError::NotPrepared(payee))?;
         let before = self.payer.channel(&channel)?.paid;
         let bound = before + cost;
+        self.touch(channel);
         match self.payer.pay(&channel, bound, bound)? {
             Some(v) if v.voucher.cumulative == bound => Ok(v),
             _ => Err(PaymentError::Spent { payee, channel }.into()),
         }
+    }
+
+    fn wind_down_idle(&self, idle: Duration) -> Result<Vec<WindDown>, FsError> {
+        // Held throughout: no voucher is signed on a channel while it is
+        // being wound down, and no transfer picks it meanwhile.
+        let mut using = self.lock();
+        let touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Vec::new();
+        for o in self
+            .store
+            .outgoing_all()
+            .map_err(zennet_pay::PayError::from)?
+        {
+            let last = touched.get(&o.channel).copied().unwrap_or(self.started);
+            if last.elapsed() < idle {
+                continue;
+            }
+            let Some(tx) = self.payer.wind_down(&o.channel)? else {
+                continue;
+            };
+            using.retain(|_, ch| *ch != o.channel);
+            out.push(WindDown {
+                seeder: o.payee,
+                channel: o.channel,
+                paid: o.paid,
+                tx,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -122,6 +122,8 @@ pub enum FsError {
     NoTransfer(FileId),
     #[error("a download of {0} is already running")]
     Busy(FileId),
+    #[error("{0} downloads are running and pay through these channels; settle when they end")]
+    DownloadsRunning(usize),
     #[error("{0}")]
     Invalid(String),
 }

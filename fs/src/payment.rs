@@ -2,7 +2,10 @@
 //! downloader pays each seeder per verified part through a [`PartPayer`],
 //! the seeder takes vouchers through a [`PartPayee`], and both keep an
 //! [`Account`] per peer (parts, bytes, what they cost, what was paid) for
-//! the credit cut-off and the status. A node implements both with
+//! the credit cut-off and the status. Channels nothing was paid through
+//! for a while are wound down ([`PartPayer::wind_down_idle`]), so a
+//! downloader's unspent deposits come back and seeders claim on chain
+//! what they were paid. A node implements both with
 //! [`crate::channels::Channels`], over the `pay` crate's channels (one
 //! channel per seeder, reused across files and transfers), the same
 //! channels that pay for VMs; [`NoPayments`] is for free-only nodes.
@@ -12,8 +15,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
-use zennet_chain::{Address, Amount, SignedVoucher};
+use zennet_chain::{Address, Amount, Hash, SignedVoucher};
 
 use crate::error::{FsError, PaymentError};
 
@@ -68,6 +72,24 @@ pub trait PartPayer: Send + Sync + 'static {
     /// of a part just verified (never more), recorded before it is
     /// returned.
     fn pay(&self, payee: Address, cost: Amount) -> Result<SignedVoucher, FsError>;
+
+    /// One step of winding down every channel nothing was paid through
+    /// (or prepared on) for `idle`: settle it, so the seeder claims what
+    /// its vouchers pay, then reclaim the rest once the challenge period
+    /// is over. Returns the transactions submitted.
+    fn wind_down_idle(&self, _idle: Duration) -> Result<Vec<WindDown>, FsError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A wind-down transaction submitted for the channel to one seeder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindDown {
+    pub seeder: Address,
+    pub channel: Hash,
+    /// What the vouchers signed on it pay in all.
+    pub paid: Amount,
+    pub tx: Hash,
 }
 
 /// The seeder's side.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use zennet_net::content::stream_protocol;
 
 use crate::api::{
     AccountView, AddRequest, Added, FileEntryView, FileView, GetRequest, InfoView, OfferView,
-    StatusView, TransferView,
+    StatusView, TransferView, WindDownView,
 };
 use crate::crypt::{self, FileKey};
 use crate::download::Transfer;
@@ -299,6 +300,32 @@ impl Fs {
         self.store.remove(id)?;
         self.transfers().remove(id);
         Ok(())
+    }
+
+    /// Winds down every channel to a seeder now (a step: settle, or
+    /// reclaim once settled). Refused while a download runs, since its
+    /// seeders are paid through those channels.
+    pub fn settle(&self) -> Result<Vec<WindDownView>, FsError> {
+        let running = self.transfers().values().filter(|t| t.running()).count();
+        if running > 0 {
+            return Err(FsError::DownloadsRunning(running));
+        }
+        self.wind_down_idle(Duration::ZERO)
+    }
+
+    /// One wind-down step for channels idle for `idle` (the node's timer).
+    pub fn wind_down_idle(&self, idle: Duration) -> Result<Vec<WindDownView>, FsError> {
+        Ok(self
+            .payer
+            .wind_down_idle(idle)?
+            .into_iter()
+            .map(|w| WindDownView {
+                seeder: w.seeder,
+                channel: w.channel,
+                paid: w.paid,
+                tx: w.tx,
+            })
+            .collect())
     }
 
     pub fn status(&self) -> Result<StatusView, FsError> {

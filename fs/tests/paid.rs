@@ -213,10 +213,21 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     let earned = seeder.status().unwrap().earned;
     assert_eq!(earned, paid, "the seeder counted what its vouchers pay");
 
-    // The downloader settles; the seeder claims on chain exactly what was vouched.
+    // A channel just paid through is not idle; `settle` winds it down
+    // regardless, and the seeder claims on chain exactly what was vouched.
     mining.abort();
     let ch = channel.unwrap();
-    d_pay.payer().wind_down(&ch).unwrap().expect("a settle");
+    assert!(
+        downloader
+            .wind_down_idle(Duration::from_secs(3600))
+            .unwrap()
+            .is_empty(),
+        "a channel in use is not idle"
+    );
+    let wound = downloader.settle().unwrap();
+    assert_eq!(wound.len(), 1, "{wound:?}");
+    assert_eq!((wound[0].channel, wound[0].paid), (ch, paid));
+    assert_eq!(wound[0].seeder, s.key.address());
     chain.mine();
     let before = chain.ledger(keys[0].clone()).balance(&s.key.address());
     let claims = s_pay.claim_due().unwrap();
@@ -232,6 +243,25 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
         s_pay.claim_due().unwrap().is_empty(),
         "nothing claimed twice"
     );
+
+    // A channel being wound down is never paid through again: the next
+    // download opens a new one.
+    let _mining = miner(&chain);
+    let c = add(&seeder, random_file(dir.path(), "c", 3000)).await;
+    await_provider(&d.net, c).await;
+    downloader
+        .get(GetRequest {
+            id: c,
+            out: Some(dir.path().join("out-c")),
+            dir: dir.path().to_path_buf(),
+            max_price_per_mib: None,
+            key: None,
+        })
+        .unwrap();
+    assert_eq!(wait(&downloader, c).await.state, TransferState::Done);
+    let new = d_pay.channel_to(&s.key.address()).expect("a channel");
+    assert_ne!(new, ch, "a new channel after the wind-down");
+    assert_eq!(d.store.outgoing_all().unwrap().len(), 2);
 }
 
 /// A raw client of the part protocol that asks for parts and pays only

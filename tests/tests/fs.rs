@@ -11,6 +11,8 @@
 //! - HTTP: curl of the whole file and of a range, 404 and 416;
 //! - encryption: seeders hold only ciphertext, the right key restores the
 //!   file, a wrong key fails with one line and writes nothing;
+//! - paid from three seeders, then `fs settle`: each seeder claims on
+//!   chain exactly what the downloader vouched to it;
 //! - a seeder's price above `--max-price` is refused and nothing is written.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use zennet_tests::{TestHome, homes_on_one_chain, set_config, wait_until};
+use zennet_tests::{TestHome, amount, homes_on_one_chain, market, set_config, wait_until};
 
 const LOOPBACK: [&str; 2] = ["--listen", "/ip4/127.0.0.1/tcp/0"];
 const PART: usize = 256 * 1024;
@@ -326,6 +328,97 @@ fn file_network_on_loopback() {
     let own = work.join("own.txt");
     seeders[2].json(&["fs", "get", &enc_id, "-o", own.to_str().unwrap()]);
     assert_eq!(std::fs::read(&own).unwrap(), secret);
+
+    // Paid: three seeders at a price; the downloader settles and each
+    // seeder claims on chain exactly what the downloader vouched to it.
+    miner.ok(&["wallet", "send", &d.address(), "1000000000000", "--wait"]);
+    for s in &seeders {
+        // Claims cost the seeder a fee.
+        miner.ok(&["wallet", "send", &s.address(), "1000000000", "--wait"]);
+    }
+    let d_before = amount(&d.json(&["wallet", "balance"])["balance"]);
+    let paid_file = random_file(&work.join("paid.bin"), 8 << 20);
+    let paid_id = add_everywhere(&seeders, &work.join("paid.bin"), &["--price", "1000"]);
+    await_seeders(&d, &paid_id, 3);
+    let spent_before = amount(&d.json(&["fs", "status"])["spent"]);
+    let out = work.join("paid.out");
+    let got = d.json(&[
+        "fs",
+        "get",
+        &paid_id,
+        "--max-price",
+        "1000",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), paid_file);
+    let spent = amount(&d.json(&["fs", "status"])["spent"]) - spent_before;
+    assert!(spent >= 8 * 1000, "every part paid for: {spent}");
+    let balance = |h: &TestHome| amount(&h.json(&["wallet", "balance"])["balance"]);
+    let seeders_before: Vec<u128> = seeders.iter().map(balance).collect();
+    let settled = d.json(&["fs", "settle"]);
+    let settled = settled.as_array().unwrap();
+    assert_eq!(settled.len(), 3, "one channel per seeder: {settled:?}");
+    let vouched: u128 = settled.iter().map(|w| amount(&w["paid"])).sum();
+    assert!(vouched >= spent, "the channels carry what was spent");
+    for w in settled {
+        // What the transfer counted as paid to this seeder is what its
+        // channel's vouchers carry (the channel paid for nothing else).
+        let view = got["seeders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["address"] == w["seeder"])
+            .expect("the seeder in the transfer");
+        assert_eq!(amount(&view["paid"]), amount(&w["paid"]), "{view}");
+        let channel = str_of(w, "channel");
+        let i = seeders
+            .iter()
+            .position(|s| s.address() == str_of(w, "seeder"))
+            .expect("a channel to one of the seeders");
+        let claimed = || {
+            market::api_get(&seeders[i], &format!("/v1/channels/{channel}"))
+                .map(|c| amount(&c["claimed"]))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while claimed() != Some(amount(&w["paid"])) {
+            if Instant::now() > deadline {
+                let log = seeders[i].node_log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "seeder {i} claimed {:?} of {} on {channel}; its log ends:\n{}",
+                    claimed(),
+                    w["paid"],
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let after = balance(&seeders[i]);
+        assert!(
+            after > seeders_before[i] && after - seeders_before[i] <= amount(&w["paid"]),
+            "the claim paid the seeder, less its fee ({} -> {after})",
+            seeders_before[i]
+        );
+    }
+    // After the challenge period the same command reclaims the rest; the
+    // downloader is out exactly what it vouched, plus its fees.
+    let mut reclaimed = std::collections::HashSet::new();
+    wait_until(Duration::from_secs(60), "the reclaims", || {
+        for w in d.json(&["fs", "settle"]).as_array().unwrap() {
+            reclaimed.insert(str_of(w, "channel"));
+        }
+        settled.iter().all(|w| {
+            let id = str_of(w, "channel");
+            reclaimed.contains(&id) && market::api_get(&d, &format!("/v1/channels/{id}")).is_none()
+        })
+    });
+    let lost = d_before - balance(&d);
+    assert!(
+        lost >= vouched && lost - vouched < 1_000_000,
+        "the downloader paid {vouched} in vouchers and {} in fees",
+        lost.saturating_sub(vouched)
+    );
 
     // A price above --max-price: refused, nothing written.
     random_file(&work.join("priced.bin"), 1 << 20);

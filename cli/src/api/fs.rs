@@ -1,6 +1,7 @@
 //! File network routes under `/v1/fs/`: the store (add, list, info, seed,
-//! rm), downloads and their progress, and the service's status. Files
-//! themselves are served on the `[fs] http_listen` listener, not here.
+//! rm), downloads and their progress, the service's status and winding
+//! down its channels (`settle`). Files themselves are served on the
+//! `[fs] http_listen` listener, not here.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use zennet_fs::api::{
     AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferView,
+    WindDownView,
 };
 use zennet_fs::{FileId, Fs, FsError};
 
@@ -27,6 +29,7 @@ pub(super) fn routes() -> Vec<super::Route> {
         ("/v1/fs/get", post(start_get)),
         ("/v1/fs/transfers/{id}", get(transfer)),
         ("/v1/fs/status", get(status)),
+        ("/v1/fs/settle", post(settle)),
     ]
 }
 
@@ -102,4 +105,8 @@ async fn transfer(State(node): State<Arc<Node>>, Path(i): Path<String>) -> ApiRe
 
 async fn status(State(node): State<Arc<Node>>) -> ApiResult<StatusView> {
     Ok(Json(service(&node)?.status()?))
+}
+
+async fn settle(State(node): State<Arc<Node>>) -> ApiResult<Vec<WindDownView>> {
+    Ok(Json(service(&node)?.settle()?))
 }
