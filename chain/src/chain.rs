@@ -833,9 +833,9 @@ impl Chain {
     }
 }
 
-/// Writes state changes and trie node writes.
-/// Writes in key order (path, prefix), so SQLite walks each B-tree once
-/// from left to right instead of jumping between random pages.
+/// Writes state changes and trie node writes, in key order (path,
+/// prefix), so SQLite walks each B-tree once from left to right instead of
+/// jumping between random pages.
 fn write_state(w: &StoreTx<'_>, changes: &Changes, writes: &NodeWrites) -> Result<()> {
     let mut rows: Vec<_> = changes.iter().map(|(k, v)| (k.path(), k, v)).collect();
     rows.sort_unstable_by_key(|(path, ..)| *path);

@@ -183,14 +183,20 @@ impl Channels {
 impl PartPayer for Channels {
     fn prepare(&self, payee: Address, budget: Amount) -> BoxFuture<'_, Result<(), FsError>> {
         Box::pin(async move {
-            let o = self.payer.channel_for(
-                payee,
-                budget,
-                self.min_expiry(),
-                budget.max(self.terms.min_deposit),
-            )?;
-            self.lock().insert(payee, o.channel);
-            self.touch(o.channel);
+            let o = {
+                // Held from choosing to marking it used, so an idle
+                // wind-down never settles the channel just chosen.
+                let mut using = self.lock();
+                let o = self.payer.channel_for(
+                    payee,
+                    budget,
+                    self.min_expiry(),
+                    budget.max(self.terms.min_deposit),
+                )?;
+                using.insert(payee, o.channel);
+                self.touch(o.channel);
+                o
+            };
             self.wait_mined(o.channel, o.deposit, o.expiry_height)
                 .await?;
             tracing::debug!(channel = %o.channel, %payee, deposit = %o.deposit, "channel ready");

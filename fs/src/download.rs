@@ -579,7 +579,7 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
         // Nothing in flight: the seeder is idle or done, so settle now
         // rather than leave verified parts unpaid.
         if (owed.parts >= pay_every || asked.is_empty())
-            && let Err(e) = owed.settle(&sh, &mut s, key).await
+            && let Err(e) = owed.settle(&sh, &mut s, key).await?
         {
             sh.give_up(key, Dropped::Gone(e.to_string()));
             return Ok(());
@@ -607,10 +607,16 @@ impl Owed {
     }
 
     /// Signs (off the runtime: it commits to disk) and sends one voucher
-    /// for everything owed.
-    async fn settle(&mut self, sh: &Shared, s: &mut Source, key: usize) -> Result<(), FsError> {
+    /// for everything owed. The outer error is the payer failing, which
+    /// ends the download; the inner one is the seeder's stream failing.
+    async fn settle(
+        &mut self,
+        sh: &Shared,
+        s: &mut Source,
+        key: usize,
+    ) -> Result<Result<(), WireError>, FsError> {
         if self.amount == 0 {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let payee = s.address.expect("paid offers come from chain addresses");
         let (cost, payer) = (self.amount, sh.fs.payer.clone());
@@ -618,13 +624,19 @@ impl Owed {
             .await
             .map_err(|e| FsError::Invalid(format!("signing a voucher was interrupted: {e}")))??;
         *self = Owed::default();
-        wire::write(&mut s.wr, &Frame::Pay(Box::new(v))).await?;
-        wire::flush(&mut s.wr).await?;
         sh.fs.book(payee, Role::Spent, Account::paid(cost), true);
-        let mut t = sh.t.lock();
-        t.seeders[key].paid += cost;
-        t.spent += cost;
-        Ok(())
+        {
+            let mut t = sh.t.lock();
+            t.seeders[key].paid += cost;
+            t.spent += cost;
+        }
+        // Signed is paid: the voucher is recorded, and the next one (or
+        // a resend) carries it even if this one is lost.
+        let sent = async {
+            wire::write(&mut s.wr, &Frame::Pay(Box::new(v))).await?;
+            wire::flush(&mut s.wr).await
+        };
+        Ok(sent.await)
     }
 }
 
