@@ -202,12 +202,17 @@ fn closing_claims_first_when_settling_and_repeats_until_the_channel_is_gone() {
 
 #[test]
 fn a_settling_channel_is_claimed_while_it_can_be_and_not_after() {
-    let w = world();
-    let ch = w.open(1_000_000, 200);
-    let v = w.payer.pay(&ch, 300_000, 300_000).unwrap().unwrap();
-    w.payee.receive(v).unwrap();
-    w.payer.wind_down(&ch).unwrap().unwrap();
-    w.chain.mine();
+    // A channel paying 300,000 whose payer has started settling.
+    let settling = || {
+        let w = world();
+        let ch = w.open(1_000_000, 200);
+        let v = w.payer.pay(&ch, 300_000, 300_000).unwrap().unwrap();
+        w.payee.receive(v).unwrap();
+        w.payer.wind_down(&ch).unwrap().unwrap();
+        w.chain.mine();
+        (w, ch)
+    };
+    let (w, ch) = settling();
     let at = w.payee_ledger.channel(&ch).unwrap().settle_at.unwrap();
     // The payee slept through the challenge period: too late, and it says
     // so by submitting nothing rather than a claim the chain refuses.
@@ -218,12 +223,7 @@ fn a_settling_channel_is_claimed_while_it_can_be_and_not_after() {
     assert_eq!(w.payee_ledger.channel(&ch).unwrap().claimed, 0);
 
     // In time, the same voucher is claimed.
-    let w = world();
-    let ch = w.open(1_000_000, 200);
-    let v = w.payer.pay(&ch, 300_000, 300_000).unwrap().unwrap();
-    w.payee.receive(v).unwrap();
-    w.payer.wind_down(&ch).unwrap().unwrap();
-    w.chain.mine();
+    let (w, ch) = settling();
     assert!(w.payee.claim_if_due(&ch).unwrap().is_some());
     w.chain.mine();
     assert_eq!(w.payee_ledger.channel(&ch).unwrap().claimed, 300_000);

@@ -336,7 +336,8 @@ fn file_network_on_loopback() {
         // Claims cost the seeder a fee.
         miner.ok(&["wallet", "send", &s.address(), "1000000000", "--wait"]);
     }
-    let d_before = amount(&d.json(&["wallet", "balance"])["balance"]);
+    let balance = |h: &TestHome| amount(&h.json(&["wallet", "balance"])["balance"]);
+    let d_before = balance(&d);
     let paid_file = random_file(&work.join("paid.bin"), 8 << 20);
     let paid_id = add_everywhere(&seeders, &work.join("paid.bin"), &["--price", "1000"]);
     await_seeders(&d, &paid_id, 3);
@@ -354,7 +355,6 @@ fn file_network_on_loopback() {
     assert_eq!(std::fs::read(&out).unwrap(), paid_file);
     let spent = amount(&d.json(&["fs", "status"])["spent"]) - spent_before;
     assert!(spent >= 8 * 1000, "every part paid for: {spent}");
-    let balance = |h: &TestHome| amount(&h.json(&["wallet", "balance"])["balance"]);
     let seeders_before: Vec<u128> = seeders.iter().map(balance).collect();
     let settled = d.json(&["fs", "settle"]);
     let settled = settled.as_array().unwrap();
