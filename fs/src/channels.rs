@@ -220,11 +220,7 @@ impl PartPayer for Channels {
         // Held throughout: no voucher is signed on a channel while it is
         // being wound down, and no transfer picks it meanwhile.
         let mut using = self.lock();
-        let touched = self
-            .touched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for o in self
             .store

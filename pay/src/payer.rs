@@ -50,9 +50,9 @@ impl Payer {
     /// A channel to `payee` with at least `need` unspent and an expiry at or
     /// after `min_expiry`, for services that pay the same peer many times:
     /// the open (or opening) channel to `payee` that is not being wound
-    /// down, if it covers that, else that
-    /// channel topped up by `top_up` (and its expiry moved to `min_expiry`),
-    /// else a new channel with `top_up` deposited.
+    /// down, if it covers that, else that channel topped up by `top_up`
+    /// (and its expiry moved to `min_expiry`), else a new channel with
+    /// `top_up` deposited.
     pub fn channel_for(
         &self,
         payee: Address,
