@@ -9,6 +9,7 @@ mod fs;
 mod home;
 mod ledger;
 mod node;
+mod service_unit;
 mod services;
 mod sync;
 mod trade;
@@ -224,6 +225,30 @@ enum NodeCmd {
         #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         fast_sync: Option<bool>,
     },
+    /// Install this node as a systemd service: write zennet.service (the
+    /// shipped unit, with --home and the roles given here in its
+    /// ExecStart), then `systemctl daemon-reload` and `enable --now`. Its
+    /// home is --home, else /var/lib/zennet (not $ZENNET_HOME or ~/.zennet).
+    InstallService {
+        /// Run the provider agent (the default when no role is given).
+        #[arg(long)]
+        provide: bool,
+        /// Run the publisher.
+        #[arg(long)]
+        publish: bool,
+        /// Mine blocks.
+        #[arg(long)]
+        mine: bool,
+        /// Where to write zennet.service.
+        #[arg(long, value_name = "DIR", default_value = service_unit::UNIT_DIR)]
+        unit_dir: PathBuf,
+        /// Replace a zennet.service that has other content.
+        #[arg(long)]
+        force: bool,
+        /// Only write the unit: no daemon-reload, no enable, no start.
+        #[arg(long)]
+        no_enable: bool,
+    },
     /// This node's peer id and listen addresses.
     Info,
     /// Connected peers.
@@ -387,6 +412,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(AgentCmd::Vm(AgentVmCmd::List)) => commands::agent_vm_list(&home, out).await,
         Command::Agent(AgentCmd::Vm(AgentVmCmd::Stop { id })) => {
             commands::agent_vm_stop(&home, &id, out).await
+        }
+        Command::Node(NodeCmd::InstallService {
+            provide,
+            publish,
+            mine,
+            unit_dir,
+            force,
+            no_enable,
+        }) => {
+            let opts = service_unit::InstallOptions {
+                home: home_flag,
+                roles: service_unit::Roles {
+                    provide,
+                    publish,
+                    mine,
+                },
+                unit_dir,
+                force,
+                enable: !no_enable,
+            };
+            service_unit::install(opts, out)
         }
         Command::Node(NodeCmd::Info) => commands::node_info(&home, out).await,
         Command::Node(NodeCmd::Peers) => commands::node_peers(&home, out).await,
