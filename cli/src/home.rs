@@ -44,6 +44,9 @@ pub struct Config {
     /// The file network: store quota, HTTP serving, prices.
     #[serde(default)]
     pub fs: crate::fs::FsSection,
+    /// Alerts posted to a webhook (the same ones the Prometheus rules raise).
+    #[serde(default)]
+    pub alerts: crate::observe::alerts::AlertsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ impl Default for Config {
             market: Default::default(),
             provider: ProviderSection::default(),
             fs: Default::default(),
+            alerts: Default::default(),
         }
     }
 }

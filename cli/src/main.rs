@@ -9,6 +9,7 @@ mod fs;
 mod home;
 mod ledger;
 mod node;
+mod observe;
 mod service_unit;
 mod services;
 mod sync;

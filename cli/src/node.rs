@@ -32,6 +32,8 @@ pub struct Node {
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
     provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
     fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
+    /// The home this node runs from (for the disk-space metrics).
+    home_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// Take the state from a snapshot when far behind (default: when the
@@ -74,6 +76,7 @@ impl Node {
             publisher: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
             fs: std::sync::OnceLock::new(),
+            home_dir: std::sync::OnceLock::new(),
             sync_lock: tokio::sync::Mutex::new(()),
             fast_sync: AtomicBool::new(fast_sync),
             fast_sync_allowed,
@@ -163,6 +166,14 @@ impl Node {
 
     pub fn fs(&self) -> Option<&Arc<zennet_fs::Fs>> {
         self.fs.get()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub fn home_dir(&self) -> Option<&std::path::Path> {
+        self.home_dir.get().map(|p| p.as_path())
     }
 
     pub fn chain(&self) -> MutexGuard<'_, Chain> {
@@ -291,6 +302,7 @@ impl NodeHandle {
         };
         let (net, net_events) = start_network(&config, &opts, &key, chain.genesis_hash()).await?;
         let node = Node::with_sync(chain, Some(net.clone()), opts.fast_sync);
+        let _ = node.home_dir.set(home.dir().to_path_buf());
         if node.fast_sync() {
             tracing::info!(
                 "fast sync on: the state comes from a verified snapshot when peers are far ahead"
@@ -312,6 +324,18 @@ impl NodeHandle {
         let fs = crate::fs::start(&home, &net, ledger.clone(), &key, chain_id).await?;
         let _ = node.fs.set(fs);
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
+        if let Some(webhook) = config.alerts.webhook.clone() {
+            let unpaid_after = config
+                .alerts
+                .unpaid_after_secs
+                .map_or(crate::observe::alerts::UNPAID_AFTER, Duration::from_secs);
+            tokio::spawn(crate::observe::alerts::run(
+                node.clone(),
+                key.address(),
+                webhook,
+                unpaid_after,
+            ));
+        }
 
         let api = opts.api.unwrap_or(config.node.api.clone());
         let listener = TcpListener::bind(&api)

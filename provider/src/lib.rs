@@ -12,6 +12,8 @@
 //! * [`contract`]: the contract's [`Phase`] and the session's payment clock.
 //! * [`store`]: `contracts.db` — [`store::ContractRow`] and the rejected
 //!   tasks.
+//! * [`stats`]: [`ProviderStats`] — voucher latency and tunnel reconnects,
+//!   measured live for the node's `/metrics`.
 //! * [`view`]: what the API shows ([`ContractView`], [`TaskVerdict`]).
 //! * [`error`]: the error type, [`ProviderError`].
 //!
@@ -23,10 +25,12 @@ pub mod error;
 pub mod market;
 pub mod service;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod view;
 
 pub use contract::Phase;
 pub use error::ProviderError;
 pub use service::{Provider, ProviderConfig};
+pub use stats::ProviderStats;
 pub use view::{ContractView, TaskVerdict};

@@ -24,6 +24,7 @@ use zennet_vm::runtime::DEFAULT_SCRATCH_GIB;
 use crate::contract::Phase;
 use crate::error::ProviderError;
 use crate::market::{self, Machine, MarketPolicy, Offer, Resources};
+use crate::stats::ProviderStats;
 use crate::store::{ContractRow, ContractStore};
 use crate::view::{ContractView, TaskVerdict};
 
@@ -77,6 +78,7 @@ pub struct Provider {
     /// Set by [`Provider::shutdown`] (or when the provider goes away):
     /// searches stop.
     stopping: Arc<AtomicBool>,
+    pub(crate) stats: ProviderStats,
 }
 
 impl Drop for Provider {
@@ -109,6 +111,7 @@ impl Provider {
             accepting: tokio::sync::Mutex::new(()),
             reserved: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            stats: ProviderStats::default(),
         });
         for c in provider.store.all()? {
             if c.active() {
@@ -118,6 +121,23 @@ impl Provider {
         }
         tokio::spawn(market_loop(Arc::downgrade(&provider)));
         Ok(provider)
+    }
+
+    /// What the provider measures as it runs (for `/metrics`).
+    pub fn stats(&self) -> &ProviderStats {
+        &self.stats
+    }
+
+    /// What the chain says of a contract's channel, for the views that
+    /// show claimed amounts and expiry (`None` before it is mined or
+    /// after it closed).
+    pub fn channel(&self, id: &Hash) -> Option<zennet_chain::Channel> {
+        self.ledger.channel(id)
+    }
+
+    /// The chain height this provider last saw.
+    pub fn height(&self) -> u64 {
+        self.ledger.height()
     }
 
     pub fn ssh_key_fingerprint(&self) -> Hash {

@@ -76,6 +76,8 @@ impl Provider {
                 task,
                 link: None,
                 failed: false,
+                reported: None,
+                was_linked: false,
             };
             if let Err(e) = runner.run().await {
                 tracing::error!(%task, error = %e, "contract runner stopped");
@@ -95,6 +97,10 @@ struct Runner {
     link: Option<Link>,
     /// The contract ended by a fault (ends `Failed` rather than `Ended`).
     failed: bool,
+    /// When the oldest usage report not yet answered by a voucher went out.
+    reported: Option<Instant>,
+    /// A session was joined before (the next join is a reconnect).
+    was_linked: bool,
 }
 
 impl Runner {
@@ -160,6 +166,9 @@ impl Runner {
                     match connected {
                         Ok(()) => {
                             backoff = Duration::from_secs(1);
+                            if std::mem::replace(&mut self.was_linked, true) {
+                                p.stats.tunnel_reconnects.inc();
+                            }
                             Some(Event::Connected { now: Instant::now() })
                         }
                         Err(Session::Fatal(reason)) => {
@@ -200,6 +209,8 @@ impl Runner {
                         Err(e) => {
                             tracing::warn!(task = %self.task, error = %e, "publisher disconnected");
                             self.link = None;
+                            // A report on the lost link goes unanswered.
+                            self.reported = None;
                             next_dial = Instant::now() + backoff;
                             Some(Event::Disconnected { now: Instant::now() })
                         }
@@ -427,13 +438,20 @@ impl Runner {
 
     /// Hands a voucher to the payee, which checks it and stores it before
     /// it counts; then the row records what is paid.
-    fn take_voucher(&self, row: &mut ContractRow, v: SignedVoucher) -> Option<Event> {
+    fn take_voucher(&mut self, row: &mut ContractRow, v: SignedVoucher) -> Option<Event> {
         if row.channel != Some(v.voucher.channel) {
             tracing::warn!(task = %self.task, channel = %v.voucher.channel, "voucher for another channel refused");
             return None;
         }
         match self.p.payee.receive(v) {
             Ok(Received::New { paid, .. }) => {
+                self.p.stats.vouchers.inc();
+                if let Some(sent) = self.reported.take() {
+                    self.p
+                        .stats
+                        .voucher_latency
+                        .observe(sent.elapsed().as_secs_f64());
+                }
                 row.paid = paid;
                 if let Err(e) = self.p.store.put(row) {
                     tracing::warn!(task = %self.task, error = %e, "contract row not saved");
@@ -469,8 +487,11 @@ impl Runner {
                         accrued: row.accrued,
                         last: false,
                     };
-                    if let Err(e) = link.pay.send(&Frame::Usage(report)).await {
-                        tracing::warn!(task = %self.task, error = %e, "report not sent");
+                    match link.pay.send(&Frame::Usage(report)).await {
+                        Ok(()) => {
+                            self.reported.get_or_insert_with(Instant::now);
+                        }
+                        Err(e) => tracing::warn!(task = %self.task, error = %e, "report not sent"),
                     }
                 }
                 p.store.put(row)?;

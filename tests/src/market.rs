@@ -222,3 +222,79 @@ pub fn claimed_on_chain(provider: &TestHome, c: &Value) -> u128 {
     }
     claimed
 }
+
+/// A webhook receiver: a local HTTP server that keeps every JSON body
+/// POSTed to it (what an operator's alert hook would get).
+pub struct Webhook {
+    pub url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    pub fn start() -> Webhook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    kept.lock().unwrap().push(v);
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Webhook { url, bodies }
+    }
+
+    /// Every body received so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// A home's `/metrics` text (with its token).
+pub fn metrics(home: &TestHome) -> String {
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", home.api()))
+        .bearer_auth(home.api_token())
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "/metrics: {}", resp.status());
+    resp.text().unwrap()
+}
+
+/// The value of `name` in Prometheus text whose labels include every one
+/// of `labels` (`key="value"` pairs).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !(rest.is_empty() || rest.starts_with('{')) {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}

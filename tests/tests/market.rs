@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zennet_tests::market::{
-    Market, api_get, channel_closed, claimed_on_chain, contract, start_in_market, vms_of,
-    wait_running,
+    Market, Webhook, api_get, channel_closed, claimed_on_chain, contract, metric, metrics,
+    start_in_market, vms_of, wait_running,
 };
 use zennet_tests::{TestHome, amount, wait_until};
 
@@ -55,10 +55,21 @@ fn devnet_runs_a_paid_job_and_balances_reconcile() {
 /// provider survives `kill -9` (tunnel back, billing resumes, no voucher
 /// lost); a publisher that stops paying gets its VM paused within two
 /// payout intervals and terminated after the grace period, and the node
-/// is paid on chain for everything vouched.
+/// is paid on chain for everything vouched. Monitoring sees it: both
+/// nodes' `/metrics` parse with promtool and give the JSON API's numbers,
+/// and the provider's alert webhook gets "VM paused", then its resolve.
 #[test]
 fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
-    let mut m = Market::start(1, 1, &[("provider", "grace_secs", "6")]);
+    let hook = Webhook::start();
+    let webhook = format!("{:?}", hook.url);
+    let mut m = Market::start(
+        1,
+        1,
+        &[
+            ("provider", "grace_secs", "6"),
+            ("alerts", "webhook", &webhook),
+        ],
+    );
     let task = m.announce(0, 1, 2, "");
     let vms = wait_running(&m.publishers[0], &task, 1);
     let vm_id = vms[0]["id"].as_str().unwrap().to_string();
@@ -138,6 +149,7 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
         .find(|v| v["id"] == vm)
         .unwrap();
     assert_eq!(local["state"], "paused");
+    monitoring_sees_the_paused_vm(&m, &task, &vm, &vm_id, &hook);
     // …and terminated after the grace period, paid on chain for everything vouched.
     wait_until(
         Duration::from_secs(60),
@@ -164,6 +176,103 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
             .find(|v| v["id"] == vm)
             .unwrap()["state"],
         "stopped"
+    );
+    wait_until(Duration::from_secs(20), "the alert to resolve", || {
+        hook.received()
+            .iter()
+            .any(|n| n["alert"] == "VmPaused" && n["status"] == "resolved")
+    });
+    // An ended contract and a stopped VM leave the metrics.
+    let text = metrics(&m.providers[0]);
+    assert_eq!(metric(&text, "zennet_vm_paused", &[("vm", &vm)]), None);
+    assert_eq!(
+        metric(&text, "zennet_contract_paid_total", &[("task", &task)]),
+        None
+    );
+    assert_eq!(
+        metric(&text, "zennet_provider_earned_total", &[]),
+        Some(vouched as f64)
+    );
+}
+
+/// While the publisher is not paying (so the amounts stand still): the
+/// provider's and publisher's metrics parse and match their JSON API, and
+/// the webhook has the "VM paused" alert with the VM's id.
+fn monitoring_sees_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &str, hook: &Webhook) {
+    let provider = &m.providers[0];
+    let text = metrics(provider);
+    let c = contract(provider, task).unwrap();
+    check_metrics(&text);
+    let l = [("task", task)];
+    assert_eq!(metric(&text, "zennet_vm_paused", &[("vm", vm)]), Some(1.0));
+    assert_eq!(metric(&text, "zennet_vm_running", &[("vm", vm)]), Some(0.0));
+    assert_eq!(metric(&text, "zennet_contract_paused", &l), Some(1.0));
+    let paid = amount(&c["paid"]) as f64;
+    assert_eq!(metric(&text, "zennet_contract_paid_total", &l), Some(paid));
+    // Accrual may go on (a paused VM still holds its memory) between reads.
+    let accrued = metric(&text, "zennet_contract_accrued_total", &l).unwrap();
+    assert!(accrued <= amount(&c["accrued"]) as f64 && accrued >= paid);
+    assert_eq!(
+        metric(&text, "zennet_contract_unpaid", &l),
+        Some(accrued - paid)
+    );
+    let channel = c["channel"].as_str().unwrap();
+    let on_chain = api_get(provider, &format!("/v1/channels/{channel}")).unwrap();
+    assert_eq!(
+        metric(&text, "zennet_contract_claimed_total", &l),
+        Some(amount(&on_chain["claimed"]) as f64)
+    );
+    let expiry = on_chain["expiry_height"].as_u64().unwrap() as f64;
+    let left = metric(&text, "zennet_contract_channel_expiry_blocks", &l).unwrap();
+    let height = provider.height() as f64;
+    assert!(
+        (expiry - height..=expiry - height + 5.0).contains(&left),
+        "{left}"
+    );
+    let vouchers = metric(&text, "zennet_provider_vouchers_total", &[]).unwrap();
+    assert!(vouchers >= 1.0, "{text}");
+    assert!(metric(&text, "zennet_provider_voucher_latency_seconds_count", &[]).unwrap() >= 1.0);
+
+    let publisher = &m.publishers[0];
+    let text = metrics(publisher);
+    check_metrics(&text);
+    let v = &vms_of(publisher, task)[0];
+    assert_eq!(
+        metric(&text, "zennet_publisher_vm_paid_total", &[("vm", vm_id)]),
+        Some(amount(&v["paid"]) as f64)
+    );
+    assert_eq!(
+        metric(&text, "zennet_publisher_vm_connected", &[("vm", vm_id)]),
+        Some(1.0)
+    );
+
+    wait_until(Duration::from_secs(20), "the VM-paused webhook", || {
+        hook.received()
+            .iter()
+            .any(|n| n["alert"] == "VmPaused" && n["status"] == "firing" && n["labels"]["vm"] == vm)
+    });
+}
+
+/// `promtool check metrics` accepts the text.
+fn check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/setup.sh installs prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -5,6 +5,8 @@
 //! hashes and addresses are 0x-hex. Errors are `{"error": "..."}` with a
 //! 4xx (or 5xx) status.
 //!
+//! `/metrics` (Prometheus text) is one more route of the table.
+//!
 //! Every route needs the home's API token (`Authorization: Bearer
 //! <HOME/api_token>`): the API can start VMs and spend the wallet, and
 //! loopback is shared by every local user (and, without isolation, by
@@ -14,6 +16,7 @@
 
 mod chain;
 mod fs;
+mod metrics;
 mod provider;
 mod publisher;
 
@@ -47,6 +50,7 @@ pub type Route = (&'static str, MethodRouter<Arc<Node>>);
 pub fn routes() -> Vec<Route> {
     let mut all = chain::routes();
     all.extend(fs::routes());
+    all.extend(metrics::routes());
     all.extend(provider::routes());
     all.extend(publisher::routes());
     all
