@@ -249,6 +249,20 @@ pub fn read_public_key(path: &Path) -> Result<String> {
     Ok(key.to_string())
 }
 
+/// Prints the dashboard login link (the API's address and a one-time code).
+pub async fn dashboard(home: &Home, out: Output) -> Result<()> {
+    let login: crate::api::DashboardLogin = home.client()?.post("/v1/dashboard/login", &()).await?;
+    let url = format!("{}{}", home.api_url()?, login.path);
+    let view = serde_json::json!({ "url": url, "valid_secs": login.valid_secs });
+    out.print(&view, || {
+        format!(
+            "{url}\nopen it within {} s; it works once (run `zennet dashboard` again for another)",
+            login.valid_secs
+        )
+    });
+    Ok(())
+}
+
 pub async fn agent_vm_start(home: &Home, req: zennet_vm::StartVm, out: Output) -> Result<()> {
     let client = home.client()?;
     let vm: zennet_vm::VmInfo = client.post("/v1/agent/vms", &req).await?;

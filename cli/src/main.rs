@@ -4,6 +4,7 @@ mod api;
 mod chain_cmds;
 mod client;
 mod commands;
+mod dashboard;
 mod devnet;
 mod fs;
 mod home;
@@ -81,6 +82,9 @@ enum Command {
     /// The file network: add, get, seed and serve files.
     #[command(subcommand)]
     Fs(fs::FsCmd),
+    /// A one-time link that logs a browser into the running node's web
+    /// dashboard (valid 5 minutes, once; the session lasts 12 hours).
+    Dashboard,
     /// A whole local market on embedded defaults: a miner, N providers and a
     /// publisher running a real job in VMs, paid through payment channels.
     Devnet {
@@ -484,6 +488,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCmd::Exec { id, command }) => trade::vm_exec(&home, &id, &command).await,
         Command::Vm(VmCmd::Stop { id }) => trade::vm_stop(&home, &id, out).await,
         Command::Fs(cmd) => fs::run(&home, cmd, out).await,
+        Command::Dashboard => commands::dashboard(&home, out).await,
         Command::Devnet {
             providers,
             primes_below,

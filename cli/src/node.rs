@@ -32,6 +32,8 @@ pub struct Node {
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
     provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
     fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
+    /// Web dashboard login codes and sessions.
+    dashboard: crate::dashboard::Sessions,
     /// The home this node runs from (for the disk-space metrics).
     home_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// One chain sync at a time.
@@ -77,6 +79,7 @@ impl Node {
             provider: std::sync::OnceLock::new(),
             fs: std::sync::OnceLock::new(),
             home_dir: std::sync::OnceLock::new(),
+            dashboard: Default::default(),
             sync_lock: tokio::sync::Mutex::new(()),
             fast_sync: AtomicBool::new(fast_sync),
             fast_sync_allowed,
@@ -166,6 +169,10 @@ impl Node {
 
     pub fn fs(&self) -> Option<&Arc<zennet_fs::Fs>> {
         self.fs.get()
+    }
+
+    pub fn dashboard(&self) -> &crate::dashboard::Sessions {
+        &self.dashboard
     }
 
     pub fn is_shutting_down(&self) -> bool {

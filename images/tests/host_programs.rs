@@ -35,6 +35,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sshd", "openssh-server"),
     ("ssh-audit", "pypi:ssh-audit"),
     ("curl", "curl"),
+    ("promtool", "prometheus"),
+    ("chromium", "chromium"),
     ("sha1sum", "coreutils"),
     ("aria2c", "aria2"),
     ("nginx", "nginx"),

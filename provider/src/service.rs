@@ -123,6 +123,12 @@ impl Provider {
         Ok(provider)
     }
 
+    /// The machine as offered (benchmark and `[provider]` overrides) and
+    /// what of it is free for new tasks now.
+    pub fn capacity(&self) -> Result<(Machine, Resources), ProviderError> {
+        Ok((self.config.machine, self.free()?))
+    }
+
     /// What the provider measures as it runs (for `/metrics`).
     pub fn stats(&self) -> &ProviderStats {
         &self.stats

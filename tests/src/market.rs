@@ -298,3 +298,62 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .then(|| value.parse().ok())?
     })
 }
+
+/// Headless Chromium (Debian's) with a profile of its own, so a login's
+/// session cookie carries from one page to the next.
+pub struct Browser {
+    profile: tempfile::TempDir,
+}
+
+impl Default for Browser {
+    fn default() -> Browser {
+        Browser {
+            profile: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Browser {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .args(args)
+            .output()
+            .expect("chromium runs (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "chromium {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The page's DOM after it loaded (redirects followed).
+    pub fn dom(&self, url: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["--dump-dom", url]).stdout).into_owned()
+    }
+
+    /// A screenshot of the page into `path` (PNG).
+    pub fn screenshot(&self, url: &str, path: &std::path::Path) {
+        let shot = format!("--screenshot={}", path.display());
+        self.run(&["--window-size=1280,1400", &shot, url]);
+        assert!(path.exists(), "no screenshot at {}", path.display());
+    }
+}
+
+/// The text of the cell of class `class` in the table row that has
+/// `key="value"` (`data-task`, `data-vm`).
+pub fn cell(dom: &str, key: &str, value: &str, class: &str) -> Option<String> {
+    let start = dom.find(&format!("{key}=\"{value}\""))?;
+    let row = &dom[start..start + dom[start..].find("</tr>")?];
+    let at = row.find(&format!("class=\"{class}\""))?;
+    let text = &row[at..];
+    let text = &text[text.find('>')? + 1..];
+    Some(text[..text.find('<')?].trim().to_string())
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zennet_tests::market::{
-    Market, Webhook, api_get, channel_closed, claimed_on_chain, contract, metric, metrics,
-    start_in_market, vms_of, wait_running,
+    Browser, Market, Webhook, api_get, cell, channel_closed, claimed_on_chain, contract, metric,
+    metrics, start_in_market, vms_of, wait_running,
 };
 use zennet_tests::{TestHome, amount, wait_until};
 
@@ -66,7 +66,9 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
         1,
         1,
         &[
-            ("provider", "grace_secs", "6"),
+            // Long enough for the monitoring and browser checks while
+            // the VM is paused.
+            ("provider", "grace_secs", "30"),
             ("alerts", "webhook", &webhook),
         ],
     );
@@ -150,9 +152,10 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
         .unwrap();
     assert_eq!(local["state"], "paused");
     monitoring_sees_the_paused_vm(&m, &task, &vm, &vm_id, &hook);
+    the_dashboard_shows_the_paused_vm(&m, &task, &vm, &vm_id);
     // …and terminated after the grace period, paid on chain for everything vouched.
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "termination and the channel closed",
         || {
             contract(&m.providers[0], &task).is_some_and(|c| {
@@ -251,6 +254,85 @@ fn monitoring_sees_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &str, 
             .iter()
             .any(|n| n["alert"] == "VmPaused" && n["status"] == "firing" && n["labels"]["vm"] == vm)
     });
+}
+
+/// A real browser on both nodes' dashboards, while the amounts stand
+/// still: refused without a login; with the link `zennet dashboard`
+/// prints, the provider page shows the contract's paid and claimed
+/// amounts and the paused VM as the JSON API does, and the publisher page
+/// the task's spend and its VM. A screenshot of every page goes to
+/// `target/tmp/dashboard/`.
+fn the_dashboard_shows_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &str) {
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let provider = &m.providers[0];
+    let api = provider.api();
+    let stranger = Browser::default();
+    let refused = stranger.dom(&format!("{api}/ui/provider"));
+    assert!(
+        refused.contains("Not logged in") && !refused.contains(task),
+        "{refused}"
+    );
+
+    let browser = Browser::default();
+    let login = provider.json(&["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = browser.dom(&login);
+    let c = contract(provider, task).unwrap();
+    assert_eq!(
+        cell(&page, "data-task", task, "num paid"),
+        Some(amount(&c["paid"]).to_string()),
+        "{page}"
+    );
+    let channel = c["channel"].as_str().unwrap();
+    let on_chain = api_get(provider, &format!("/v1/channels/{channel}")).unwrap();
+    assert_eq!(
+        cell(&page, "data-task", task, "num claimed"),
+        Some(amount(&on_chain["claimed"]).to_string())
+    );
+    assert_eq!(
+        cell(&page, "data-task", task, "paused").as_deref(),
+        Some("paused")
+    );
+    assert_eq!(
+        cell(&page, "data-vm", vm, "paused").as_deref(),
+        Some("paused")
+    );
+    assert!(page.contains(r#"<svg id="earnings""#), "{page}");
+    // A login link works once: in another browser it is refused.
+    let again = stranger.dom(&login);
+    assert!(again.contains("Not logged in"), "{again}");
+    for p in ["provider", "chain", "files"] {
+        browser.screenshot(&format!("{api}/ui/{p}"), &shots.join(format!("{p}.png")));
+    }
+
+    let publisher = &m.publishers[0];
+    let browser = Browser::default();
+    let login = publisher.json(&["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = browser.dom(&login);
+    let spent: u128 = vms_of(publisher, task)
+        .iter()
+        .map(|v| amount(&v["paid"]))
+        .sum();
+    assert_eq!(
+        cell(&page, "data-task", task, "num spent"),
+        Some(spent.to_string()),
+        "{page}"
+    );
+    assert_eq!(
+        cell(&page, "data-vm", vm_id, "num paid"),
+        Some(spent.to_string())
+    );
+    assert!(page.contains(&format!("zennet vm ssh {vm_id}")), "{page}");
+    browser.screenshot(
+        &format!("{}/ui/publisher", publisher.api()),
+        &shots.join("publisher.png"),
+    );
 }
 
 /// `promtool check metrics` accepts the text.

@@ -5,7 +5,9 @@
 //! hashes and addresses are 0x-hex. Errors are `{"error": "..."}` with a
 //! 4xx (or 5xx) status.
 //!
-//! `/metrics` (Prometheus text) is one more route of the table.
+//! `/metrics` (Prometheus text) is one more route of the table. The web
+//! dashboard (`/ui/`, [`crate::dashboard`]) is merged in beside the table,
+//! with its own check: a browser holds a session cookie, never the token.
 //!
 //! Every route needs the home's API token (`Authorization: Bearer
 //! <HOME/api_token>`): the API can start VMs and spend the wallet, and
@@ -15,6 +17,7 @@
 //! the test iterates that table.
 
 mod chain;
+mod dashboard;
 mod fs;
 mod metrics;
 mod provider;
@@ -36,6 +39,7 @@ use crate::node::Node;
 pub use chain::{
     AccountView, BlockView, IdentitiesView, Info, NodeInfo, PeerView, SubmitTx, Submitted, TxView,
 };
+pub use dashboard::DashboardLogin;
 pub use publisher::{AnnounceTask, PublisherInfo, SetPaying};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +53,7 @@ pub type Route = (&'static str, MethodRouter<Arc<Node>>);
 /// Every service's routes: the one table the router is built from.
 pub fn routes() -> Vec<Route> {
     let mut all = chain::routes();
+    all.extend(dashboard::routes());
     all.extend(fs::routes());
     all.extend(metrics::routes());
     all.extend(provider::routes());
@@ -56,9 +61,11 @@ pub fn routes() -> Vec<Route> {
     all
 }
 
-/// Every route, behind the token check (unknown paths too).
+/// Every route, behind the token check (unknown paths too), and the web
+/// dashboard under `/ui/`, behind its session cookie instead.
 pub fn router(node: Arc<Node>, token: String) -> Router {
     let token: Arc<str> = token.into();
+    let ui = crate::dashboard::router(node.clone());
     routes()
         .into_iter()
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
@@ -69,6 +76,7 @@ pub fn router(node: Arc<Node>, token: String) -> Router {
             },
         ))
         .with_state(node)
+        .merge(ui)
 }
 
 /// 401 with one line unless the request carries `token`.
@@ -79,7 +87,7 @@ async fn require_token(token: &str, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => next.run(req).await,
         _ => ApiError(
             StatusCode::UNAUTHORIZED,
             "the node API needs its token: send `Authorization: Bearer` with the contents of HOME/api_token (the zennet CLI does)".into(),
@@ -89,7 +97,7 @@ async fn require_token(token: &str, req: Request, next: Next) -> Response {
 }
 
 /// Compares without an early exit, so timing tells nothing of the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
