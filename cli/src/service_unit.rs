@@ -113,7 +113,11 @@ fn unit_path(path: &Path) -> Result<String> {
     {
         bail!("--home {s} has characters a unit file would change; pick a plainer path");
     }
-    Ok(s.trim_end_matches('/').to_string())
+    let s = s.trim_end_matches('/');
+    if s.is_empty() {
+        bail!("--home / cannot be a zennet home");
+    }
+    Ok(s.to_string())
 }
 
 pub fn install(opts: InstallOptions, out: Output) -> Result<()> {
@@ -250,7 +254,13 @@ mod tests {
 
     #[test]
     fn homes_a_unit_file_would_mangle_are_refused() {
-        for bad in ["relative/home", "/srv/my home", "/srv/100%", "/srv/$HOME"] {
+        for bad in [
+            "relative/home",
+            "/srv/my home",
+            "/srv/100%",
+            "/srv/$HOME",
+            "/",
+        ] {
             assert!(
                 render(Some(Path::new(bad)), Roles::default()).is_err(),
                 "{bad}"
