@@ -163,6 +163,9 @@ enum AgentCmd {
     Vm(AgentVmCmd),
     /// Contracts: accepted tasks, their VMs and payments.
     Status,
+    /// Suggested [market] minimum rates from what other providers took on
+    /// chain in the last day, with what they would earn this machine.
+    Prices,
     /// Tasks on chain and whether the market policy would take them.
     Tasks,
     /// Accept a task by hand.
@@ -469,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => commands::id_mine(&home, &role, !no_register, threads, out).await,
         Command::Agent(AgentCmd::Status) => trade::agent_contracts(&home, out).await,
         Command::Agent(AgentCmd::Tasks) => trade::agent_tasks(&home, out).await,
+        Command::Agent(AgentCmd::Prices) => trade::agent_prices(&home, out).await,
         Command::Agent(AgentCmd::Accept { id }) => trade::agent_accept(&home, &id, out).await,
         Command::Agent(AgentCmd::Reject { id }) => trade::agent_reject(&home, &id, out).await,
         Command::Task(TaskCmd::Announce { file }) => trade::task_announce(&home, &file, out).await,

@@ -1,5 +1,5 @@
 //! Market commands: `task …` and `vm …` (publisher side), `agent
-//! tasks|contracts|accept|reject` (provider side). All go through the
+//! tasks|contracts|accept|reject|prices` (provider side). All go through the
 //! running node's API.
 
 use std::path::Path;
@@ -215,6 +215,35 @@ pub async fn agent_tasks(home: &Home, out: Output) -> Result<()> {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    });
+    Ok(())
+}
+
+/// Suggested `[market]` minimums, printed as the TOML to paste.
+pub async fn agent_prices(home: &Home, out: Output) -> Result<()> {
+    let p: zennet_provider::prices::PriceSuggestion =
+        home.client()?.get("/v1/agent/prices").await?;
+    out.print(&p, || {
+        let basis = match p.basis.as_str() {
+            "accepted" => format!(
+                "the {} acceptances of {} tasks announced in the last {} blocks",
+                p.acceptances_seen, p.tasks_seen, p.window_blocks
+            ),
+            "announced" => format!(
+                "{} tasks announced in the last {} blocks (none accepted yet)",
+                p.tasks_seen, p.window_blocks
+            ),
+            _ => format!("no task announced in the last {} blocks", p.window_blocks),
+        };
+        format!(
+            "[market]\nmin_per_compute_unit_second = \"{}\"\nmin_per_memory_gib_hour = \"{}\"\nmin_per_storage_gib_hour = \"{}\"\nmin_base_per_second = \"{}\"\n# from {basis}: the lower quartile of each rate\n# at these minimums this machine would take {} open task(s) now: up to {} base units a day at full use",
+            p.min_per_compute_unit_second,
+            p.min_per_memory_gib_hour,
+            p.min_per_storage_gib_hour,
+            p.min_base_per_second,
+            p.would_take,
+            p.income_per_day
+        )
     });
     Ok(())
 }

@@ -12,6 +12,8 @@
 //! * [`contract`]: the contract's [`Phase`] and the session's payment clock.
 //! * [`store`]: `contracts.db` — [`store::ContractRow`] and the rejected
 //!   tasks.
+//! * [`prices`]: [`prices::PriceSuggestion`] — `[market]` minimums from
+//!   what other providers took on chain, and the income they would bring.
 //! * [`stats`]: [`ProviderStats`] — voucher latency and tunnel reconnects,
 //!   measured live for the node's `/metrics`.
 //! * [`view`]: what the API shows ([`ContractView`], [`TaskVerdict`]).
@@ -23,6 +25,7 @@
 pub mod contract;
 pub mod error;
 pub mod market;
+pub mod prices;
 pub mod service;
 pub mod session;
 pub mod stats;

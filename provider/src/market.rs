@@ -403,15 +403,15 @@ fn bottleneck(needs: &Resources, free: &Resources) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use zennet_chain::task::{Acceptance, ImageChoice, Rates, TaskAnnouncement, VmRequirements};
 
-    const IMG: Hash = Hash([7; 32]);
+    pub(crate) const IMG: Hash = Hash([7; 32]);
     const ME: Address = Address([5; 20]);
     const PUBLISHER: Address = Address([2; 20]);
 
-    fn task() -> TaskRecord {
+    pub(crate) fn task() -> TaskRecord {
         let image = |id: &str, hash| ImageChoice {
             id: id.into(),
             hash,
@@ -467,7 +467,7 @@ mod tests {
         }
     }
 
-    fn machine() -> Machine {
+    pub(crate) fn machine() -> Machine {
         Machine {
             cores: 6,
             memory_mib: 8192,
@@ -478,7 +478,7 @@ mod tests {
         }
     }
 
-    fn acceptance(node: u8) -> Acceptance {
+    pub(crate) fn acceptance(node: u8) -> Acceptance {
         Acceptance {
             node: Address([node; 20]),
             tx: Hash([node; 32]),

@@ -129,6 +129,22 @@ impl Provider {
         Ok((self.config.machine, self.free()?))
     }
 
+    /// Suggested `[market]` minimums from the last day of tasks on chain.
+    pub fn prices(&self) -> crate::prices::PriceSuggestion {
+        let genesis = self.ledger.genesis();
+        let day_blocks = 86_400_000 / genesis.consensus.block_time_ms.max(1);
+        crate::prices::Market {
+            tasks: &self.ledger.tasks(),
+            height: self.ledger.height(),
+            window_blocks: day_blocks,
+            me: self.ledger.address(),
+            policy: &self.config.policy,
+            machine: &self.config.machine,
+            images: &self.config.images,
+        }
+        .suggest()
+    }
+
     /// What the provider measures as it runs (for `/metrics`).
     pub fn stats(&self) -> &ProviderStats {
         &self.stats

@@ -236,6 +236,19 @@ fn monitoring_sees_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &str, 
     assert!(vouchers >= 1.0, "{text}");
     assert!(metric(&text, "zennet_provider_voucher_latency_seconds_count", &[]).unwrap() >= 1.0);
 
+    // Price suggestions from the one task on chain, which this node took.
+    let p = provider.json(&["agent", "prices"]);
+    assert_eq!(p["basis"], "accepted", "{p}");
+    assert_eq!(p["acceptances_seen"], 1);
+    assert_eq!(p["min_per_compute_unit_second"], "1000");
+    assert_eq!(p["min_per_memory_gib_hour"], "3600000");
+    assert_eq!(p["min_base_per_second"], "10");
+    // Its only instance is taken: nothing open to earn from.
+    assert_eq!(
+        (p["would_take"].as_u64(), p["income_per_day"].as_str()),
+        (Some(0), Some("0"))
+    );
+
     let publisher = &m.publishers[0];
     let text = metrics(publisher);
     check_metrics(&text);
@@ -301,6 +314,7 @@ fn the_dashboard_shows_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &s
         Some("paused")
     );
     assert!(page.contains(r#"<svg id="earnings""#), "{page}");
+    assert!(page.contains(r#"<table id="prices">"#), "{page}");
     // A login link works once: in another browser it is refused.
     let again = stranger.dom(&login);
     assert!(again.contains("Not logged in"), "{again}");

@@ -18,6 +18,7 @@ pub(super) fn routes() -> Vec<super::Route> {
         ("/v1/agent/vms/{id}/stop", post(agent_stop)),
         ("/v1/agent/tasks", get(provider_tasks)),
         ("/v1/agent/contracts", get(provider_contracts)),
+        ("/v1/agent/prices", get(provider_prices)),
         ("/v1/agent/tasks/{id}/accept", post(provider_accept)),
         ("/v1/agent/tasks/{id}/reject", post(provider_reject)),
     ]
@@ -64,6 +65,12 @@ async fn provider_tasks(State(node): State<Arc<Node>>) -> ApiResult<Vec<TaskVerd
 
 async fn provider_contracts(State(node): State<Arc<Node>>) -> ApiResult<Vec<ContractView>> {
     Ok(Json(provider(&node)?.contracts()?))
+}
+
+async fn provider_prices(
+    State(node): State<Arc<Node>>,
+) -> ApiResult<zennet_provider::prices::PriceSuggestion> {
+    Ok(Json(provider(&node)?.prices()))
 }
 
 async fn provider_accept(
