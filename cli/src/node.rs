@@ -34,6 +34,8 @@ pub struct Node {
     fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
     /// Web dashboard login codes and sessions.
     dashboard: crate::dashboard::Sessions,
+    /// The provider's earnings over time, for the dashboard.
+    earnings: crate::dashboard::history::Earnings,
     /// The home this node runs from (for the disk-space metrics).
     home_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// One chain sync at a time.
@@ -80,6 +82,7 @@ impl Node {
             fs: std::sync::OnceLock::new(),
             home_dir: std::sync::OnceLock::new(),
             dashboard: Default::default(),
+            earnings: Default::default(),
             sync_lock: tokio::sync::Mutex::new(()),
             fast_sync: AtomicBool::new(fast_sync),
             fast_sync_allowed,
@@ -173,6 +176,10 @@ impl Node {
 
     pub fn dashboard(&self) -> &crate::dashboard::Sessions {
         &self.dashboard
+    }
+
+    pub fn earnings(&self) -> &crate::dashboard::history::Earnings {
+        &self.earnings
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -321,6 +328,7 @@ impl NodeHandle {
             let _ = node.vms.set(vms.clone());
             let provider = crate::services::start_provider(&home, vms, ledger.clone()).await?;
             let _ = node.provider.set(provider);
+            tokio::spawn(crate::dashboard::history::run(node.clone()));
         }
         if opts.publish {
             let publisher = crate::services::start_publisher(&home, ledger.clone()).await?;

@@ -315,6 +315,7 @@ fn the_dashboard_shows_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &s
     );
     assert!(page.contains(r#"<svg id="earnings""#), "{page}");
     assert!(page.contains(r#"<table id="prices">"#), "{page}");
+    assert!(page.contains(r#"<svg id="earnings-history""#), "{page}");
     // A login link works once: in another browser it is refused.
     let again = stranger.dom(&login);
     assert!(again.contains("Not logged in"), "{again}");

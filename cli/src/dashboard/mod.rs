@@ -13,9 +13,12 @@
 //!   and views the JSON API serves (so the numbers are the API's), and
 //!   rendered with askama templates (`cli/templates/`), checked at compile
 //!   time and escaped by default.
+//! * [`history`]: the provider's earnings sampled every minute, for the
+//!   chart of vouchered vs settled over time.
 //! * [`router`]: the `/ui/` routes, with their own check (the cookie, not
 //!   the bearer token) in one middleware over one table, like the API.
 
+pub mod history;
 pub mod pages;
 
 use std::collections::HashMap;

@@ -82,6 +82,7 @@ struct ProviderPage {
     earned: Amount,
     claimed: Amount,
     chart: String,
+    history: String,
     prices: zennet_provider::prices::PriceSuggestion,
     contracts: Vec<ContractLine>,
     vms: Vec<VmLine>,
@@ -135,13 +136,7 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
         let mut bars = Vec::new();
         for c in p.contracts()? {
             let ch = c.channel.and_then(|id| p.channel(&id));
-            // A closed channel is gone from the state: what it paid out is
-            // what the close claimed, the voucher held.
-            let claimed = match &ch {
-                Some(ch) => ch.claimed,
-                None if c.close_tx.is_some() => c.paid,
-                None => 0,
-            };
+            let claimed = super::history::settled(p, &c);
             earned += c.paid;
             claimed_total += claimed;
             bars.push((
@@ -191,6 +186,12 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
             earned,
             claimed: claimed_total,
             chart: earnings_chart(&bars),
+            history: {
+                // The stored samples, and now.
+                let mut points = node.earnings().points();
+                points.push(super::history::totals(p)?);
+                super::history::chart(&points)
+            },
             prices: p.prices(),
             contracts,
             vms: Vec::new(),
