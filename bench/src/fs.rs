@@ -299,7 +299,7 @@ fn write_random(p: &Path, len: usize) {
     }
 }
 
-fn beside_exe(name: &str) -> Option<PathBuf> {
+pub(crate) fn beside_exe(name: &str) -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))

@@ -1,13 +1,14 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|ops] [--quick]`.
 
 mod chain;
 mod fs;
 mod host;
 mod market;
 mod net;
+mod ops;
 mod vm;
 
 use std::time::{Duration, Instant};
@@ -49,8 +50,12 @@ fn main() {
         known = true;
         fs::run(quick);
     }
+    if all || suites.contains(&"ops") {
+        known = true;
+        ops::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market, fs");
+        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market, fs, ops");
         std::process::exit(2);
     }
 }
