@@ -18,7 +18,9 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 host_packages=$(grep -v '^#' "$(dirname "$0")/../images/HOST-PACKAGES")
 missing_packages() {
   for p in $host_packages; do
-    dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || echo "$p"
+    # No pipe into `grep -q`: with pipefail, grep leaving early makes a
+    # long `dpkg -s` (prometheus') die of SIGPIPE and look uninstalled.
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
   done
 }
 # Images are built from .deb files apt downloads, so its lists must exist.
