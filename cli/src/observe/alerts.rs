@@ -165,7 +165,7 @@ impl Alerts {
         new.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, c) in new {
             let since = *self.since.entry(k.clone()).or_insert(now_ms);
-            if !self.firing.contains_key(&k) && now_ms - since >= k.0.hold_ms() {
+            if !self.firing.contains_key(&k) && now_ms.saturating_sub(since) >= k.0.hold_ms() {
                 out.push(notice(&k, &c, "firing"));
                 self.firing.insert(k, c);
             }
