@@ -182,6 +182,30 @@ impl Contract {
         &self.rules
     }
 
+    /// How long until the VM is paused unless a voucher comes, at `now`:
+    /// `None` when nothing is owed, or it is paused or over already. It
+    /// is the same clock [`Contract::late`] reads, so it says what will
+    /// happen, not a guess.
+    pub fn pause_in(&self, now: Instant) -> Option<Duration> {
+        if self.is_over() || self.paused_at.is_some() || self.accrued <= self.paid {
+            return None;
+        }
+        let since = if self.rules.prepay {
+            match self.asked_on_connect {
+                Some((a, at)) if self.connected && a > self.paid => at,
+                // Prepay owed without a question out: paused on the next check.
+                _ => return Some(Duration::ZERO),
+            }
+        } else {
+            self.covered_at
+        };
+        Some(
+            self.rules
+                .late_after
+                .saturating_sub(now.duration_since(since)),
+        )
+    }
+
     pub fn is_over(&self) -> bool {
         matches!(self.phase, Phase::Closing | Phase::Ended | Phase::Failed)
     }
@@ -406,6 +430,30 @@ mod tests {
         assert_eq!(at, 16);
         assert!(reason.contains("unpaid past the grace period"), "{reason}");
         assert_eq!(c.phase, Phase::Closing);
+    }
+
+    /// The countdown the dashboard shows is the clock the pause obeys: it
+    /// runs down while a report goes unanswered, the pause comes when it
+    /// reaches zero, and a covering voucher starts it again.
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_countdown_is_the_pause_clock() {
+        let mut c = running(rules());
+        assert_eq!(c.pause_in(Instant::now()), None, "nothing owed yet");
+        let mut seen = Vec::new();
+        for s in 1..=6u128 {
+            let actions = tick(&mut c, s * 10).await;
+            seen.push((c.pause_in(Instant::now()), actions.contains(&Action::Pause)));
+        }
+        let remaining: Vec<Option<u64>> =
+            seen.iter().map(|(d, _)| d.map(|d| d.as_secs())).collect();
+        assert_eq!(remaining, [Some(3), Some(2), Some(1), Some(0), None, None]);
+        assert!(seen[4].1, "paused when the countdown ran out");
+        c.on(Event::Paid {
+            now: Instant::now(),
+            paid: 60,
+        });
+        tick(&mut c, 70).await;
+        assert_eq!(c.pause_in(Instant::now()), Some(3 * SEC));
     }
 
     #[tokio::test(start_paused = true)]

@@ -79,6 +79,9 @@ pub struct Provider {
     /// searches stop.
     stopping: Arc<AtomicBool>,
     pub(crate) stats: ProviderStats,
+    /// Each running contract's pause deadline (wall-clock ms) as its
+    /// runner last computed it, for the views.
+    pub(crate) pause_at: Mutex<HashMap<Hash, u64>>,
 }
 
 impl Drop for Provider {
@@ -112,6 +115,7 @@ impl Provider {
             reserved: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             stats: ProviderStats::default(),
+            pause_at: Mutex::new(HashMap::new()),
         });
         for c in provider.store.all()? {
             if c.active() {
@@ -180,7 +184,14 @@ impl Provider {
             Some(ch) => self.payee.record(&ch).ok(),
             None => None,
         };
-        Ok(ContractView::new(c, pay.as_ref()))
+        let mut view = ContractView::new(c, pay.as_ref());
+        view.pause_at_ms = self
+            .pause_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.task)
+            .copied();
+        Ok(view)
     }
 
     /// Every task on chain with this node's verdict.

@@ -86,6 +86,10 @@ impl Provider {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&task);
+            p.pause_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&task);
         });
     }
 }
@@ -239,6 +243,7 @@ impl Runner {
                 continue;
             };
             let actions = m.on(event);
+            self.publish_pause_clock(m);
             for action in actions {
                 if self
                     .act(&mut row, machine.as_mut().expect("some"), action)
@@ -246,6 +251,19 @@ impl Runner {
                 {
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Puts the machine's pause deadline where the views read it.
+    fn publish_pause_clock(&self, m: &Contract) {
+        let mut clocks = self.p.pause_at.lock().unwrap_or_else(|p| p.into_inner());
+        match m.pause_in(Instant::now()) {
+            Some(left) => {
+                clocks.insert(self.task, now_ms() + left.as_millis() as u64);
+            }
+            None => {
+                clocks.remove(&self.task);
             }
         }
     }

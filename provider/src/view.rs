@@ -37,6 +37,10 @@ pub struct ContractView {
     pub claim_txs: Vec<Hash>,
     pub close_tx: Option<Hash>,
     pub end_reason: Option<String>,
+    /// When the VM is paused unless a voucher comes first (Unix ms): the
+    /// runner's payment clock. `None`: paid up, already paused, or over.
+    #[serde(default)]
+    pub pause_at_ms: Option<u64>,
 }
 
 impl ContractView {
@@ -63,6 +67,7 @@ impl ContractView {
             claim_txs: pay.map(|p| p.claim_txs.clone()).unwrap_or_default(),
             close_tx: pay.and_then(|p| p.close_tx),
             end_reason: c.end_reason.clone(),
+            pause_at_ms: None,
         }
     }
 }

@@ -130,6 +130,15 @@ fn unpaid_vm_is_paused_then_terminated_and_kill_9_loses_no_voucher() {
         },
     );
 
+    // While paid, the contract shows when it would pause without a voucher.
+    wait_until(Duration::from_secs(10), "a pause deadline", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        contract(&m.providers[0], &task)
+            .is_some_and(|c| c["pause_at_ms"].as_u64().is_some_and(|at| at + 1000 >= now))
+    });
     // The publisher stops paying: paused within two payout intervals…
     publisher.ok(&["task", "pay", &task, "--compute", "off"]);
     let stopped = std::time::Instant::now();
@@ -210,6 +219,7 @@ fn monitoring_sees_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &str, 
     assert_eq!(metric(&text, "zennet_vm_paused", &[("vm", vm)]), Some(1.0));
     assert_eq!(metric(&text, "zennet_vm_running", &[("vm", vm)]), Some(0.0));
     assert_eq!(metric(&text, "zennet_contract_paused", &l), Some(1.0));
+    assert_eq!(metric(&text, "zennet_contract_pause_in_seconds", &l), None);
     let paid = amount(&c["paid"]) as f64;
     assert_eq!(metric(&text, "zennet_contract_paid_total", &l), Some(paid));
     // Accrual may go on (a paused VM still holds its memory) between reads.

@@ -98,6 +98,7 @@ struct ContractLine {
     paid: Amount,
     claimed: Amount,
     unpaid: Amount,
+    pause: String,
     expires: String,
 }
 
@@ -156,6 +157,13 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
                 paid: c.paid,
                 claimed,
                 unpaid: c.accrued.saturating_sub(c.paid),
+                pause: match (c.phase, c.pause_at_ms) {
+                    (zennet_provider::Phase::Paused, _) => "paused".into(),
+                    (_, Some(at)) => {
+                        format!("in {} s", at.saturating_sub(crate::node::now_ms()) / 1000)
+                    }
+                    (_, None) => "paid up".into(),
+                },
                 expires: ch.map_or("—".into(), |ch| {
                     format!("{} blocks", ch.expiry_height.saturating_sub(height))
                 }),

@@ -218,6 +218,11 @@ fn contracts(out: &Out, s: &Snapshot) -> Result<()> {
             "Blocks until the contract's channel expires",
             l,
         )?;
+        let pause_in = out.gauge_vec(
+            "contract_pause_in_seconds",
+            "Seconds until the VM is paused unless a voucher comes (absent: paid up or paused)",
+            l,
+        )?;
         let paused = out.gauge_vec(
             "contract_paused",
             "1 while the contract's VM is paused for late payment",
@@ -240,6 +245,10 @@ fn contracts(out: &Out, s: &Snapshot) -> Result<()> {
             }
             if let Some(b) = c.expires_in_blocks {
                 expiry.with_label_values(&l).set(b as f64);
+            }
+            if let Some(at) = v.pause_at_ms {
+                let left = at.saturating_sub(crate::node::now_ms()) as f64 / 1000.0;
+                pause_in.with_label_values(&l).set(left);
             }
             paused
                 .with_label_values(&l)
