@@ -362,25 +362,7 @@ fn the_dashboard_shows_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &s
 
 /// `promtool check metrics` accepts the text.
 fn check_metrics(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (scripts/setup.sh installs prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    zennet_tests::promtool(&["check", "metrics"], text);
 }
 
 /// Prepay, two publishers' tasks side by side on one node (separate

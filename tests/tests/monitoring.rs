@@ -7,13 +7,11 @@
 //! real paused VM.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use zennet_tests::{TestHome, homes_on_one_chain, wait_until};
+use zennet_tests::{TestHome, homes_on_one_chain, promtool, wait_until};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,31 +28,6 @@ fn scrape(home: &TestHome, token: Option<&str>) -> (u16, String) {
     }
     let resp = req.send().unwrap();
     (resp.status().as_u16(), resp.text().unwrap())
-}
-
-/// Runs promtool with `args` and `stdin`; panics with its output on failure.
-fn promtool(args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs (scripts/setup.sh installs prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?}: {text}");
-    text
 }
 
 /// The value of the unlabelled `series` in Prometheus text.
