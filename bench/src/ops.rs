@@ -106,13 +106,7 @@ pub fn run(quick: bool) {
     let span = Duration::from_secs(if quick { 12 } else { 60 });
     let closed = cpu_share(pid, span);
     let profile = tempfile::tempdir().expect("a temp dir");
-    let code = client
-        .post(format!("{api}/v1/dashboard/login"))
-        .header(bearer.0, &bearer.1)
-        .send()
-        .and_then(|r| r.json::<serde_json::Value>())
-        .expect("a login code");
-    let login_url = format!("{api}{}", code["path"].as_str().expect("a path"));
+    let login_url = login_url(&client, &api, &token);
     let mut browser = Command::new("chromium")
         .args([
             "--headless",
@@ -194,20 +188,25 @@ fn fill_store(home: &TestHome) {
     }
 }
 
-/// A dashboard session cookie (`name=value`) from a login code.
-fn login(client: &reqwest::blocking::Client, api: &str, token: &str) -> String {
+/// A one-time dashboard login link, from the API (with the token).
+fn login_url(client: &reqwest::blocking::Client, api: &str, token: &str) -> String {
     let code: serde_json::Value = client
         .post(format!("{api}/v1/dashboard/login"))
         .bearer_auth(token)
         .send()
         .and_then(|r| r.json())
         .expect("a login code");
+    format!("{api}{}", code["path"].as_str().expect("a path"))
+}
+
+/// A dashboard session cookie (`name=value`) from a login link.
+fn login(client: &reqwest::blocking::Client, api: &str, token: &str) -> String {
     let no_redirect = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a client");
     let resp = no_redirect
-        .get(format!("{api}{}", code["path"].as_str().expect("a path")))
+        .get(login_url(client, api, token))
         .send()
         .expect("the login answers");
     let cookie = resp

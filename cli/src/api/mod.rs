@@ -156,13 +156,14 @@ pub(crate) fn status(bad_request: bool, not_found: bool) -> StatusCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Method;
     use tower::ServiceExt;
 
-    fn node() -> Arc<Node> {
+    /// A node on an in-memory dev chain, no services.
+    pub(crate) fn node() -> Arc<Node> {
         let key = zennet_chain::SecretKey::generate();
         let genesis = zennet_chain::Genesis::dev(key.address(), 0);
         Node::with_sync(zennet_chain::Chain::in_memory(genesis).unwrap(), None, None)

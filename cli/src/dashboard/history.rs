@@ -44,11 +44,11 @@ impl Earnings {
     }
 }
 
-/// What the chain has paid out of a contract's channel: the channel's
-/// `claimed` while it exists; once closed (gone from the state) the
-/// voucher the close claimed.
-pub fn settled(p: &Provider, c: &ContractView) -> Amount {
-    match c.channel.and_then(|id| p.channel(&id)) {
+/// What the chain has paid out of a contract's channel `ch` (as the
+/// chain has it now): its `claimed` while it exists; once closed (gone
+/// from the state) the voucher the close claimed.
+pub fn settled(ch: Option<&zennet_chain::Channel>, c: &ContractView) -> Amount {
+    match ch {
         Some(ch) => ch.claimed,
         None if c.close_tx.is_some() => c.paid,
         None => 0,
@@ -64,7 +64,8 @@ pub fn totals(p: &Provider) -> Result<Point, ProviderError> {
     };
     for c in p.contracts()? {
         point.vouchered += c.paid;
-        point.settled += settled(p, &c);
+        let ch = c.channel.and_then(|id| p.channel(&id));
+        point.settled += settled(ch.as_ref(), &c);
     }
     Ok(point)
 }

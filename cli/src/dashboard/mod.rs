@@ -252,11 +252,7 @@ mod tests {
     use axum::http::Method;
     use tower::ServiceExt;
 
-    fn node() -> Arc<Node> {
-        let key = zennet_chain::SecretKey::generate();
-        let genesis = zennet_chain::Genesis::dev(key.address(), 0);
-        Node::with_sync(zennet_chain::Chain::in_memory(genesis).unwrap(), None, None)
-    }
+    use crate::api::tests::node;
 
     async fn call(
         app: &Router,

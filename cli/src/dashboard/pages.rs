@@ -137,7 +137,7 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
         let mut bars = Vec::new();
         for c in p.contracts()? {
             let ch = c.channel.and_then(|id| p.channel(&id));
-            let claimed = super::history::settled(p, &c);
+            let claimed = super::history::settled(ch.as_ref(), &c);
             earned += c.paid;
             claimed_total += claimed;
             bars.push((
@@ -195,9 +195,13 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
             claimed: claimed_total,
             chart: earnings_chart(&bars),
             history: {
-                // The stored samples, and now.
+                // The stored samples, and now (the totals just summed).
                 let mut points = node.earnings().points();
-                points.push(super::history::totals(p)?);
+                points.push(super::history::Point {
+                    at_ms: crate::node::now_ms(),
+                    vouchered: earned,
+                    settled: claimed_total,
+                });
                 super::history::chart(&points)
             },
             prices: p.prices(),
@@ -512,12 +516,29 @@ fn off(node: &Node, what: &'static str, how: &'static str) -> Response {
     html(&page).into_response()
 }
 
-/// The checks every action makes: the CSRF token, and a hash id.
-fn checked(form: &ActionForm, csrf: &Csrf, id: &str) -> Result<Hash, String> {
-    if !form.valid(csrf) {
-        return Err("this form is stale or not from the dashboard; reload the page".into());
+/// The check every action makes first: the form carries the session's
+/// CSRF token.
+fn fresh(form: &ActionForm, csrf: &Csrf) -> Result<(), String> {
+    match form.valid(csrf) {
+        true => Ok(()),
+        false => Err("this form is stale or not from the dashboard; reload the page".into()),
     }
+}
+
+/// [`fresh`], and the hash id the action is about.
+fn checked(form: &ActionForm, csrf: &Csrf, id: &str) -> Result<Hash, String> {
+    fresh(form, csrf)?;
     id.parse::<Hash>().map_err(|e| format!("{id}: {e}"))
+}
+
+fn provider_of(node: &Node) -> Result<&Arc<zennet_provider::Provider>, String> {
+    node.provider()
+        .ok_or_else(|| "this node is not a provider".into())
+}
+
+fn publisher_of(node: &Node) -> Result<&Arc<zennet_publisher::Publisher>, String> {
+    node.publisher()
+        .ok_or_else(|| "this node is not a publisher".into())
 }
 
 pub async fn accept(
@@ -528,7 +549,7 @@ pub async fn accept(
 ) -> Response {
     let r = async {
         let task = checked(&form, &csrf, &id)?;
-        let p = node.provider().ok_or("this node is not a provider")?;
+        let p = provider_of(&node)?;
         p.accept(&task).await.map(|_| ()).map_err(|e| e.to_string())
     };
     done("/ui/provider", r.await)
@@ -541,7 +562,7 @@ pub async fn reject(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let r = checked(&form, &csrf, &id).and_then(|task| {
-        let p = node.provider().ok_or("this node is not a provider")?;
+        let p = provider_of(&node)?;
         p.reject(&task).map_err(|e| e.to_string())
     });
     done("/ui/provider", r)
@@ -554,9 +575,7 @@ pub async fn stop_vm(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let r = async {
-        if !form.valid(&csrf) {
-            return Err("this form is stale or not from the dashboard; reload the page".into());
-        }
+        fresh(&form, &csrf)?;
         let vms = node.vms().ok_or("this node is not a provider")?;
         vms.stop(&id).await.map(|_| ()).map_err(|e| e.to_string())
     };
@@ -570,7 +589,7 @@ pub async fn cancel(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let r = checked(&form, &csrf, &id).and_then(|task| {
-        let p = node.publisher().ok_or("this node is not a publisher")?;
+        let p = publisher_of(&node)?;
         p.cancel(&task).map(|_| ()).map_err(|e| e.to_string())
     });
     done("/ui/publisher", r)
@@ -583,7 +602,7 @@ pub async fn stop_paying(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let r = checked(&form, &csrf, &id).and_then(|task| {
-        let p = node.publisher().ok_or("this node is not a publisher")?;
+        let p = publisher_of(&node)?;
         p.set_paying(&task, Some(false), None)
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -598,7 +617,7 @@ pub async fn stop_publisher_vm(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let r = checked(&form, &csrf, &id).and_then(|_| {
-        let p = node.publisher().ok_or("this node is not a publisher")?;
+        let p = publisher_of(&node)?;
         p.stop_vm(&id).map(|_| ()).map_err(|e| e.to_string())
     });
     done("/ui/publisher", r)
