@@ -335,12 +335,14 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                     .iter()
                     .map(|f| {
                         format!(
-                            "{}  {:>12}  {:>5}/{:<5} {:<8} {}",
+                            "{}  {:>12}  {:>5}/{:<5} {:<8} served {:>6} parts earned {:<8} {}",
                             f.id,
                             f.length,
                             f.have_parts,
                             f.parts,
                             if f.seeding { "seeding" } else { "-" },
+                            f.served_parts,
+                            f.earned,
                             f.name
                         )
                     })

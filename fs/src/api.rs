@@ -124,6 +124,17 @@ pub struct FileView {
     pub price_per_mib: u128,
     pub sha256: String,
     pub magnet: String,
+    /// As a seeder: parts and bytes served to downloaders,
+    #[serde(default)]
+    pub served_parts: u64,
+    #[serde(default)]
+    pub served_bytes: u64,
+    /// what they cost at the prices offered,
+    #[serde(default, with = "amount_str")]
+    pub served_value: u128,
+    /// and the vouchers taken for them.
+    #[serde(default, with = "amount_str")]
+    pub earned: u128,
     pub files: Vec<FileEntryView>,
 }
 

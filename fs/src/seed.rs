@@ -85,6 +85,7 @@ async fn session(
     wire::flush(&mut wr).await?;
     tracing::debug!(%peer, %file, %price, "offer sent");
     let have: Bitfield = f.have;
+    let _flush = FlushOnDrop(fs, file);
     loop {
         match read(&mut rd).await? {
             Frame::GetMeta => {
@@ -127,13 +128,17 @@ async fn session(
                 wire::write(&mut wr, &Frame::Part { index, bytes }).await?;
                 wire::flush(&mut wr).await?;
                 fs.book(payer, Role::Earned, Account::served(1, len, cost), false);
+                fs.book_file(id, Account::served(1, len, cost), false);
             }
             Frame::Pay(v) => {
                 if price == 0 && address.is_none() {
                     return refuse(&mut wr, "nothing to pay").await;
                 }
                 match fs.payee.receive(payer, *v) {
-                    Ok(delta) => fs.book(payer, Role::Earned, Account::paid(delta), false),
+                    Ok(delta) => {
+                        fs.book(payer, Role::Earned, Account::paid(delta), false);
+                        fs.book_file(file, Account::paid(delta), false);
+                    }
                     Err(e) => {
                         tracing::info!(%peer, %payer, error = %e, "voucher refused");
                         return refuse(&mut wr, &format!("voucher refused: {e}")).await;
@@ -145,6 +150,15 @@ async fn session(
                 return refuse(&mut wr, &format!("unexpected {} frame", name(&other))).await;
             }
         }
+    }
+}
+
+/// Saves what the session's file earned however the session ends.
+struct FlushOnDrop<'a>(&'a Fs, crate::metainfo::FileId);
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.book_file(self.1, Account::default(), true);
     }
 }
 

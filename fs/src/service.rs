@@ -99,6 +99,8 @@ pub struct Fs {
     pub(crate) payer: Arc<dyn PartPayer>,
     pub(crate) payee: Arc<dyn PartPayee>,
     accounts: Mutex<HashMap<(Address, Role), Account>>,
+    /// What each file earned as a seeder (see [`Fs::book_file`]).
+    served: Mutex<HashMap<FileId, Account>>,
     transfers: Mutex<HashMap<FileId, Arc<Transfer>>>,
     pub(crate) limiter: crate::seed::Limiter,
     http_addr: Mutex<Option<String>>,
@@ -120,6 +122,7 @@ impl Fs {
             .into_iter()
             .map(|(a, earned, acc)| ((a, if earned { Role::Earned } else { Role::Spent }), acc))
             .collect();
+        let served = store.served()?;
         let mut incoming = net
             .streams()
             .accept(stream_protocol(wire::PROTOCOL))
@@ -133,6 +136,7 @@ impl Fs {
             payer,
             payee,
             accounts: Mutex::new(accounts),
+            served: Mutex::new(served),
             transfers: Mutex::new(HashMap::new()),
             http_addr: Mutex::new(None),
         });
@@ -227,13 +231,17 @@ impl Fs {
     }
 
     pub fn list(&self) -> Vec<FileView> {
-        self.store.list().iter().map(file_view).collect()
+        self.store
+            .list()
+            .iter()
+            .map(|f| self.with_served(file_view(f)))
+            .collect()
     }
 
     pub fn file(&self, id: &FileId) -> Result<FileView, FsError> {
-        Ok(file_view(
+        Ok(self.with_served(file_view(
             &self.store.file(id).ok_or(StoreError::Unknown(*id))?,
-        ))
+        )))
     }
 
     /// What is known here and what every seeder on the network offers.
@@ -273,7 +281,7 @@ impl Fs {
         let seeders = futures::future::join_all(asks).await;
         Ok(InfoView {
             id,
-            local: local.as_ref().map(file_view),
+            local: local.as_ref().map(|f| self.with_served(file_view(f))),
             seeders,
         })
     }
@@ -289,7 +297,7 @@ impl Fs {
         } else {
             self.net.unprovide(&id.0);
         }
-        Ok(file_view(&f))
+        Ok(self.with_served(file_view(&f)))
     }
 
     pub fn remove(&self, id: &FileId) -> Result<(), FsError> {
@@ -400,6 +408,38 @@ impl Fs {
         }
     }
 
+    /// Adds to what file `id` earned. Payment arrives per channel, not per
+    /// file: a voucher taken in a session for `id` is booked to `id`, which
+    /// is exact unless a downloader settles an older file's debt there.
+    /// Persisted every 16 parts and when `flush`.
+    pub(crate) fn book_file(&self, id: FileId, delta: Account, flush: bool) {
+        let snapshot = {
+            let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+            let a = served.entry(id).or_default();
+            a.parts += delta.parts;
+            a.bytes += delta.bytes;
+            a.owed += delta.owed;
+            a.paid += delta.paid;
+            (flush || (delta.parts > 0 && a.parts.is_multiple_of(16))).then(|| a.clone())
+        };
+        if let Some(a) = snapshot
+            && let Err(e) = self.store.save_served(&id, &a)
+        {
+            tracing::warn!(file = %id, error = %e, "cannot save what a file earned");
+        }
+    }
+
+    fn with_served(&self, mut view: FileView) -> FileView {
+        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = served.get(&view.id) {
+            view.served_parts = a.parts;
+            view.served_bytes = a.bytes;
+            view.served_value = a.owed;
+            view.earned = a.paid;
+        }
+        view
+    }
+
     pub(crate) fn flush_account(&self, address: Address, role: Role) {
         self.book(address, role, Account::default(), true);
     }
@@ -427,6 +467,10 @@ pub(crate) fn file_view(f: &StoredFile) -> FileView {
         price_per_mib: f.price_per_mib,
         sha256: hex::encode(m.sha256),
         magnet: m.magnet(),
+        served_parts: 0,
+        served_bytes: 0,
+        served_value: 0,
+        earned: 0,
         files: m
             .spans()
             .into_iter()

@@ -604,6 +604,55 @@ impl Store {
         Ok(())
     }
 
+    /// What each file earned as a seeder: parts and bytes served, their
+    /// cost, and the vouchers taken in sessions for it. Kept after a file
+    /// is removed, so adding it again carries on its record.
+    pub fn served(&self) -> Result<HashMap<FileId, Account>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT id, parts, bytes, owed, paid FROM served")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (id, parts, bytes, owed, paid) = row?;
+            let Ok(id) = <[u8; 20]>::try_from(id.as_slice()) else {
+                continue;
+            };
+            out.insert(
+                FileId(id),
+                Account {
+                    parts: parts as u64,
+                    bytes: bytes as u64,
+                    owed: owed.parse().unwrap_or(0),
+                    paid: paid.parse().unwrap_or(0),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn save_served(&self, id: &FileId, a: &Account) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO served (id, parts, bytes, owed, paid) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET parts = ?2, bytes = ?3, owed = ?4, paid = ?5",
+            params![
+                &id.0[..],
+                a.parts as i64,
+                a.bytes as i64,
+                a.owed.to_string(),
+                a.paid.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
     fn meta(&self, id: &FileId) -> Result<Arc<Metainfo>, StoreError> {
         self.files()
             .get(id)
@@ -718,8 +767,11 @@ impl Store {
 fn migrate(db: &Connection) -> Result<(), StoreError> {
     let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < 1 {
+        // One transaction with the version bump: a kill halfway leaves
+        // the old schema, not tables the next open would create again.
         db.execute_batch(
-            "CREATE TABLE files (
+            "BEGIN;
+             CREATE TABLE files (
                  id BLOB PRIMARY KEY,
                  info BLOB NOT NULL,
                  have BLOB NOT NULL,
@@ -742,7 +794,22 @@ fn migrate(db: &Connection) -> Result<(), StoreError> {
                  paid TEXT NOT NULL,
                  PRIMARY KEY (address, earned)
              );
-             PRAGMA user_version = 1;",
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version < 2 {
+        db.execute_batch(
+            "BEGIN;
+             CREATE TABLE served (
+                 id BLOB PRIMARY KEY,
+                 parts INTEGER NOT NULL,
+                 bytes INTEGER NOT NULL,
+                 owed TEXT NOT NULL,
+                 paid TEXT NOT NULL
+             );
+             PRAGMA user_version = 2;
+             COMMIT;",
         )?;
     }
     Ok(())
@@ -955,6 +1022,37 @@ mod tests {
         for i in 0..f.meta.piece_count() {
             to.put_part(id, i, &from.read_part(id, i).unwrap()).unwrap();
         }
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_and_what_files_earned_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        drop(store(dir.path()));
+        // Back to the first schema, as an older node left it.
+        let db = Connection::open(path.join("index.db")).unwrap();
+        db.execute_batch("DROP TABLE served; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(db);
+        let id = FileId([7; 20]);
+        let a = Account {
+            parts: 3,
+            bytes: 3 * PIECE_LEN,
+            owed: 30,
+            paid: u128::MAX - 1,
+        };
+        {
+            let s = store(dir.path());
+            assert!(s.served().unwrap().is_empty());
+            s.save_served(&id, &a).unwrap();
+        }
+        let got = store(dir.path()).served().unwrap();
+        assert_eq!(got.len(), 1);
+        let b = &got[&id];
+        assert_eq!(
+            (b.parts, b.bytes, b.owed, b.paid),
+            (a.parts, a.bytes, a.owed, a.paid)
+        );
     }
 
     #[test]

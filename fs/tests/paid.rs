@@ -212,6 +212,15 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     );
     let earned = seeder.status().unwrap().earned;
     assert_eq!(earned, paid, "the seeder counted what its vouchers pay");
+    // Per file: each was served whole (endgame copies too), and what the
+    // files earned adds up to the channel's vouchers.
+    let files = seeder.list();
+    for f in &files {
+        assert!(f.served_parts >= f.parts as u64, "{f:?}");
+        assert!(f.served_bytes >= f.length && f.served_value >= f.length as Amount);
+        assert!(f.earned > 0, "{} earned nothing", f.name);
+    }
+    assert_eq!(files.iter().map(|f| f.earned).sum::<Amount>(), paid);
 
     // A channel just paid through is not idle; `settle` winds it down
     // regardless, and the seeder claims on chain exactly what was vouched.
@@ -417,5 +426,9 @@ async fn a_voucher_over_the_deposit_or_on_a_foreign_channel_is_refused_and_not_c
         seeder.status().unwrap().earned,
         0,
         "nothing counted as paid"
+    );
+    assert!(
+        seeder.list().iter().all(|f| f.earned == 0),
+        "no file counted as paid"
     );
 }

@@ -120,6 +120,49 @@ fn file_network_on_loopback() {
         assert!(s["parts"].as_u64().unwrap() > 0, "every seeder served: {s}");
     }
     println!("64 MiB in {} ms", got["elapsed_ms"]);
+    // Each seeder books what it served to the file it served.
+    for s in &seeders {
+        let peer = s.json(&["node", "info"])["peer_id"].clone();
+        let counted = got["seeders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["peer"] == peer)
+            .map_or(0, |v| v["parts"].as_u64().unwrap());
+        let listed = s.json(&["fs", "ls"]);
+        let f = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == big_id.as_str())
+            .expect("the file is listed");
+        assert!(f["served_parts"].as_u64().unwrap() >= counted, "{f}");
+    }
+    // The seeder's dashboard (headless Chromium) shows the same per file.
+    let browser = market::Browser::default();
+    let login = seeders[0].json(&["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.dom(&login);
+    let page = browser.dom(&format!("{}/ui/files", seeders[0].api()));
+    let listed = seeders[0].json(&["fs", "ls"]);
+    let f = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == big_id.as_str())
+        .unwrap();
+    for (class, key) in [
+        ("num served-parts", "served_parts"),
+        ("num served-bytes", "served_bytes"),
+    ] {
+        assert_eq!(
+            market::cell(&page, "data-file", &big_id, class),
+            Some(f[key].to_string()),
+            "{page}"
+        );
+    }
 
     // Seeder 0's copy of a second file is corrupt on disk.
     let second = random_file(&work.join("second.bin"), 16 << 20);
