@@ -1,7 +1,8 @@
 //! `zennet chain snapshot export|import FILE` and `zennet chain verify`:
 //! they open the home's chain database directly (export and verify also
 //! while a node runs — SQLite's WAL lets them read a consistent state;
-//! import only while none does).
+//! import only while none does). `zennet chain sync` asks the running
+//! node instead, and draws its catch-up.
 
 use std::path::Path;
 
@@ -92,4 +93,88 @@ pub async fn verify(home: &Home, out: Output) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `zennet chain sync`: waits until the running node has caught up with
+/// its peers — no catch-up running, and a comparison with them that ended
+/// after this command started found none ahead — with a progress bar
+/// meanwhile (one line per phase instead when stderr is not a terminal).
+pub async fn sync(home: &Home, timeout: Option<u64>, out: Output) -> Result<()> {
+    use std::io::IsTerminal;
+
+    use crate::api::Info;
+    use crate::sync::SyncPhase;
+
+    let client = home.client()?;
+    let first: Info = client.get("/v1/info").await?;
+    if !first.sync.network {
+        bail!("this node runs without networking, so there is nothing to sync from");
+    }
+    let since = first.sync.checked_ms;
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:28} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let lines = !std::io::stderr().is_terminal();
+    let mut phase = None;
+    loop {
+        let info: Info = client.get("/v1/info").await?;
+        let s = &info.sync;
+        match &s.running {
+            Some(run) => {
+                if phase != Some(run.phase) && lines {
+                    eprintln!(
+                        "syncing: {} from height {} toward {}",
+                        run.phase, run.from_height, run.target_height
+                    );
+                }
+                phase = Some(run.phase);
+                let (pos, len) = match run.phase {
+                    SyncPhase::Snapshot => (run.chunks_done, run.chunks_total),
+                    _ => (
+                        info.height.saturating_sub(run.from_height),
+                        run.target_height.saturating_sub(run.from_height),
+                    ),
+                };
+                bar.set_length(len.max(1));
+                bar.set_position(pos.min(len));
+                bar.set_message(match run.phase {
+                    SyncPhase::Snapshot => "state chunks".to_string(),
+                    p => format!("{p} (height {})", info.height),
+                });
+            }
+            None if s.checked_ms > since && !s.behind => {
+                bar.finish_and_clear();
+                out.print(&info, || {
+                    format!(
+                        "in sync at height {} (tip {}); {} peers answered, the highest at {}",
+                        info.height,
+                        info.tip,
+                        s.peers_answered,
+                        s.best_peer_height
+                            .map_or_else(|| "-".to_string(), |h| h.to_string())
+                    )
+                });
+                return Ok(());
+            }
+            None => {}
+        }
+        if let Some(t) = timeout
+            && started.elapsed().as_secs() >= t
+        {
+            bar.abandon();
+            bail!(
+                "not in sync after {t} s: height {}, the highest peer at {}; see the node's log",
+                info.height,
+                s.best_peer_height
+                    .map_or_else(|| "-".to_string(), |h| h.to_string())
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -444,8 +444,13 @@ pub async fn chain_info(home: &Home, out: Output) -> Result<()> {
     let info: Info = client.get("/v1/info").await?;
     out.print(&info, || {
         format!(
-            "chain id    {}\ngenesis     {}\nheight      {}\ntip         {}\ndifficulty  {}\nmempool     {}\nmining      {}",
-            info.chain_id, info.genesis_hash, info.height, info.tip, info.difficulty, info.mempool, info.mining
+            "chain id    {}\ngenesis     {}\nheight      {}\ntip         {}\ndifficulty  {}\nmempool     {}\nmining      {}\nsync        {}",
+            info.chain_id, info.genesis_hash, info.height, info.tip, info.difficulty, info.mempool, info.mining,
+            match &info.sync.running {
+                Some(r) => format!("{} toward height {} (`zennet chain sync` to follow)", r.phase, r.target_height),
+                None if info.sync.behind => "a peer is ahead; catching up".to_string(),
+                None => "idle".to_string(),
+            }
         )
     });
     Ok(())

@@ -299,6 +299,13 @@ enum ChainCmd {
     /// Recompute the state root from the stored state and compare it with
     /// the tip header's (exits non-zero if they differ).
     Verify,
+    /// Wait until the running node has caught up with its peers, with a
+    /// progress bar (fast sync: headers, then state chunks; then blocks).
+    Sync {
+        /// Give up (exit non-zero) after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -465,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             chain_cmds::import(&home, &file, out).await
         }
         Command::Chain(ChainCmd::Verify) => chain_cmds::verify(&home, out).await,
+        Command::Chain(ChainCmd::Sync { timeout }) => chain_cmds::sync(&home, timeout, out).await,
         Command::Id(IdCmd::Mine {
             role,
             no_register,

@@ -38,6 +38,8 @@ pub struct Node {
     earnings: crate::dashboard::history::Earnings,
     /// The home this node runs from (for the disk-space metrics).
     home_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// What catching up is doing (shown by `chain sync`, the dashboard).
+    sync_progress: crate::sync::Progress,
     /// One chain sync at a time.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// Take the state from a snapshot when far behind (default: when the
@@ -83,6 +85,7 @@ impl Node {
             home_dir: std::sync::OnceLock::new(),
             dashboard: Default::default(),
             earnings: Default::default(),
+            sync_progress: Default::default(),
             sync_lock: tokio::sync::Mutex::new(()),
             fast_sync: AtomicBool::new(fast_sync),
             fast_sync_allowed,
@@ -91,6 +94,14 @@ impl Node {
             reader: Mutex::new(reader),
             manifest: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn sync_progress(&self) -> &crate::sync::Progress {
+        &self.sync_progress
+    }
+
+    pub fn sync_status(&self) -> crate::sync::SyncStatus {
+        self.sync_progress.get(self.net.is_some())
     }
 
     pub(crate) fn fast_sync(&self) -> bool {

@@ -131,11 +131,16 @@ fn fast_sync_joins_a_20000_block_chain_while_a_peer_serves_corrupt_chunks() {
     let mut joiner = TestHome::on_genesis(&genesis);
     let joined = Instant::now();
     joiner.start_node(&args(&[], &[&boot, &liar_addr]));
-    wait_until(
-        Duration::from_secs(240),
-        "the joiner to reach the tip",
-        || joiner.tip().1 == tip.to_string(),
-    );
+    // `chain sync` follows the catch-up (one line per phase without a
+    // terminal) and returns once no peer is ahead.
+    let sync = joiner.run(&["chain", "sync", "--timeout", "240", "--json"]);
+    let lines = String::from_utf8_lossy(&sync.stderr);
+    assert!(sync.status.success(), "chain sync failed: {lines}");
+    assert!(lines.contains("syncing: headers from height 0"), "{lines}");
+    let info: serde_json::Value = serde_json::from_slice(&sync.stdout).expect("JSON");
+    assert_eq!(info["tip"], tip.to_string(), "in sync means at the tip");
+    assert_eq!(info["sync"]["behind"], false);
+    assert_eq!(joiner.tip().1, tip.to_string());
     let took = joined.elapsed();
     assert_eq!(
         joiner.tip().2,

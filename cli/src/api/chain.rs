@@ -31,6 +31,9 @@ pub struct Info {
     pub timestamp_ms: u64,
     pub mempool: usize,
     pub mining: bool,
+    /// Catching up with peers, and when they were last compared with us.
+    #[serde(default)]
+    pub sync: crate::sync::SyncStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +132,7 @@ async fn info(State(node): State<Arc<Node>>) -> ApiResult<Info> {
         timestamp_ms: tip.header.timestamp_ms,
         mempool: chain.mempool().len(),
         mining: node.is_mining(),
+        sync: node.sync_status(),
     }))
 }
 

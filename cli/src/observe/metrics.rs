@@ -109,6 +109,18 @@ fn chain(out: &Out, s: &Snapshot) -> Result<()> {
         out.gauge("chain_peers", "Connected peers", p as f64)?;
     }
     out.gauge("chain_mining", "1 when this node mines", flag(c.mining))?;
+    out.gauge(
+        "chain_syncing",
+        "1 while this node catches up with a peer that is ahead",
+        flag(c.sync.running.is_some() || c.sync.behind),
+    )?;
+    if let Some(h) = c.sync.best_peer_height {
+        out.gauge(
+            "chain_best_peer_height",
+            "The highest chain a peer claimed at the last comparison",
+            h as f64,
+        )?;
+    }
     if let Some(d) = s.disk {
         out.gauge(
             "home_disk_size_bytes",
@@ -334,6 +346,22 @@ fn fs(out: &Out, s: &Snapshot) -> Result<()> {
         "Part store quota ([fs] max_gib)",
         st.max_bytes as f64,
     )?;
+    let served = out.counter_vec(
+        "fs_file_served_bytes_total",
+        "Verified part bytes of this file served to downloaders",
+        &["file", "name"],
+    )?;
+    let earned = out.counter_vec(
+        "fs_file_earned_total",
+        "Vouchers taken in sessions for this file, in base units",
+        &["file", "name"],
+    )?;
+    for f in s.files.iter().filter(|f| f.served_parts > 0) {
+        let l = [f.id.to_string(), f.name.clone()];
+        let l = [l[0].as_str(), l[1].as_str()];
+        served.with_label_values(&l).inc_by(f.served_bytes as f64);
+        earned.with_label_values(&l).inc_by(f.earned as f64);
+    }
     out.gauge("fs_files", "Files in the store", st.files as f64)?;
     out.gauge(
         "fs_seeding_files",

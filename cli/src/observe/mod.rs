@@ -16,7 +16,7 @@ pub mod metrics;
 use std::path::Path;
 
 use zennet_chain::Amount;
-use zennet_fs::api::StatusView;
+use zennet_fs::api::{FileView, StatusView};
 use zennet_provider::ContractView;
 use zennet_publisher::VmView as PublisherVm;
 use zennet_vm::VmInfo;
@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// VMs of this node's tasks (a publisher), not ended.
     pub publisher_vms: Vec<PublisherVm>,
     pub fs: Option<StatusView>,
+    /// Files in the store, with what each earned as a seeder.
+    pub files: Vec<FileView>,
     /// The filesystem the home is on.
     pub disk: Option<DiskFacts>,
 }
@@ -48,6 +50,7 @@ pub struct ChainFacts {
     /// `None` when networking is off.
     pub peers: Option<usize>,
     pub mining: bool,
+    pub sync: crate::sync::SyncStatus,
 }
 
 /// A contract with what the chain says of its channel.
@@ -92,6 +95,7 @@ impl Snapshot {
                     mempool: chain.mempool().len(),
                     peers: None,
                     mining: node.is_mining(),
+                    sync: node.sync_status(),
                 }
             },
             ..Snapshot::default()
@@ -142,6 +146,7 @@ impl Snapshot {
                 Ok(st) => s.fs = Some(st),
                 Err(e) => tracing::warn!(error = %e, "metrics: no file network status"),
             }
+            s.files = fs.list();
         }
         s.disk = node.home_dir().and_then(disk_facts);
         s

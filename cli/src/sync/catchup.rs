@@ -21,6 +21,7 @@ use zennet_net::{
     MAX_BLOCKS, MAX_HEADERS, NetHandle, PeerId, Status, SyncRequest, SyncResponse, hash_bytes,
 };
 
+use super::SyncPhase;
 use crate::node::{Node, now_ms};
 
 pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,7 +50,9 @@ pub fn spawn_sync(node: &Arc<Node>, net: &NetHandle) {
         let Ok(_one_at_a_time) = node.sync_lock.try_lock() else {
             return;
         };
-        if let Err(e) = catch_up(&node, &net).await {
+        let result = catch_up(&node, &net).await;
+        node.sync_progress().ended();
+        if let Err(e) = result {
             tracing::debug!(error = %e, "sync stopped");
         }
     });
@@ -74,6 +77,9 @@ async fn catch_up(node: &Arc<Node>, net: &NetHandle) -> Result<()> {
                 Err(e) => tracing::warn!(error = %e, "fast sync failed; syncing block by block"),
             }
         }
+        let height = node.chain().tip().header.height;
+        node.sync_progress()
+            .phase(SyncPhase::Blocks, height, candidates[0].status.height);
         if !round(node, net, &candidates).await? {
             return Ok(());
         }
@@ -100,6 +106,7 @@ pub(super) async fn heavier_peers(node: &Arc<Node>, net: &NetHandle) -> Result<V
         });
     }
     let mut out = Vec::new();
+    let (mut answered, mut best) = (0, None::<u64>);
     while let Some(joined) = asks.join_next().await {
         let Ok((peer, answer)) = joined else { continue };
         let status = match answer {
@@ -114,10 +121,14 @@ pub(super) async fn heavier_peers(node: &Arc<Node>, net: &NetHandle) -> Result<V
             net.ban(peer, "sent a malformed status");
             continue;
         };
+        answered += 1;
+        best = best.max(Some(status.height));
         if td > ours {
             out.push(Candidate { peer, status, td });
         }
     }
+    node.sync_progress()
+        .checked(answered, best, !out.is_empty());
     out.sort_by_key(|c| std::cmp::Reverse(c.td));
     Ok(out)
 }

@@ -24,6 +24,7 @@ use zennet_chain::snapshot::{Assembly, Manifest, decode_chunk};
 use zennet_chain::{BlockError, Header};
 use zennet_net::{MAX_HEADERS, NetHandle, PeerId, SyncRequest, SyncResponse, hash_bytes};
 
+use super::SyncPhase;
 use super::catchup::{Candidate, ask, ask_within, kind, strike};
 use crate::node::{Node, now_ms};
 
@@ -79,6 +80,8 @@ pub(super) async fn fast_sync(
         servers = servers.len(),
         "fast sync: fetching headers"
     );
+    let ours = node.chain().tip().header.height;
+    node.sync_progress().phase(SyncPhase::Headers, ours, height);
     let headers = headers_to(node, net, candidates, height).await?;
     let header = headers
         .last()
@@ -93,6 +96,9 @@ pub(super) async fn fast_sync(
 
     let manifest = manifest(node, net, &mut servers, &header).await?;
     let chunks = manifest.chunks();
+    node.sync_progress()
+        .phase(SyncPhase::Snapshot, ours, height);
+    node.sync_progress().chunks(0, chunks);
     let mut assembly = Assembly::new(manifest);
     fetch_chunks(node, net, &mut servers, &mut assembly).await?;
     tracing::info!(
@@ -234,6 +240,8 @@ async fn fetch_chunks(
 ) -> Result<()> {
     let (height, depth) = (assembly.manifest().height, assembly.manifest().depth);
     let mut queue: VecDeque<u64> = assembly.missing().into();
+    let total = assembly.manifest().chunks();
+    let mut done = total - queue.len() as u64;
     let mut tasks: JoinSet<(u64, PeerId, Result<SyncResponse>)> = JoinSet::new();
     let mut turn = 0usize;
     let mut failures = 0usize;
@@ -290,10 +298,16 @@ async fn fetch_chunks(
                 continue;
             }
         };
-        if let Err(e) = result {
-            net.ban(peer, format!("served a bad snapshot chunk: {e}"));
-            servers.retain(|p| *p != peer);
-            queue.push_back(index);
+        match result {
+            Ok(()) => {
+                done += 1;
+                node.sync_progress().chunks(done, total);
+            }
+            Err(e) => {
+                net.ban(peer, format!("served a bad snapshot chunk: {e}"));
+                servers.retain(|p| *p != peer);
+                queue.push_back(index);
+            }
         }
     }
 }

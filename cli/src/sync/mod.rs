@@ -19,6 +19,7 @@
 mod catchup;
 mod fast;
 pub mod peers;
+mod progress;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use zennet_net::{
 use crate::node::{Node, now_ms};
 
 pub use catchup::spawn_sync;
+pub use progress::{Progress, SyncPhase, SyncStatus};
 
 /// How often to compare chains with peers even without news.
 const RESYNC: Duration = Duration::from_secs(10);
