@@ -1,11 +1,16 @@
 //! Earnings over time, for the provider page's chart: while the node runs
 //! it samples its totals — vouchered (the publishers' vouchers it holds)
-//! and settled (paid out on chain) — every minute and keeps a day of them
-//! in memory. The stores hold only the latest voucher per channel, so
-//! this history starts when the node does.
+//! and settled (paid out on chain) — every minute and keeps a day of them.
+//! The stores hold only the latest voucher per channel, so the samples
+//! are also appended to `earnings.log` in the home (one line each, three
+//! numbers) and read back on start: a restart keeps the chart. A line torn
+//! by a kill is skipped; the file is rewritten (temp file and rename) when
+//! it has grown to two days.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use zennet_chain::Amount;
@@ -27,21 +32,92 @@ pub struct Point {
 #[derive(Default)]
 pub struct Earnings {
     points: Mutex<VecDeque<Point>>,
+    /// Where samples are appended, and lines written since the last rewrite.
+    file: OnceLock<PathBuf>,
+    appended: Mutex<usize>,
 }
 
 impl Earnings {
-    pub fn record(&self, p: Point) {
-        let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
-        if points.len() == KEEP {
-            points.pop_front();
+    /// Loads the last day of samples kept in `path` and appends every
+    /// later one there.
+    pub fn persist_to(&self, path: PathBuf) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let loaded: Vec<Point> = text.lines().filter_map(parse).collect();
+        if !text.is_empty() && !text.ends_with('\n') {
+            // End the torn line, so the next sample starts a line of its own.
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(b"\n"));
         }
-        points.push_back(p);
+        {
+            let mut points = self.lock();
+            for p in loaded.iter().skip(loaded.len().saturating_sub(KEEP)) {
+                points.push_back(*p);
+            }
+        }
+        *self.appended.lock().unwrap_or_else(|e| e.into_inner()) = loaded.len();
+        tracing::debug!(samples = loaded.len(), path = %path.display(), "earnings history");
+        let _ = self.file.set(path);
+    }
+
+    pub fn record(&self, p: Point) {
+        let snapshot = {
+            let mut points = self.lock();
+            if points.len() == KEEP {
+                points.pop_front();
+            }
+            points.push_back(p);
+            points.clone()
+        };
+        let Some(path) = self.file.get() else { return };
+        let mut appended = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+        let result = if *appended >= 2 * KEEP {
+            rewrite(path, &snapshot).map(|()| *appended = snapshot.len())
+        } else {
+            append(path, &p).map(|()| *appended += 1)
+        };
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the earnings history");
+        }
     }
 
     pub fn points(&self) -> Vec<Point> {
-        let points = self.points.lock().unwrap_or_else(|e| e.into_inner());
-        points.iter().copied().collect()
+        self.lock().iter().copied().collect()
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Point>> {
+        self.points.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn line(p: &Point) -> String {
+    format!("{} {} {}\n", p.at_ms, p.vouchered, p.settled)
+}
+
+fn parse(l: &str) -> Option<Point> {
+    let mut f = l.split(' ');
+    let p = Point {
+        at_ms: f.next()?.parse().ok()?,
+        vouchered: f.next()?.parse().ok()?,
+        settled: f.next()?.parse().ok()?,
+    };
+    f.next().is_none().then_some(p)
+}
+
+fn append(path: &Path, p: &Point) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(line(p).as_bytes())
+}
+
+fn rewrite(path: &Path, points: &VecDeque<Point>) -> std::io::Result<()> {
+    let tmp = path.with_extension("log.tmp");
+    let text: String = points.iter().map(line).collect();
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// What the chain has paid out of a contract's channel `ch` (as the
@@ -72,6 +148,9 @@ pub fn totals(p: &Provider) -> Result<Point, ProviderError> {
 
 /// Samples the provider's totals until the node shuts down.
 pub async fn run(node: Arc<Node>) {
+    if let Some(dir) = node.home_dir() {
+        node.earnings().persist_to(dir.join("earnings.log"));
+    }
     let mut tick = tokio::time::interval(EVERY);
     while !node.is_shutting_down() {
         tick.tick().await;
@@ -148,5 +227,48 @@ mod tests {
         let svg = chart(&points);
         assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
         assert!(svg.contains(&format!("{} min ago", KEEP - 1)));
+    }
+
+    #[test]
+    fn the_history_survives_a_restart_a_torn_line_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("earnings.log");
+        let point = |i: u64| Point {
+            at_ms: i * 60_000,
+            vouchered: u128::from(i) * 10 + u128::MAX / 2,
+            settled: u128::from(i),
+        };
+        let e = Earnings::default();
+        e.persist_to(path.clone());
+        for i in 0..3 {
+            e.record(point(i));
+        }
+        // Killed while writing the fourth line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"180000 17")
+            .unwrap();
+        let again = Earnings::default();
+        again.persist_to(path.clone());
+        assert_eq!(again.points(), (0..3).map(point).collect::<Vec<_>>());
+        again.record(point(3));
+        let after = Earnings::default();
+        after.persist_to(path.clone());
+        assert_eq!(after.points(), (0..4).map(point).collect::<Vec<_>>());
+
+        // Two days of samples: the file is rewritten, never past two days,
+        // and what is read back is the last day.
+        for i in 4..(3 * KEEP as u64) {
+            again.record(point(i));
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= 2 * KEEP + 1, "{lines} lines");
+        let third = Earnings::default();
+        third.persist_to(path);
+        let points = third.points();
+        assert_eq!(points.len(), KEEP);
+        assert_eq!(points.last(), Some(&point(3 * KEEP as u64 - 1)));
     }
 }
