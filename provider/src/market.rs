@@ -193,6 +193,12 @@ pub enum Rejection {
     DiskTooSlow { needed: u32, have: u32 },
     #[error("the task needs {needed} MB/s memory; this machine has {have}")]
     MemoryTooSlow { needed: u32, have: u32 },
+    #[error("the task wants a {what} of {wanted} GiB; a VM here gets at most {max} GiB")]
+    DiskTooLarge {
+        what: &'static str,
+        wanted: u32,
+        max: u32,
+    },
 }
 
 /// The scratch disk a task's VM gets: the announcement's minimum disk,
@@ -257,6 +263,23 @@ pub fn evaluate(
         .find(|c| allowed(&c.id) && images.iter().any(|(_, h)| *h == c.hash))
         .ok_or_else(|| Rejection::NoImage(vm.images.iter().map(|c| c.id.clone()).collect()))?;
 
+    // What the VM runtime would refuse at launch is refused here, before
+    // an acceptance on chain promises it.
+    let limits = [
+        (
+            "scratch disk",
+            scratch_gib(vm),
+            zennet_vm::runtime::MAX_SCRATCH_GIB,
+        ),
+        (
+            "persistent volume",
+            vm.persistent_storage_gib,
+            zennet_vm::runtime::MAX_VOLUME_GIB,
+        ),
+    ];
+    if let Some((what, wanted, max)) = limits.into_iter().find(|(_, w, max)| w > max) {
+        return Err(Rejection::DiskTooLarge { what, wanted, max });
+    }
     let disk_gib = u64::from(scratch_gib(vm)) + u64::from(vm.persistent_storage_gib);
     let needs = |c: &CoreChoice| Resources {
         cores: u32::from(c.cores),
@@ -622,6 +645,32 @@ pub(crate) mod tests {
                 have: 999
             }
         );
+        // A disk the VM runtime would refuse at launch is refused before
+        // an acceptance promises it, however large the machine.
+        let huge = |t: &mut TaskRecord, m: &mut Machine| {
+            t.announcement.vm.min_disk_gib = 1025;
+            m.disk_gib = 1 << 20;
+        };
+        assert_eq!(
+            rejects(|t, _, m| huge(t, m)),
+            DiskTooLarge {
+                what: "scratch disk",
+                wanted: 1025,
+                max: 1024
+            }
+        );
+        let volume = rejects(|t, _, m| {
+            t.announcement.vm.persistent_storage_gib = 5000;
+            m.disk_gib = 1 << 20;
+        });
+        assert!(matches!(
+            volume,
+            DiskTooLarge {
+                what: "persistent volume",
+                wanted: 5000,
+                ..
+            }
+        ));
         let price = |what, offered, min| PriceTooLow { what, offered, min };
         let compute = rejects(|_, p, _| p.min_per_compute_unit_second = 3);
         assert_eq!(compute, price("compute unit-second", 2, 3));
