@@ -51,6 +51,13 @@ impl Account {
         }
     }
 
+    pub fn add(&mut self, delta: &Account) {
+        self.parts += delta.parts;
+        self.bytes += delta.bytes;
+        self.owed += delta.owed;
+        self.paid += delta.paid;
+    }
+
     pub fn unpaid(&self) -> Amount {
         self.owed.saturating_sub(self.paid)
     }

@@ -395,10 +395,7 @@ impl Fs {
         let snapshot = {
             let mut accounts = self.accounts();
             let a = accounts.entry((address, role)).or_default();
-            a.parts += delta.parts;
-            a.bytes += delta.bytes;
-            a.owed += delta.owed;
-            a.paid += delta.paid;
+            a.add(&delta);
             (flush || (delta.parts > 0 && a.parts.is_multiple_of(16))).then(|| a.clone())
         };
         if let Some(a) = snapshot
@@ -416,10 +413,7 @@ impl Fs {
         let snapshot = {
             let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
             let a = served.entry(id).or_default();
-            a.parts += delta.parts;
-            a.bytes += delta.bytes;
-            a.owed += delta.owed;
-            a.paid += delta.paid;
+            a.add(&delta);
             (flush || (delta.parts > 0 && a.parts.is_multiple_of(16))).then(|| a.clone())
         };
         if let Some(a) = snapshot

@@ -11,6 +11,8 @@
 //!   each checked on its own (a bad one bans its sender).
 //! * `peers`: per-peer bounds (side blocks, strikes) and the hold-back queue
 //!   for blocks from a peer whose clock runs ahead.
+//! * `progress`: what a catch-up is doing, for `zennet chain sync`, `chain
+//!   info`, the dashboard and `/metrics`.
 //!
 //! What is never a peer's fault: a pruned body (we asked for history that
 //! is gone), a timestamp ahead of our clock (held back), our own database
