@@ -446,11 +446,7 @@ pub async fn chain_info(home: &Home, out: Output) -> Result<()> {
         format!(
             "chain id    {}\ngenesis     {}\nheight      {}\ntip         {}\ndifficulty  {}\nmempool     {}\nmining      {}\nsync        {}",
             info.chain_id, info.genesis_hash, info.height, info.tip, info.difficulty, info.mempool, info.mining,
-            match &info.sync.running {
-                Some(r) => format!("{} toward height {} (`zennet chain sync` to follow)", r.phase, r.target_height),
-                None if info.sync.behind => "a peer is ahead; catching up".to_string(),
-                None => "idle".to_string(),
-            }
+            info.sync.summary(info.height)
         )
     });
     Ok(())

@@ -448,7 +448,7 @@ pub async fn chain(State(node): State<Arc<Node>>) -> Response {
             difficulty: tip.header.difficulty,
             mempool: chain.mempool().len(),
             mining: node.is_mining(),
-            sync: sync_line(&node.sync_status(), top),
+            sync: node.sync_status().summary(top),
             peers: peers
                 .into_iter()
                 .map(|p| PeerLine {
@@ -503,31 +503,6 @@ pub async fn files(State(node): State<Arc<Node>>) -> Response {
         accounts: status.accounts,
     };
     html(&page).into_response()
-}
-
-fn sync_line(s: &crate::sync::SyncStatus, height: u64) -> String {
-    use crate::sync::SyncPhase;
-    match &s.running {
-        Some(r) if r.phase == SyncPhase::Snapshot => format!(
-            "fast sync: state chunk {} of {} (snapshot at height {})",
-            r.chunks_done, r.chunks_total, r.target_height
-        ),
-        Some(r) => {
-            let (done, all) = (
-                height.saturating_sub(r.from_height),
-                r.target_height.saturating_sub(r.from_height).max(1),
-            );
-            format!(
-                "{}: height {height} of {} ({}%)",
-                r.phase,
-                r.target_height,
-                (done * 100 / all).min(100)
-            )
-        }
-        None if !s.network => "off (no networking)".into(),
-        None if s.behind => "a peer is ahead; catching up".into(),
-        None => "idle: no peer is ahead".into(),
-    }
 }
 
 fn off(node: &Node, what: &'static str, how: &'static str) -> Response {

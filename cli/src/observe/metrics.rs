@@ -432,6 +432,27 @@ pub(crate) mod tests {
             size_bytes: 100,
             free_bytes: 5,
         });
+        s.chain.sync.behind = true;
+        s.chain.sync.best_peer_height = Some(50);
+        s.fs = Some(
+            serde_json::from_value(serde_json::json!({
+                "http": null, "http_mode": "free", "used_bytes": 0, "max_bytes": 1,
+                "files": 2, "seeding": 1, "transfers": [], "accounts": [],
+                "earned": "0", "spent": "0"
+            }))
+            .unwrap(),
+        );
+        let file = |id: u8, parts: u64| {
+            serde_json::from_value(serde_json::json!({
+                "id": hex::encode([id; 20]), "name": format!("f{id}"), "length": 1, "parts": 1,
+                "have_parts": 1, "complete": true, "seeding": true, "encrypted": false,
+                "price_per_mib": "1", "sha256": "", "magnet": "", "files": [],
+                "served_parts": parts, "served_bytes": parts * 262_144,
+                "served_value": "7", "earned": "6"
+            }))
+            .unwrap()
+        };
+        s.files = vec![file(1, 2), file(2, 0)];
         let stats = ProviderStats::default();
         stats.voucher_latency.observe(0.2);
         stats.tunnel_reconnects.inc();
@@ -472,11 +493,29 @@ pub(crate) mod tests {
                 "1",
             ),
             ("zennet_provider_voucher_latency_seconds_count".into(), "1"),
+            ("zennet_chain_syncing".into(), "1"),
+            ("zennet_chain_best_peer_height".into(), "50"),
+            (
+                format!(
+                    r#"zennet_fs_file_served_bytes_total{{file="{}",name="f1"}}"#,
+                    hex::encode([1u8; 20])
+                ),
+                "524288",
+            ),
+            (
+                format!(
+                    r#"zennet_fs_file_earned_total{{file="{}",name="f1"}}"#,
+                    hex::encode([1u8; 20])
+                ),
+                "6",
+            ),
         ] {
             assert_eq!(sample(&text, &series), Some(value), "{series} in\n{text}");
         }
-        // A stopped VM is gone from the metrics.
+        // A stopped VM is gone from the metrics, and so is a file that
+        // served nothing.
         assert!(!text.contains("vm-3"), "{text}");
+        assert!(!text.contains(&hex::encode([2u8; 20])), "{text}");
     }
 
     #[test]

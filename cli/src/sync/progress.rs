@@ -50,6 +50,31 @@ pub enum SyncPhase {
     Blocks,
 }
 
+impl SyncStatus {
+    /// One line for people: the phase and how far it got at `height`.
+    pub fn summary(&self, height: u64) -> String {
+        match &self.running {
+            Some(r) if r.phase == SyncPhase::Snapshot => format!(
+                "fast sync: state chunk {} of {} (snapshot at height {})",
+                r.chunks_done, r.chunks_total, r.target_height
+            ),
+            Some(r) => {
+                let done = height.saturating_sub(r.from_height);
+                let all = r.target_height.saturating_sub(r.from_height).max(1);
+                format!(
+                    "{}: height {height} of {} ({}%)",
+                    r.phase,
+                    r.target_height,
+                    (done * 100 / all).min(100)
+                )
+            }
+            None if !self.network => "off (no networking)".into(),
+            None if self.behind => "a peer is ahead; catching up".into(),
+            None => "idle: no peer is ahead".into(),
+        }
+    }
+}
+
 impl std::fmt::Display for SyncPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -125,7 +150,15 @@ mod tests {
         p.phase(SyncPhase::Headers, 0, 20_000);
         p.phase(SyncPhase::Snapshot, 0, 19_900);
         p.chunks(3, 10);
+        assert_eq!(
+            p.get(true).summary(0),
+            "fast sync: state chunk 3 of 10 (snapshot at height 19900)"
+        );
         p.phase(SyncPhase::Blocks, 19_900, 20_010);
+        assert_eq!(
+            p.get(true).summary(10_005),
+            "blocks: height 10005 of 20010 (50%)"
+        );
         let run = p.get(true).running.unwrap();
         assert_eq!((run.from_height, run.target_height), (0, 20_010));
         assert_eq!(
@@ -135,8 +168,10 @@ mod tests {
         p.checked(2, Some(20_010), false);
         p.ended();
         let s = p.get(false);
-        assert_eq!((s.running, s.peers_answered, s.network), (None, 2, false));
+        assert_eq!((s.running.clone(), s.peers_answered, s.network), (None, 2, false));
         assert!(s.checked_ms.is_some());
+        assert_eq!(s.summary(1), "off (no networking)");
+        assert_eq!(p.get(true).summary(1), "idle: no peer is ahead");
         // A target below where we are (a peer heavier on a shorter fork)
         // never reads as negative progress.
         p.phase(SyncPhase::Blocks, 500, 400);
