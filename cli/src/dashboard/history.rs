@@ -4,7 +4,7 @@
 //! The stores hold only the latest voucher per channel, so the samples
 //! are also appended to `earnings.log` in the home (one line each, three
 //! numbers) and read back on start: a restart keeps the chart. A line torn
-//! by a kill is skipped; the file is rewritten (temp file and rename) when
+//! by a kill (no newline) is cut off; the file is rewritten (temp file and rename) when
 //! it has grown to two days.
 
 use std::collections::VecDeque;
@@ -42,13 +42,16 @@ impl Earnings {
     /// later one there.
     pub fn persist_to(&self, path: PathBuf) {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let loaded: Vec<Point> = text.lines().filter_map(parse).collect();
-        if !text.is_empty() && !text.ends_with('\n') {
-            // End the torn line, so the next sample starts a line of its own.
+        // A last line without its newline was torn by a kill, even if its
+        // numbers happen to parse.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let loaded: Vec<Point> = whole.lines().filter_map(parse).collect();
+        if whole.len() < text.len() {
+            // Cut the torn tail, so the next sample starts a line of its own.
             let _ = std::fs::OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&path)
-                .and_then(|mut f| f.write_all(b"\n"));
+                .and_then(|f| f.set_len(whole.len() as u64));
         }
         {
             let mut points = self.lock();
@@ -62,18 +65,15 @@ impl Earnings {
     }
 
     pub fn record(&self, p: Point) {
-        let snapshot = {
-            let mut points = self.lock();
-            if points.len() == KEEP {
-                points.pop_front();
-            }
-            points.push_back(p);
-            points.clone()
-        };
+        let mut points = self.lock();
+        if points.len() == KEEP {
+            points.pop_front();
+        }
+        points.push_back(p);
         let Some(path) = self.file.get() else { return };
         let mut appended = self.appended.lock().unwrap_or_else(|e| e.into_inner());
         let result = if *appended >= 2 * KEEP {
-            rewrite(path, &snapshot).map(|()| *appended = snapshot.len())
+            rewrite(path, &points).map(|()| *appended = points.len())
         } else {
             append(path, &p).map(|()| *appended += 1)
         };
@@ -248,7 +248,7 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(b"180000 17")
+            .write_all(b"180000 17 3")
             .unwrap();
         let again = Earnings::default();
         again.persist_to(path.clone());

@@ -168,7 +168,10 @@ mod tests {
         p.checked(2, Some(20_010), false);
         p.ended();
         let s = p.get(false);
-        assert_eq!((s.running.clone(), s.peers_answered, s.network), (None, 2, false));
+        assert_eq!(
+            (s.running.clone(), s.peers_answered, s.network),
+            (None, 2, false)
+        );
         assert!(s.checked_ms.is_some());
         assert_eq!(s.summary(1), "off (no networking)");
         assert_eq!(p.get(true).summary(1), "idle: no peer is ahead");
