@@ -567,16 +567,7 @@ impl Store {
             let Ok(address) = address.parse() else {
                 continue;
             };
-            out.push((
-                address,
-                earned,
-                Account {
-                    parts: parts as u64,
-                    bytes: bytes as u64,
-                    owed: owed.parse().unwrap_or(0),
-                    paid: paid.parse().unwrap_or(0),
-                },
-            ));
+            out.push((address, earned, account(parts, bytes, &owed, &paid)));
         }
         Ok(out)
     }
@@ -625,15 +616,7 @@ impl Store {
             let Ok(id) = <[u8; 20]>::try_from(id.as_slice()) else {
                 continue;
             };
-            out.insert(
-                FileId(id),
-                Account {
-                    parts: parts as u64,
-                    bytes: bytes as u64,
-                    owed: owed.parse().unwrap_or(0),
-                    paid: paid.parse().unwrap_or(0),
-                },
-            );
+            out.insert(FileId(id), account(parts, bytes, &owed, &paid));
         }
         Ok(out)
     }
@@ -761,6 +744,16 @@ impl Store {
 
     fn db(&self) -> MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An account as its row stores it (amounts as decimal text: u128).
+fn account(parts: i64, bytes: i64, owed: &str, paid: &str) -> Account {
+    Account {
+        parts: parts as u64,
+        bytes: bytes as u64,
+        owed: owed.parse().unwrap_or(0),
+        paid: paid.parse().unwrap_or(0),
     }
 }
 
