@@ -389,9 +389,19 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
     let b = wait_running(&m.publishers[1], &postpaid, 1);
     let provider = &m.providers[0];
 
-    // Prepay: the node was paid ahead before the VM ran, and stays ahead.
-    let c = contract(provider, &prepaid).unwrap();
-    assert!(amount(&c["paid"]) >= amount(&c["accrued"]), "{c}");
+    // Prepay: the node was paid ahead before the VM ran, and is ahead once
+    // the publisher has answered the report sent when the tunnel came up
+    // (a boot slower than the prepaid seconds — TCG under a loaded CI —
+    // is billed before the publisher can be asked).
+    let mut c = Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "the prepaid contract to be ahead",
+        || {
+            c = contract(provider, &prepaid).unwrap();
+            c["phase"] == "running" && amount(&c["paid"]) >= amount(&c["accrued"])
+        },
+    );
     assert!(amount(&c["voucher"]["voucher"]["cumulative"]) > 0);
 
     // Two contracts, two channels, two VMs in two cgroups.
