@@ -128,7 +128,7 @@ async fn session(
                 wire::write(&mut wr, &Frame::Part { index, bytes }).await?;
                 wire::flush(&mut wr).await?;
                 fs.book(payer, Role::Earned, Account::served(1, len, cost), false);
-                fs.book_file(id, Account::served(1, len, cost), false);
+                fs.book_file(id, Account::served(1, len, cost));
             }
             Frame::Pay(v) => {
                 if price == 0 && address.is_none() {
@@ -137,7 +137,7 @@ async fn session(
                 match fs.payee.receive(payer, *v) {
                     Ok(delta) => {
                         fs.book(payer, Role::Earned, Account::paid(delta), false);
-                        fs.book_file(file, Account::paid(delta), false);
+                        fs.book_file(file, Account::paid(delta));
                     }
                     Err(e) => {
                         tracing::info!(%peer, %payer, error = %e, "voucher refused");
@@ -158,7 +158,7 @@ struct FlushOnDrop<'a>(&'a Fs, crate::metainfo::FileId);
 
 impl Drop for FlushOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.book_file(self.1, Account::default(), true);
+        self.0.flush_file(self.1);
     }
 }
 

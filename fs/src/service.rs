@@ -231,10 +231,14 @@ impl Fs {
     }
 
     pub fn list(&self) -> Vec<FileView> {
+        // One lock of the served book for the whole list (a scrape lists
+        // every file).
+        let served = self.served();
         self.store
             .list()
             .iter()
-            .map(|f| self.with_served(file_view(f)))
+            .map(file_view)
+            .map(|v| with_served(&served, v))
             .collect()
     }
 
@@ -408,13 +412,13 @@ impl Fs {
     /// Adds to what file `id` earned. Payment arrives per channel, not per
     /// file: a voucher taken in a session for `id` is booked to `id`, which
     /// is exact unless a downloader settles an older file's debt there.
-    /// Persisted every 16 parts and when `flush`.
-    pub(crate) fn book_file(&self, id: FileId, delta: Account, flush: bool) {
+    /// Persisted every 16 parts and by [`Fs::flush_file`].
+    pub(crate) fn book_file(&self, id: FileId, delta: Account) {
         let snapshot = {
-            let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+            let mut served = self.served();
             let a = served.entry(id).or_default();
             a.add(&delta);
-            (flush || (delta.parts > 0 && a.parts.is_multiple_of(16))).then(|| a.clone())
+            (delta.parts > 0 && a.parts.is_multiple_of(16)).then(|| a.clone())
         };
         if let Some(a) = snapshot
             && let Err(e) = self.store.save_served(&id, &a)
@@ -423,15 +427,23 @@ impl Fs {
         }
     }
 
-    fn with_served(&self, mut view: FileView) -> FileView {
-        let served = self.served.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = served.get(&view.id) {
-            view.served_parts = a.parts;
-            view.served_bytes = a.bytes;
-            view.served_value = a.owed;
-            view.earned = a.paid;
+    fn with_served(&self, view: FileView) -> FileView {
+        with_served(&self.served(), view)
+    }
+
+    /// Saves what file `id` earned, if it earned anything (a session that
+    /// only fetched metainfo leaves no row).
+    pub(crate) fn flush_file(&self, id: FileId) {
+        let a = self.served().get(&id).cloned();
+        if let Some(a) = a
+            && let Err(e) = self.store.save_served(&id, &a)
+        {
+            tracing::warn!(file = %id, error = %e, "cannot save what a file earned");
         }
-        view
+    }
+
+    fn served(&self) -> MutexGuard<'_, HashMap<FileId, Account>> {
+        self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn flush_account(&self, address: Address, role: Role) {
@@ -445,6 +457,16 @@ impl Fs {
     fn transfers(&self) -> MutexGuard<'_, HashMap<FileId, Arc<Transfer>>> {
         self.transfers.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn with_served(served: &HashMap<FileId, Account>, mut view: FileView) -> FileView {
+    if let Some(a) = served.get(&view.id) {
+        view.served_parts = a.parts;
+        view.served_bytes = a.bytes;
+        view.served_value = a.owed;
+        view.earned = a.paid;
+    }
+    view
 }
 
 pub(crate) fn file_view(f: &StoredFile) -> FileView {
