@@ -53,6 +53,8 @@ pub struct Node {
     reader: Mutex<Option<zennet_chain::store::Store>>,
     /// The last manifest computed (height, block, encoded bytes).
     manifest: Mutex<Option<Manifest>>,
+    /// Transactions submitted here, gossiped again until mined.
+    rebroadcast: Mutex<crate::sync::Rebroadcast>,
 }
 
 /// A snapshot manifest as served: its height, its block, its encoding.
@@ -93,6 +95,7 @@ impl Node {
             hold: Mutex::new(Default::default()),
             reader: Mutex::new(reader),
             manifest: Mutex::new(None),
+            rebroadcast: Mutex::new(Default::default()),
         })
     }
 
@@ -210,11 +213,36 @@ impl Node {
     /// Admits a transaction submitted here and gossips it.
     pub fn submit_tx(&self, tx: SignedTx) -> Result<Hash, ChainError> {
         let bytes = tx.encode();
+        let nonce = tx.tx.nonce;
         let hash = self.submit_remote_tx(tx)?;
         if let Some(net) = &self.net {
-            net.publish_tx(bytes);
+            net.publish_tx(bytes.clone());
+            self.rebroadcast
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published(hash, nonce, bytes, Instant::now());
         }
         Ok(hash)
+    }
+
+    /// Gossips again those of our transactions still waiting to be mined
+    /// (see `sync::rebroadcast`).
+    pub(crate) fn rebroadcast(&self) {
+        let Some(net) = &self.net else { return };
+        let due = {
+            let chain = self.chain();
+            let mempool = chain.mempool();
+            self.rebroadcast
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .due(Instant::now(), |h| mempool.contains(h))
+        };
+        if !due.is_empty() {
+            tracing::debug!(txs = due.len(), "gossiping our pending transactions again");
+        }
+        for bytes in due {
+            net.publish_tx(bytes);
+        }
     }
 
     /// Admits a transaction that arrived by gossip (which propagates it).

@@ -447,15 +447,33 @@ fn file_network_on_loopback() {
     // After the challenge period the same command reclaims the rest; the
     // downloader is out exactly what it vouched, plus its fees.
     let mut reclaimed = std::collections::HashSet::new();
-    wait_until(Duration::from_secs(60), "the reclaims", || {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
         for w in d.json(&["fs", "settle"]).as_array().unwrap() {
             reclaimed.insert(str_of(w, "channel"));
         }
-        settled.iter().all(|w| {
-            let id = str_of(w, "channel");
-            reclaimed.contains(&id) && market::api_get(&d, &format!("/v1/channels/{id}")).is_none()
-        })
-    });
+        let open: Vec<_> = settled
+            .iter()
+            .map(|w| str_of(w, "channel"))
+            .filter_map(|id| {
+                let on_chain = market::api_get(&d, &format!("/v1/channels/{id}"));
+                (!reclaimed.contains(&id) || on_chain.is_some()).then_some((id, on_chain))
+            })
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = d.node_log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "not reclaimed at height {}: {open:?}; the downloader's log ends:\n{}",
+                d.json(&["chain", "info"])["height"],
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let lost = d_before - balance(&d);
     assert!(
         lost >= vouched && lost - vouched < 1_000_000,

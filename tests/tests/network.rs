@@ -127,6 +127,27 @@ fn tx_submitted_at_a_and_mined_by_c_shows_at_b() {
 }
 
 #[test]
+fn a_tx_sent_with_no_peers_is_mined_once_a_miner_joins() {
+    // Gossip is best effort: here the publish finds nobody at all. A
+    // node that never sent it again would leave it in its own mempool
+    // forever (a settle or reclaim stranded, a deposit locked).
+    let mut homes = homes_on_one_chain(2);
+    homes[0].start_node(&args(&[], None));
+    let to = "0x4444444444444444444444444444444444444444";
+    let sent = homes[0].json(&["wallet", "send", to, "77"]);
+    let hash = sent["hash"].as_str().unwrap().to_string();
+    let boot = homes[0].p2p_addr();
+    homes[1].start_node(&args(&["--mine"], Some(&boot)));
+    wait_until(Duration::from_secs(60), "the miner to mine it", || {
+        homes[0].json(&["chain", "tx", &hash])["status"] == "mined"
+    });
+    assert_eq!(
+        amount(&homes[1].json(&["wallet", "balance", to])["balance"]),
+        77
+    );
+}
+
+#[test]
 fn killed_node_resyncs_after_restart() {
     let mut homes = homes_on_one_chain(2);
     let (a, b) = homes.split_at_mut(1);

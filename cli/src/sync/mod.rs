@@ -13,6 +13,7 @@
 //!   for blocks from a peer whose clock runs ahead.
 //! * `progress`: what a catch-up is doing, for `zennet chain sync`, `chain
 //!   info`, the dashboard and `/metrics`.
+//! * `rebroadcast`: our own transactions are gossiped again until mined.
 //!
 //! What is never a peer's fault: a pruned body (we asked for history that
 //! is gone), a timestamp ahead of our clock (held back), our own database
@@ -22,6 +23,7 @@ mod catchup;
 mod fast;
 pub mod peers;
 mod progress;
+mod rebroadcast;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ use crate::node::{Node, now_ms};
 
 pub use catchup::spawn_sync;
 pub use progress::{Progress, SyncPhase, SyncStatus};
+pub use rebroadcast::Rebroadcast;
 
 /// How often to compare chains with peers even without news.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -49,6 +52,7 @@ const HOLD_TICK: Duration = Duration::from_millis(500);
 pub async fn run(node: Arc<Node>, net: NetHandle, mut events: UnboundedReceiver<NetEvent>) {
     let mut resync = tokio::time::interval(RESYNC);
     let mut hold = tokio::time::interval(HOLD_TICK);
+    let mut rebroadcast = tokio::time::interval(rebroadcast::EVERY / 2);
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -57,6 +61,7 @@ pub async fn run(node: Arc<Node>, net: NetHandle, mut events: UnboundedReceiver<
             },
             _ = resync.tick() => spawn_sync(&node, &net),
             _ = hold.tick() => release_held(&node, &net),
+            _ = rebroadcast.tick() => node.rebroadcast(),
         }
     }
 }
