@@ -410,7 +410,10 @@ fn contract_events(budget: Duration) {
     let ours = rate(budget, || {
         let t0 = tokio::time::Instant::now();
         let mut c = Contract::new(rules, t0, t0, 0, false);
-        c.on(Event::Connected { now: t0 });
+        c.on(Event::Connected {
+            now: t0,
+            accrued: 0,
+        });
         for i in 1..=ROUNDS {
             let now = t0 + rules.interval * i as u32;
             let due = i as u128 * 1_000;

@@ -86,8 +86,12 @@ pub enum Event {
         now: Instant,
         paid: Amount,
     },
+    /// The tunnel came up; the VM's usage so far comes to `accrued` (the
+    /// session meters it first: the boot ran before any tick, and the
+    /// report sent now must ask for it).
     Connected {
         now: Instant,
+        accrued: Amount,
     },
     Disconnected {
         now: Instant,
@@ -250,14 +254,21 @@ impl Contract {
                 }
                 self.check(now, &mut out);
             }
-            Event::Connected { now } => {
+            Event::Connected { now, accrued } => {
+                self.accrued = self.accrued.max(accrued);
                 self.connected = true;
                 if self.outstanding.is_empty() {
                     // Nothing was asked for yet (first connect after the
                     // boot) or all of it was paid: the clock starts now.
                     self.covered_at = now;
                 }
-                self.asked_on_connect = Some((self.accrued, now));
+                // Prepay's answer time for what accrued unasked runs from
+                // the connect that first asked for it: a publisher that
+                // drops and redials without paying gets no fresh clock.
+                let unanswered = self.asked_on_connect.is_some_and(|(a, _)| a > self.paid);
+                if !unanswered {
+                    self.asked_on_connect = Some((self.accrued, now));
+                }
                 // The publisher hears where things stand at once.
                 self.report(now, &mut out);
             }
@@ -376,7 +387,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Contract::new(r, now, now, 0, false);
         assert_eq!(
-            c.on(Event::Connected { now }),
+            c.on(Event::Connected { now, accrued: 0 }),
             vec![Action::Report { seq: 1 }]
         );
         c
@@ -509,10 +520,9 @@ mod tests {
             let launched = Instant::now();
             let mut c = Contract::new(r, launched, launched, 0, false);
             advance(36 * SEC).await;
-            c.accrued = 360;
             let now = Instant::now();
             assert_eq!(
-                c.on(Event::Connected { now }),
+                c.on(Event::Connected { now, accrued: 360 }),
                 vec![Action::Report { seq: 1 }]
             );
             assert!(
@@ -540,9 +550,9 @@ mod tests {
         let launched = Instant::now();
         let mut c = Contract::new(rules(), launched, launched, 0, false);
         advance(36 * SEC).await;
-        c.accrued = 360;
         c.on(Event::Connected {
             now: Instant::now(),
+            accrued: 360,
         });
         let mut paused_at = None;
         for s in 1..=6 {
@@ -554,6 +564,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_prepay_publisher_that_redials_gets_no_fresh_answer_time() {
+        // The cheat: never pay, and drop the tunnel and come back every 3 s,
+        // just before the answer time runs out, hoping each connect
+        // restarts it (and resumes the VM) for free compute.
+        let r = Rules {
+            prepay: true,
+            ..rules()
+        };
+        let launched = Instant::now();
+        let mut c = Contract::new(r, launched, launched, 0, false);
+        advance(36 * SEC).await;
+        let mut accrued = 360;
+        c.on(Event::Connected {
+            now: Instant::now(),
+            accrued,
+        });
+        let mut ran = 0;
+        for s in 1..=60 {
+            if s % 3 == 0 {
+                c.on(Event::Disconnected {
+                    now: Instant::now(),
+                });
+                c.on(Event::Connected {
+                    now: Instant::now(),
+                    accrued,
+                });
+            }
+            if c.phase == Phase::Running {
+                ran += 1;
+                accrued += 10;
+            }
+            tick(&mut c, accrued).await;
+            if c.is_over() {
+                break;
+            }
+        }
+        // The answer time (4 s) and the tick that sees it run out.
+        assert!(ran <= 5, "ran {ran} s unpaid after the boot report");
+        assert!(c.is_over(), "ended after the grace period");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn prepay_pauses_as_soon_as_usage_passes_what_was_paid() {
         let r = Rules {
             prepay: true,
@@ -561,7 +613,7 @@ mod tests {
         };
         let now = Instant::now();
         let mut c = Contract::new(r, now, now, 25, false);
-        c.on(Event::Connected { now });
+        c.on(Event::Connected { now, accrued: 0 });
         assert!(!tick(&mut c, 20).await.contains(&Action::Pause));
         assert!(tick(&mut c, 30).await.contains(&Action::Pause));
         let actions = c.on(Event::Paid {
@@ -665,7 +717,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Contract::new(rules(), now, now, 0, true);
         assert_eq!(c.phase, Phase::Paused);
-        c.on(Event::Connected { now });
+        c.on(Event::Connected { now, accrued: 0 });
         let actions = c.on(Event::Paid {
             now: Instant::now(),
             paid: 10,

@@ -173,7 +173,15 @@ impl Runner {
                             if std::mem::replace(&mut self.was_linked, true) {
                                 p.stats.tunnel_reconnects.inc();
                             }
-                            Some(Event::Connected { now: Instant::now() })
+                            // The boot ran before any tick: meter it, so
+                            // the connect-time report asks for it.
+                            match self.meter(&mut row, machine.as_ref()).await {
+                                Some(end @ Event::End { .. }) => Some(end),
+                                _ => Some(Event::Connected {
+                                    now: Instant::now(),
+                                    accrued: row.accrued,
+                                }),
+                            }
                         }
                         Err(Session::Fatal(reason)) => {
                             tracing::error!(task = %self.task, %reason, "contract aborted");
