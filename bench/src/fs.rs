@@ -295,6 +295,7 @@ http {{ access_log off; sendfile on; tcp_nopush on;
             .arg(&conf)
             .arg("-p")
             .arg(&prefix)
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
@@ -309,7 +310,12 @@ http {{ access_log off; sendfile on; tcp_nopush on;
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: nginx's master stops its workers; SIGKILL would leave
+        // them running, holding the port and this process's stdout.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

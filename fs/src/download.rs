@@ -15,7 +15,7 @@ use futures::AsyncReadExt;
 use futures::io::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use zennet_chain::{Address, Amount};
+use zennet_chain::{Address, Amount, SignedVoucher};
 use zennet_net::PeerId;
 use zennet_net::content::{Stream, stream_protocol};
 
@@ -461,6 +461,23 @@ impl Shared {
 /// arrives, store it, pay for it, ask for the next. `Err` only for what
 /// ends the whole download (the local store or the payer failing).
 async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsError> {
+    let mut owed = Owed::default();
+    let result = run_session(&sh, &mut s, key, &mut owed).await;
+    // A voucher signed (so recorded and booked as paid) but not sent yet
+    // goes out however the session ended, or the seeder could claim less
+    // than this side counts as paid until the next transfer to it.
+    if owed.signing.is_some() {
+        let _ = tokio::time::timeout(HELLO_TIMEOUT, owed.finish(&mut s)).await;
+    }
+    result
+}
+
+async fn run_session(
+    sh: &Arc<Shared>,
+    s: &mut Source,
+    key: usize,
+    owed: &mut Owed,
+) -> Result<(), FsError> {
     let price = s.offer.price_per_mib;
     let window = sh
         .fs
@@ -468,13 +485,12 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
         .window
         .min((s.offer.credit_parts as usize / 2).max(1))
         .max(1);
-    // What the seeder may see unpaid: the window in flight plus a batch
-    // whose voucher is on its way; both fit in its credit.
+    // What the seeder may see unpaid: the window in flight, a batch whose
+    // voucher is being signed and one being gathered; all fit in its credit.
     let pay_every = PAY_EVERY
-        .min((s.offer.credit_parts as usize).saturating_sub(window))
+        .min((s.offer.credit_parts as usize).saturating_sub(window) / 2)
         .max(1);
     let mut asked: VecDeque<u32> = VecDeque::new();
-    let mut owed = Owed::default();
     loop {
         if sh.sched().dropped(key).is_some() {
             return Ok(());
@@ -507,7 +523,7 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
         }
         let frame = tokio::select! {
             f = wire::read(&mut s.rd) => f,
-            why = given_up(&sh, key) => {
+            why = given_up(sh, key) => {
                 if let Some(why) = why {
                     sh.give_up(key, why);
                 }
@@ -548,7 +564,7 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
             Ok(_) => {}
             Err(StoreError::BadPart { .. }) => {
                 // Not written, not paid for; the good parts before it are.
-                let _ = owed.settle(&sh, &mut s, key).await;
+                let _ = owed.settle(sh, s, key).await;
                 sh.give_up(key, Dropped::Corrupt(index));
                 return Ok(());
             }
@@ -578,9 +594,14 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
         }
         // Nothing in flight: the seeder is idle or done, so settle now
         // rather than leave verified parts unpaid.
-        if (owed.parts >= pay_every || asked.is_empty())
-            && let Err(e) = owed.settle(&sh, &mut s, key).await?
-        {
+        let paid = if asked.is_empty() {
+            owed.settle(sh, s, key).await?
+        } else if owed.parts >= pay_every {
+            owed.start(sh, s, key).await?
+        } else {
+            owed.send_if_ready(s).await?
+        };
+        if let Err(e) = paid {
             sh.give_up(key, Dropped::Gone(e.to_string()));
             return Ok(());
         }
@@ -590,14 +611,19 @@ async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsErr
 
 /// Verified parts from one seeder not paid for yet. Vouchers go out every
 /// [`PAY_EVERY`] parts, not one per part: each is a signature and a
-/// synchronous SQLite commit on both sides, which cost about a third of
-/// the throughput when paid per part. The batch shrinks so that the window
-/// plus one batch fits in the seeder's credit (`credit_parts`, 64 by
-/// default), so batching never gets a paying downloader cut off.
+/// synchronous SQLite commit on both sides. Signing runs beside the
+/// transfer (one voucher at a time): the session keeps reading parts while
+/// the commit that must precede the send reaches the disk, and sends the
+/// voucher as soon as it is recorded. The batch shrinks so that the window
+/// plus the batch being signed plus the batch being gathered fit in the
+/// seeder's credit (`credit_parts`, 64 by default), so neither batching
+/// nor signing aside ever gets a paying downloader cut off.
 #[derive(Default)]
 struct Owed {
     parts: usize,
     amount: Amount,
+    /// The voucher being signed and recorded (booked when it is).
+    signing: Option<tokio::task::JoinHandle<Result<SignedVoucher, FsError>>>,
 }
 
 impl Owed {
@@ -606,37 +632,74 @@ impl Owed {
         self.amount += cost;
     }
 
-    /// Signs (off the runtime: it commits to disk) and sends one voucher
-    /// for everything owed. The outer error is the payer failing, which
-    /// ends the download; the inner one is the seeder's stream failing.
-    async fn settle(
+    /// Starts signing a voucher for everything owed (waiting first for
+    /// the one before, which is sent). The outer error is the payer
+    /// failing, which ends the download; the inner one is the seeder's
+    /// stream failing.
+    async fn start(
         &mut self,
-        sh: &Shared,
+        sh: &Arc<Shared>,
         s: &mut Source,
         key: usize,
     ) -> Result<Result<(), WireError>, FsError> {
+        if let Err(e) = self.finish(s).await? {
+            return Ok(Err(e));
+        }
         if self.amount == 0 {
             return Ok(Ok(()));
         }
         let payee = s.address.expect("paid offers come from chain addresses");
-        let (cost, payer) = (self.amount, sh.fs.payer.clone());
-        let v = tokio::task::spawn_blocking(move || payer.pay(payee, cost))
-            .await
-            .map_err(|e| FsError::Invalid(format!("signing a voucher was interrupted: {e}")))??;
-        *self = Owed::default();
-        sh.fs.book(payee, Role::Spent, Account::paid(cost), true);
-        {
+        let cost = std::mem::take(&mut self.amount);
+        self.parts = 0;
+        let sh = sh.clone();
+        // Signed is paid: the voucher is recorded and booked here, even if
+        // the session ends before it is sent (the next one, or a resend,
+        // carries it).
+        self.signing = Some(tokio::task::spawn_blocking(move || {
+            let v = sh.fs.payer.pay(payee, cost)?;
+            sh.fs.book(payee, Role::Spent, Account::paid(cost), true);
             let mut t = sh.t.lock();
             t.seeders[key].paid += cost;
             t.spent += cost;
+            Ok(v)
+        }));
+        Ok(Ok(()))
+    }
+
+    /// Sends the voucher being signed if it is recorded already.
+    async fn send_if_ready(&mut self, s: &mut Source) -> Result<Result<(), WireError>, FsError> {
+        if self.signing.as_ref().is_some_and(|h| h.is_finished()) {
+            return self.finish(s).await;
         }
-        // Signed is paid: the voucher is recorded, and the next one (or
-        // a resend) carries it even if this one is lost.
+        Ok(Ok(()))
+    }
+
+    /// Waits for the voucher being signed, then sends it.
+    async fn finish(&mut self, s: &mut Source) -> Result<Result<(), WireError>, FsError> {
+        let Some(signing) = self.signing.take() else {
+            return Ok(Ok(()));
+        };
+        let v = signing
+            .await
+            .map_err(|e| FsError::Invalid(format!("signing a voucher was interrupted: {e}")))??;
         let sent = async {
             wire::write(&mut s.wr, &Frame::Pay(Box::new(v))).await?;
             wire::flush(&mut s.wr).await
         };
         Ok(sent.await)
+    }
+
+    /// Pays everything owed now and sends it.
+    async fn settle(
+        &mut self,
+        sh: &Arc<Shared>,
+        s: &mut Source,
+        key: usize,
+    ) -> Result<Result<(), WireError>, FsError> {
+        if let Err(e) = self.start(sh, s, key).await? {
+            return Ok(Err(e));
+        }
+        self.finish(s).await
     }
 }
 

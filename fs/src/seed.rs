@@ -134,7 +134,13 @@ async fn session(
                 if price == 0 && address.is_none() {
                     return refuse(&mut wr, "nothing to pay").await;
                 }
-                match fs.payee.receive(payer, *v) {
+                // A signature check and a synchronous commit: off the
+                // runtime, whose threads carry every other session.
+                let payee = fs.payee.clone();
+                let received = tokio::task::spawn_blocking(move || payee.receive(payer, *v))
+                    .await
+                    .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+                match received {
                     Ok(delta) => {
                         fs.book(payer, Role::Earned, Account::paid(delta), false);
                         fs.book_file(file, Account::paid(delta));
