@@ -186,6 +186,13 @@ impl TestHome {
     pub fn node_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
+
+    /// The last `n` lines of the node's log, for a failure message.
+    pub fn node_log_tail(&self, n: usize) -> String {
+        let log = self.node_log();
+        let tail: Vec<&str> = log.lines().rev().take(n).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
 }
 
 impl Default for TestHome {

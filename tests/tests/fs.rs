@@ -426,13 +426,11 @@ fn file_network_on_loopback() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while claimed() != Some(amount(&w["paid"])) {
             if Instant::now() > deadline {
-                let log = seeders[i].node_log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 panic!(
                     "seeder {i} claimed {:?} of {} on {channel}; its log ends:\n{}",
                     claimed(),
                     w["paid"],
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    seeders[i].node_log_tail(40)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -464,12 +462,10 @@ fn file_network_on_loopback() {
             break;
         }
         if Instant::now() > deadline {
-            let log = d.node_log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
                 "not reclaimed at height {}: {open:?}; the downloader's log ends:\n{}",
                 d.json(&["chain", "info"])["height"],
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                d.node_log_tail(40)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
