@@ -18,6 +18,10 @@
 //!   with the ones queued after it.
 //!
 //! Signatures of a block's transactions are recovered on all cores (rayon).
+//!
+//! The state trie is written to the store when the chain closes
+//! ([`Chain::flush_trie`], also on drop), not per block; a block writes its
+//! state rows only. See [`crate::store`] for why and for what a crash costs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -37,7 +41,7 @@ use crate::seal::Ethash;
 use crate::state::{Account, Changes, IdentityRecord, Overlay, Pending, State, StateRead, Undo};
 use crate::store::{BlockMeta, BlockStatus, Store, StoreTx, TxLocation};
 use crate::task::TaskRecord;
-use crate::trie::{Child, NodeWrites, Update};
+use crate::trie::{Child, NodeSource, NodeWrites, Prefix, Update};
 use crate::tx::{SignedTx, VerifiedTx};
 
 /// Bytes kept free in a block for its header and encoding overhead.
@@ -87,6 +91,34 @@ pub struct Chain {
     snapshot_base: u64,
     ethash: Arc<Ethash>,
     mempool: Mempool,
+    trie_table: TrieTable,
+}
+
+/// How the store's trie table stands against the tree in memory.
+enum TrieTable {
+    /// It holds the tree as it was when last written; these prefixes
+    /// changed since.
+    Behind(HashSet<Prefix>),
+    /// It holds some other tree (the one in memory was rebuilt from the
+    /// rows on open): the next flush writes the whole tree.
+    Foreign,
+}
+
+impl TrieTable {
+    fn note(&mut self, writes: &NodeWrites) {
+        if let TrieTable::Behind(dirty) = self {
+            dirty.extend(writes.keys().copied());
+        }
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_trie() {
+            // Nothing is lost: the next open rebuilds the tree from the rows.
+            tracing::warn!(error = %e, "could not write the state trie on close");
+        }
+    }
 }
 
 impl Chain {
@@ -119,6 +151,7 @@ impl Chain {
                 let state = genesis.state();
                 let changes: Changes = state.iter().map(|(k, v)| (*k, Some(v.clone()))).collect();
                 let update = crate::state::trie_update(&State::default(), &changes);
+                let root = update.root.root_hash();
                 store.write(|w| {
                     w.insert_block(
                         &genesis_block,
@@ -127,7 +160,9 @@ impl Chain {
                     )?;
                     w.make_canonical(&genesis_hash, 0, &[])?;
                     w.set_undo(&genesis_hash, &vec![])?;
-                    write_state(w, &changes, &update.writes)?;
+                    write_rows(w, &changes)?;
+                    write_nodes(w, update.writes.iter().map(|(p, n)| (p, n.as_ref())))?;
+                    w.set_trie_root(&root)?;
                     w.set_meta("genesis", &genesis_hash.0)?;
                     w.set_meta("tip", &genesis_hash.0)
                 })?;
@@ -139,12 +174,12 @@ impl Chain {
         let tip = store
             .block_meta(&tip_hash)?
             .ok_or_else(|| ChainError::Corrupt(format!("tip {tip_hash} is not stored")))?;
-        let state = store.load_state()?;
+        let (state, trie_table) = load_state(&store, &tip)?;
         let root = state.root();
         if root != tip.header.state_root {
             return Err(ChainError::Corrupt(format!(
-                "stored state root {root} does not match tip {tip_hash} (height {}); run `zennet chain verify`",
-                tip.header.height
+                "the state rows hash to {root}, but tip {tip_hash} (height {}) commits to {}: the database is damaged; restore it from a backup or a snapshot (`zennet chain snapshot import`)",
+                tip.header.height, tip.header.state_root
             )));
         }
         let snapshot_base = store.meta_u64("snapshot_base")?.unwrap_or(0);
@@ -157,7 +192,53 @@ impl Chain {
             snapshot_base,
             ethash: Arc::new(ethash),
             mempool: Mempool::new(DEFAULT_MAX_TXS),
+            trie_table,
         })
+    }
+
+    /// Rebuilds the state trie from the rows and writes it whole: the
+    /// repair for a trie table that `verify_state` found damaged while
+    /// the rows are sound.
+    pub fn rebuild_trie(&mut self) -> Result<usize> {
+        let (state, table) = rebuilt(self.store.state_under(&Prefix::ROOT)?)?;
+        if state.root() != self.tip.header.state_root {
+            return Err(ChainError::Corrupt(format!(
+                "the state rows hash to {}, but the tip commits to {}: the rows themselves are damaged",
+                state.root(),
+                self.tip.header.state_root
+            )));
+        }
+        self.state = state;
+        self.trie_table = table;
+        self.flush_trie()
+    }
+
+    /// Writes the state trie's changed nodes to the store (the whole tree
+    /// after a rebuild), so the next open loads it instead of rebuilding
+    /// it from the rows. Returns the nodes written. Runs on drop; call it
+    /// to bound what a later crash costs.
+    pub fn flush_trie(&mut self) -> Result<usize> {
+        let root = self.state.root();
+        let trie = self.state.trie();
+        let (clear, prefixes): (bool, Vec<Prefix>) = match &self.trie_table {
+            TrieTable::Behind(dirty) if dirty.is_empty() => return Ok(0),
+            TrieTable::Behind(dirty) => (false, dirty.iter().copied().collect()),
+            TrieTable::Foreign => (true, trie.prefixes().copied().collect()),
+        };
+        self.store.write(|w| {
+            if clear {
+                w.clear_trie()?;
+            }
+            write_nodes(w, prefixes.iter().map(|p| (p, trie.node(p))))?;
+            w.set_trie_root(&root)
+        })?;
+        self.trie_table = TrieTable::Behind(HashSet::new());
+        tracing::debug!(
+            nodes = prefixes.len(),
+            whole = clear,
+            "wrote the state trie"
+        );
+        Ok(prefixes.len())
     }
 
     pub fn genesis(&self) -> &Genesis {
@@ -495,10 +576,11 @@ impl Chain {
             w.insert_block(&block, total_difficulty, BlockStatus::Side)?;
             w.make_canonical(&hash, height, &tx_hashes)?;
             w.set_undo(&hash, &undo)?;
-            write_state(w, &changes, &update.writes)?;
+            write_rows(w, &changes)?;
             w.set_meta("tip", &hash.0)?;
             maintain(w, &consensus, height)
         })?;
+        self.trie_table.note(&update.writes);
         self.state.apply(changes, update.root, update.writes);
         self.tip = BlockMeta {
             hash,
@@ -733,7 +815,7 @@ impl Chain {
                 w.make_canonical(&hash, block.header.height, txs)?;
                 w.set_undo(&hash, undo)?;
             }
-            write_state(w, &changes, &writes)?;
+            write_rows(w, &changes)?;
             w.set_meta("tip", &new_hash.0)?;
             maintain(w, &consensus, new_height)
         })?;
@@ -776,6 +858,7 @@ impl Chain {
     }
 
     fn apply_pending(&mut self, changes: Changes, top: Child, writes: NodeWrites) {
+        self.trie_table.note(&writes);
         self.state.apply(changes, top, writes);
     }
 
@@ -815,11 +898,13 @@ impl Chain {
             }
             w.clear_state()?;
             state_writes(w)?;
+            w.set_trie_root(&base.state_root)?;
             w.set_meta("tip", &base_hash.0)?;
             w.set_meta_u64("snapshot_base", base.height)?;
             maintain(w, &consensus, base.height)
         })?;
         self.state = state;
+        self.trie_table = TrieTable::Behind(HashSet::new());
         self.snapshot_base = base.height;
         self.tip = BlockMeta {
             hash: base_hash,
@@ -833,21 +918,62 @@ impl Chain {
     }
 }
 
-/// Writes state changes and trie node writes, in key order (path,
-/// prefix), so SQLite walks each B-tree once from left to right instead of
-/// jumping between random pages.
-fn write_state(w: &StoreTx<'_>, changes: &Changes, writes: &NodeWrites) -> Result<()> {
+/// Writes state changes in path order, so SQLite walks the B-tree once
+/// from left to right instead of jumping between random pages.
+fn write_rows(w: &StoreTx<'_>, changes: &Changes) -> Result<()> {
     let mut rows: Vec<_> = changes.iter().map(|(k, v)| (k.path(), k, v)).collect();
     rows.sort_unstable_by_key(|(path, ..)| *path);
     for (_, k, v) in rows {
         w.write_state(k, v.as_ref())?;
     }
-    let mut nodes: Vec<_> = writes.iter().map(|(p, n)| (p.encode(), p, n)).collect();
+    Ok(())
+}
+
+/// Writes trie nodes (`None` deletes), in key order for the same reason.
+fn write_nodes<'a>(
+    w: &StoreTx<'_>,
+    nodes: impl Iterator<Item = (&'a Prefix, Option<&'a crate::trie::Node>)>,
+) -> Result<()> {
+    let mut nodes: Vec<_> = nodes.map(|(p, n)| (p.encode(), p, n)).collect();
     nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (_, prefix, node) in nodes {
-        w.write_trie(prefix, node.as_ref())?;
+        w.write_trie(prefix, node)?;
     }
     Ok(())
+}
+
+/// The state at `tip` from the store: the stored tree when the trie table
+/// holds the tip's, else one rebuilt from the rows (after a crash, or when
+/// the table does not hash to what its marker says).
+fn load_state(store: &Store, tip: &BlockMeta) -> Result<(State, TrieTable)> {
+    let rows = store.state_under(&Prefix::ROOT)?;
+    if store.trie_root()? == Some(tip.header.state_root) {
+        let state = State::from_rows(rows, Some(store.load_trie()?));
+        if state.root() == tip.header.state_root {
+            return Ok((state, TrieTable::Behind(HashSet::new())));
+        }
+        tracing::warn!(
+            stored = %state.root(),
+            tip = %tip.header.state_root,
+            "the stored state trie does not hash to the root it is marked with; rebuilding it"
+        );
+        return rebuilt(store.state_under(&Prefix::ROOT)?);
+    }
+    rebuilt(rows)
+}
+
+fn rebuilt(
+    rows: Vec<(Hash, crate::state::StateKey, crate::state::StateValue)>,
+) -> Result<(State, TrieTable)> {
+    let started = std::time::Instant::now();
+    let entries = rows.len();
+    let state = State::from_rows(rows, None);
+    tracing::info!(
+        entries,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuilt the state trie from the state rows (the stored one was behind the tip)"
+    );
+    Ok((state, TrieTable::Foreign))
 }
 
 /// Housekeeping behind the horizon after the tip reached `tip`.

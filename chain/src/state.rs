@@ -102,10 +102,15 @@ pub trait StateRead {
 
 /// The trie update that `changes` make on top of `base`.
 pub fn trie_update(base: &dyn StateRead, changes: &Changes) -> Update {
-    let mut list: Vec<LeafChange> = changes
-        .iter()
-        .map(|(k, v)| (k.path(), v.as_ref().map(StateValue::hash)))
-        .collect();
+    use rayon::prelude::*;
+    // Two keccaks per change: on all cores once a block is big enough.
+    let leaf =
+        |(k, v): (&StateKey, &Option<StateValue>)| (k.path(), v.as_ref().map(StateValue::hash));
+    let mut list: Vec<LeafChange> = if changes.len() >= 256 {
+        changes.par_iter().map(leaf).collect()
+    } else {
+        changes.iter().map(leaf).collect()
+    };
     list.sort_unstable_by_key(|a| a.0);
     trie::update(base.nodes(), base.trie_root(), &list)
 }
@@ -141,6 +146,29 @@ impl State {
             trie: Trie::from_nodes(nodes, single),
             task_expiry,
         }
+    }
+
+    /// A state from its stored rows (path, key, value), with the tree
+    /// `nodes` when the stored one is current, else one built from the
+    /// rows (value hashes on all cores).
+    pub fn from_rows(
+        rows: Vec<(Hash, StateKey, StateValue)>,
+        nodes: Option<std::collections::HashMap<Prefix, trie::Node>>,
+    ) -> State {
+        let nodes = nodes.unwrap_or_else(|| {
+            use rayon::prelude::*;
+            let mut leaves: Vec<(Hash, Hash)> =
+                rows.par_iter().map(|(p, _, v)| (*p, v.hash())).collect();
+            leaves.par_sort_unstable_by_key(|l| l.0);
+            let mut writes = NodeWrites::new();
+            trie::build(&mut writes, Prefix::ROOT, &leaves);
+            writes
+                .into_iter()
+                .filter_map(|(p, n)| n.map(|n| (p, n)))
+                .collect()
+        });
+        let entries = rows.into_iter().map(|(_, k, v)| (k, v)).collect();
+        State::from_parts(entries, nodes)
     }
 
     /// A state holding `entries`, with its trie built from scratch.

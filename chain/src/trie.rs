@@ -42,12 +42,17 @@
 use std::collections::HashMap;
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use rayon::prelude::*;
 use sha3::{Digest, Keccak256};
 
 use crate::crypto::{Hash, keccak256, keccak256_concat};
 
 /// Nibbles in a path.
 pub const PATH_NIBBLES: usize = 64;
+
+/// Below this many leaves (or changes), the root's sixteen subtrees are
+/// built on one thread: handing them to rayon costs more than it saves.
+const PARALLEL_MIN: usize = 256;
 
 /// The root of a tree without leaves.
 pub fn empty_root() -> Hash {
@@ -210,8 +215,9 @@ impl Node {
     }
 }
 
-/// Where an update reads the nodes it does not change.
-pub trait NodeSource {
+/// Where an update reads the nodes it does not change. `Sync`, because the
+/// root's subtrees are updated on all cores.
+pub trait NodeSource: Sync {
     fn node(&self, prefix: &Prefix) -> Option<&Node>;
 }
 
@@ -248,6 +254,16 @@ pub fn build(writes: &mut NodeWrites, prefix: Prefix, leaves: &[(Hash, Hash)]) -
             path: *path,
             value: *value,
         },
+        _ if prefix.is_empty() && leaves.len() >= PARALLEL_MIN => {
+            let children = subtrees_in_parallel(
+                writes,
+                leaves,
+                |l| &l.0,
+                |n, group, w| build(w, Prefix::ROOT.child(n), group),
+            )
+            .map(|(_, c)| c);
+            finish(&Empty, writes, prefix, children)
+        }
         _ => {
             let mut children = [Child::Empty; 16];
             for (n, group) in groups(leaves, prefix.len(), |l| &l.0) {
@@ -313,6 +329,11 @@ impl Trie {
     /// Stored internal nodes.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Where the internal nodes are.
+    pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.nodes.keys()
     }
 
     pub fn update(&self, changes: &[LeafChange]) -> Update {
@@ -384,9 +405,33 @@ fn update_child(
                 .unwrap_or_else(|| panic!("trie node {prefix:?} is referenced but not stored"))
                 .clone();
             let mut children = node.children;
-            for (n, group) in groups(changes, prefix.len(), |c| &c.0) {
-                let i = n as usize;
-                children[i] = update_child(source, writes, prefix.child(n), children[i], group);
+            if prefix.is_empty() && changes.len() >= PARALLEL_MIN {
+                // Disjoint subtrees: each reads only nodes under its own
+                // nibble, so none needs another's writes.
+                let updated = subtrees_in_parallel(
+                    writes,
+                    changes,
+                    |c| &c.0,
+                    |n, group, w| {
+                        update_child(
+                            source,
+                            w,
+                            Prefix::ROOT.child(n),
+                            node.children[n as usize],
+                            group,
+                        )
+                    },
+                );
+                for (i, (touched, child)) in updated.into_iter().enumerate() {
+                    if touched {
+                        children[i] = child;
+                    }
+                }
+            } else {
+                for (n, group) in groups(changes, prefix.len(), |c| &c.0) {
+                    let i = n as usize;
+                    children[i] = update_child(source, writes, prefix.child(n), children[i], group);
+                }
             }
             finish(source, writes, prefix, children)
         }
@@ -434,6 +479,32 @@ fn finish(
             Child::Node(hash)
         }
     }
+}
+
+/// Runs `f` on the root's sixteen groups of `items` (sorted by path) on
+/// all cores, each with writes of its own that are merged into `writes`.
+/// Returns, per nibble, whether it had items and the child `f` made.
+fn subtrees_in_parallel<T: Sync>(
+    writes: &mut NodeWrites,
+    items: &[T],
+    path: impl Fn(&T) -> &Hash + Sync,
+    f: impl Fn(u8, &[T], &mut NodeWrites) -> Child + Sync,
+) -> [(bool, Child); 16] {
+    let parts: Vec<(u8, &[T])> = groups(items, 0, &path).collect();
+    let done: Vec<(u8, Child, NodeWrites)> = parts
+        .into_par_iter()
+        .map(|(n, group)| {
+            let mut w = NodeWrites::new();
+            let child = f(n, group, &mut w);
+            (n, child, w)
+        })
+        .collect();
+    let mut out = [(false, Child::Empty); 16];
+    for (n, child, w) in done {
+        out[n as usize] = (true, child);
+        writes.extend(w);
+    }
+    out
 }
 
 /// Splits items sorted by path into runs sharing the nibble at `depth`.
@@ -533,6 +604,39 @@ mod tests {
             assert_eq!(top.root_hash(), reference(&leaves), "depth {depth}");
         }
         assert!(combine(&mut NodeWrites::new(), 1, &[Child::Empty; 3]).is_none());
+    }
+
+    /// Big batches go through the parallel paths (the root's subtrees on
+    /// all cores), small ones through the sequential one: same nodes.
+    #[test]
+    fn parallel_updates_and_builds_equal_sequential_ones() {
+        let first: BTreeMap<Hash, Option<Hash>> = (0..2000).map(|i| (h(i), Some(h(i)))).collect();
+        // Deletes, changes and inserts, across every root nibble.
+        let second: BTreeMap<Hash, Option<Hash>> = (1000..2600)
+            .map(|i| (h(i), (i % 3 != 0).then(|| h(i + 7))))
+            .collect();
+        assert!(first.len() >= PARALLEL_MIN && second.len() >= PARALLEL_MIN);
+        let mut big = Trie::default();
+        apply(&mut big, &first);
+        apply(&mut big, &second);
+
+        let mut small = Trie::default();
+        let mut leaves = BTreeMap::new();
+        for changes in [&first, &second] {
+            let list: Vec<_> = changes.iter().collect();
+            for batch in list.chunks(PARALLEL_MIN / 4) {
+                apply(&mut small, &batch.iter().map(|(k, v)| (**k, **v)).collect());
+            }
+            for (k, v) in changes {
+                match v {
+                    Some(v) => leaves.insert(*k, *v),
+                    None => leaves.remove(k),
+                };
+            }
+        }
+        assert_eq!(big, small);
+        assert_eq!(big, rebuilt(&leaves));
+        assert!(big.node_count() > 16);
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! Snapshots: the state at a past final height served from a moving tip,
 //! chunks and manifests that lie, the file for auditors and offline
-//! seeding, and `verify` catching a tampered state row.
+//! seeding, `verify` catching a tampered state row, and the trie table
+//! (written on close) after a crash or tampering.
 
 use zennet_chain::crypto::SecretKey;
 use zennet_chain::snapshot::{Assembly, Manifest, SnapshotError, Source, read_file};
@@ -308,4 +309,100 @@ fn verify_recomputes_the_root_and_catches_a_tampered_row() {
     let report = chain.verify_state().unwrap();
     assert!(!report.ok());
     assert_ne!(report.computed_root, report.header_root);
+}
+
+/// The state trie is written when the chain closes, not per block. A
+/// crash (here: the chain is leaked, so nothing of it runs on the way
+/// out, as under `kill -9`) costs a rebuild from the rows on the next
+/// open, never the state.
+#[test]
+fn a_crash_before_the_trie_is_written_costs_a_rebuild_not_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, genesis, roots) = busy_chain(dir.path());
+    let tip_root = *roots.last().unwrap();
+    assert_ne!(
+        chain.store().trie_root().unwrap(),
+        Some(tip_root),
+        "no block wrote the trie"
+    );
+    std::mem::forget(chain);
+
+    let mut chain = Chain::open(dir.path(), genesis.clone()).unwrap();
+    assert_eq!(chain.state().root(), tip_root, "rebuilt from the rows");
+    let report = chain.verify_state().unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.trie_root, None, "the table is still behind");
+    // The chain goes on from the rebuilt tree, and a clean close writes it.
+    let miner = SecretKey::generate().address();
+    mine(&mut chain, miner);
+    let root = chain.state().root();
+    drop(chain);
+
+    let chain = Chain::open(dir.path(), genesis).unwrap();
+    assert_eq!(chain.store().trie_root().unwrap(), Some(root));
+    assert_eq!(chain.state().root(), root);
+    let report = chain.verify_state().unwrap();
+    assert!(report.ok() && report.trie_root == Some(root), "{report:?}");
+}
+
+/// A trie table that lies about itself: its marker says it holds the tip's
+/// tree, but rows of it were changed behind the node's back.
+#[test]
+fn a_damaged_trie_table_is_rebuilt_from_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, genesis, roots) = busy_chain(dir.path());
+    let tip_root = *roots.last().unwrap();
+    drop(chain);
+    let db = dir.path().join("chain.db");
+    let root_key = zennet_chain::trie::Prefix::ROOT.encode();
+
+    // The root node swapped for another node: caught on open (it no
+    // longer hashes to the marker), and the tree is rebuilt.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let other: Vec<u8> = conn
+        .query_row(
+            "SELECT node FROM trie WHERE prefix != ?1 LIMIT 1",
+            [&root_key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE trie SET node = ?1 WHERE prefix = ?2",
+        rusqlite::params![other, root_key],
+    )
+    .unwrap();
+    drop(conn);
+    let chain = Chain::open(dir.path(), genesis.clone()).unwrap();
+    assert_eq!(chain.state().root(), tip_root);
+    drop(chain);
+    let chain = Chain::open(dir.path(), genesis.clone()).unwrap();
+    assert!(
+        chain.verify_state().unwrap().ok(),
+        "rewritten whole on close"
+    );
+    drop(chain);
+
+    // An inner node deleted: the root still matches, so only `verify`
+    // sees it, and `rebuild_trie` mends it from the rows.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let deleted = conn
+        .execute(
+            "DELETE FROM trie WHERE prefix = (SELECT prefix FROM trie WHERE prefix != ?1 LIMIT 1)",
+            [&root_key],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    drop(conn);
+    let mut chain = Chain::open(dir.path(), genesis.clone()).unwrap();
+    let report = chain.verify_state().unwrap();
+    assert!(!report.ok() && report.mismatched_nodes == 1, "{report:?}");
+    assert!(chain.rebuild_trie().unwrap() > 1);
+    assert!(chain.verify_state().unwrap().ok());
+    drop(chain);
+    let chain = Chain::open(dir.path(), genesis).unwrap();
+    let report = chain.verify_state().unwrap();
+    assert!(
+        report.ok() && report.trie_root == Some(tip_root),
+        "{report:?}"
+    );
 }

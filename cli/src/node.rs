@@ -452,6 +452,16 @@ impl NodeHandle {
         for m in self.miners {
             let _ = tokio::task::spawn_blocking(move || m.join()).await;
         }
+        // Here rather than on drop: tasks may still hold the node, and the
+        // next start should load the trie, not rebuild it from the rows.
+        let node = self.node.clone();
+        match tokio::task::spawn_blocking(move || node.chain().flush_trie()).await {
+            Ok(Ok(nodes)) => tracing::debug!(nodes, "wrote the state trie"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not write the state trie; the next start rebuilds it")
+            }
+            Err(e) => tracing::warn!(error = %e, "the state trie writer panicked"),
+        }
         self.home.remove_node_file();
         tracing::info!("node stopped");
         Ok(())
