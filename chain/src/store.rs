@@ -10,10 +10,11 @@
 //! The trie table is derived data, written when the chain closes, not per
 //! block: the meta key `trie_root` names the root whose tree it holds. A
 //! block changes about 1.8 internal nodes per changed key at random
-//! prefixes, and with a million accounts those upserts were two thirds of
-//! a block's import time. The rows alone determine the tree, so when the
-//! table is behind the tip (a crash, `kill -9`) the chain rebuilds the tree
-//! from the rows on open and checks it against the tip header.
+//! prefixes, and with a million accounts those upserts cost 13 of a
+//! 500-transaction block's 59 ms (`zennet-bench chain`). The rows alone
+//! determine the tree, so when the table is behind the tip (a crash,
+//! `kill -9`) the chain rebuilds the tree from the rows on open and checks
+//! it against the tip header.
 //!
 //! Checkpoints (copying committed WAL pages back into the database file)
 //! run on a thread of their own ([`Checkpointer`]), not inside the commit
