@@ -223,7 +223,7 @@ impl Chain {
         let (clear, prefixes): (bool, Vec<Prefix>) = match &self.trie_table {
             TrieTable::Behind(dirty) if dirty.is_empty() => return Ok(0),
             TrieTable::Behind(dirty) => (false, dirty.iter().copied().collect()),
-            TrieTable::Foreign => (true, trie.prefixes().copied().collect()),
+            TrieTable::Foreign => (true, trie.nodes().map(|(p, _)| *p).collect()),
         };
         self.store.write(|w| {
             if clear {

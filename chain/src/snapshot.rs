@@ -436,7 +436,9 @@ impl Chain {
         }
         let entries: Vec<(StateKey, StateValue)> =
             state.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let nodes = rebuild_nodes(&entries);
+        // The tree `state_from_entries` has just built, not a second one.
+        let nodes: Vec<(Prefix, trie::Node)> =
+            state.trie().nodes().map(|(p, n)| (*p, n.clone())).collect();
         self.install(&file.headers, state, |w| {
             for (k, v) in &entries {
                 w.write_state(k, Some(v))?;
@@ -628,20 +630,6 @@ pub fn read_file(input: &mut dyn Read) -> Result<SnapshotFile, SnapshotError> {
 fn state_from_entries(entries: Vec<(StateKey, StateValue)>) -> Result<State, SnapshotError> {
     leaves_of(&Prefix::ROOT, &entries).map_err(SnapshotError::Entries)?;
     Ok(State::from_entries(entries))
-}
-
-fn rebuild_nodes(entries: &[(StateKey, StateValue)]) -> Vec<(Prefix, trie::Node)> {
-    let leaves: Vec<(Hash, Hash)> = {
-        let mut v: Vec<_> = entries.iter().map(|(k, v)| (k.path(), v.hash())).collect();
-        v.sort_unstable_by_key(|a| a.0);
-        v
-    };
-    let mut writes = NodeWrites::new();
-    trie::build(&mut writes, Prefix::ROOT, &leaves);
-    writes
-        .into_iter()
-        .filter_map(|(p, n)| n.map(|n| (p, n)))
-        .collect()
 }
 
 /// The state at one final height, read from a store whose tip may have

@@ -331,9 +331,9 @@ impl Trie {
         self.nodes.len()
     }
 
-    /// Where the internal nodes are.
-    pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
-        self.nodes.keys()
+    /// The internal nodes and where they are.
+    pub fn nodes(&self) -> impl Iterator<Item = (&Prefix, &Node)> {
+        self.nodes.iter()
     }
 
     pub fn update(&self, changes: &[LeafChange]) -> Update {
