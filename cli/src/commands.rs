@@ -277,13 +277,14 @@ pub async fn agent_vm_list(home: &Home, out: Output) -> Result<()> {
         vms.iter()
             .map(|v| {
                 format!(
-                    "{} {:?} port {} cores {} quota {} mem {} MiB | cpu {:.1}s mem {:.1} GiB·h disk r/w {}/{} B",
+                    "{} {:?} port {} cores {} quota {} mem {} MiB | cpu {:.0}% now, {:.1}s in all, mem {:.1} GiB·h disk r/w {}/{} B",
                     v.id,
                     v.state,
                     v.ssh_port,
                     v.cores,
                     v.cpu_quota,
                     v.mem_mib,
+                    v.cpu_cores_now * 100.0,
                     v.usage.cpu_ns as f64 / 1e9,
                     v.usage.memory_byte_seconds / 3600.0 / (1u64 << 30) as f64,
                     v.usage.disk_read_bytes,

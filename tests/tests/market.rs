@@ -325,6 +325,11 @@ fn the_dashboard_shows_the_paused_vm(m: &Market, task: &str, vm: &str, vm_id: &s
         cell(&page, "data-vm", vm, "paused").as_deref(),
         Some("paused")
     );
+    // A paused VM burns nothing: its live CPU reads zero.
+    assert_eq!(
+        cell(&page, "data-vm", vm, "num cpu-now").as_deref(),
+        Some("0%")
+    );
     assert!(page.contains(r#"<svg id="earnings""#), "{page}");
     assert!(page.contains(r#"<table id="prices">"#), "{page}");
     assert!(page.contains(r#"<svg id="earnings-history""#), "{page}");

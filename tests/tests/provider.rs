@@ -135,6 +135,17 @@ fn operator_runs_vms_with_persistent_volumes_and_survives_kill_9() {
         let u = &vm(&home, &a_id)["usage"];
         u["cpu_ns"].as_u64().unwrap() > 0 && u["memory_bytes"].as_u64().unwrap() > 0
     });
+    // The live load (the dashboard's "CPU now") follows a busy guest.
+    ssh(
+        &key,
+        a_port,
+        "setsid sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $! > /tmp/busy",
+    )
+    .expect("start a busy loop");
+    wait_until(Duration::from_secs(20), "a busy guest's live load", || {
+        vm(&home, &a_id)["cpu_cores_now"].as_f64().unwrap() > 0.25
+    });
+    ssh(&key, a_port, "kill $(cat /tmp/busy)").expect("stop the busy loop");
 
     // A second VM without a volume.
     let b = home.json(&[

@@ -48,8 +48,15 @@ impl Runtime {
             vm.last_sample = now;
             let store = self.store();
             let mut u = store.usage(id)?;
-            u.cpu_ns += s.cpu_ns.saturating_sub(vm.last_cpu_ns);
+            let cpu_ns = s.cpu_ns.saturating_sub(vm.last_cpu_ns);
+            u.cpu_ns += cpu_ns;
             vm.last_cpu_ns = s.cpu_ns;
+            if dt > 0.0 {
+                self.cpu_now
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), cpu_ns as f64 / 1e9 / dt);
+            }
             u.memory_bytes = s.memory_bytes;
             u.memory_byte_seconds += s.memory_bytes as f64 * dt;
             u.io_read_bytes = u.io_read_bytes.max(s.io_read_bytes);
@@ -66,6 +73,10 @@ impl Runtime {
             store.put_usage(id, &u, now_ms())?;
         }
         let gone: Vec<_> = dead.iter().filter_map(|(id, _)| live.remove(id)).collect();
+        self.cpu_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains_key(id));
         drop(live);
         for vm in gone {
             // Reaps the exited process and frees what the backend set up.

@@ -131,6 +131,10 @@ pub struct VmInfo {
     pub netns: Option<String>,
     pub uid: Option<u32>,
     pub usage: UsageCounters,
+    /// Cores the VM kept busy over the last metering second (its live
+    /// load; `usage.cpu_ns` is the total billed). Zero when not running.
+    #[serde(default)]
+    pub cpu_cores_now: f64,
 }
 
 /// A VM this process has a live handle for.
@@ -152,6 +156,9 @@ pub struct Runtime {
     pub(crate) live: AsyncMutex<HashMap<String, Live>>,
     /// Per-VM tunnel byte counters (see [`Runtime::traffic_counter`]).
     pub(crate) traffic: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Each live VM's load over the last metering second, in cores. In
+    /// memory only: a rate, not something billed or recovered.
+    pub(crate) cpu_now: Mutex<HashMap<String, f64>>,
     /// One start at a time: what it takes is checked, then taken.
     starting: AsyncMutex<()>,
 }
@@ -170,6 +177,7 @@ impl Runtime {
             store: Mutex::new(store),
             live: AsyncMutex::new(HashMap::new()),
             traffic: Mutex::new(HashMap::new()),
+            cpu_now: Mutex::new(HashMap::new()),
             starting: AsyncMutex::new(()),
         });
         runtime.recover().await?;
@@ -448,6 +456,16 @@ impl Runtime {
             netns: r.spec.network.netns().map(str::to_string),
             uid: r.spec.run_as.map(|r| r.uid),
             usage,
+            cpu_cores_now: if matches!(r.state, VmState::Running) {
+                self.cpu_now
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .copied()
+                    .unwrap_or(0.0)
+            } else {
+                0.0
+            },
         })
     }
 

@@ -109,6 +109,7 @@ struct VmLine {
     cores: u32,
     memory_mib: u64,
     cpu_secs: String,
+    cpu_now: String,
     traffic: u64,
     live: bool,
 }
@@ -227,6 +228,7 @@ pub async fn provider(State(node): State<Arc<Node>>, Extension(csrf): Extension<
                         ),
                         state: format!("{:?}", v.state).to_lowercase(),
                         cpu_secs: format!("{:.1}", v.usage.cpu_ns as f64 / 1e9),
+                        cpu_now: format!("{:.0}%", v.cpu_cores_now * 100.0),
                         memory_mib: v.usage.memory_bytes >> 20,
                         traffic: v.usage.traffic_bytes,
                         cores: v.cores,
