@@ -312,6 +312,10 @@ impl Chain {
         self.state.tasks().cloned().collect()
     }
 
+    pub fn storage(&self, id: &Hash) -> Option<crate::storage::StorageRecord> {
+        self.state.storage(id)
+    }
+
     pub fn channel(&self, id: &Hash) -> Option<Channel> {
         self.state.channel(id)
     }

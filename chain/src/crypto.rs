@@ -128,6 +128,13 @@ hex_bytes!(
     "address"
 );
 hex_bytes!(
+    /// A file's id in the file network: its BitTorrent v1 info-hash
+    /// (SHA-1 of the bencoded info dictionary).
+    FileHash,
+    20,
+    "file id"
+);
+hex_bytes!(
     /// A compressed SEC1 secp256k1 public key.
     PublicKey,
     33,

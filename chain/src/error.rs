@@ -102,6 +102,28 @@ pub enum TxError {
     ReclaimTooEarly { channel: Hash, height: u64 },
     #[error("channel {0} is already settling")]
     AlreadySettling(Hash),
+    #[error("storage announcement invalid: {0}")]
+    BadStorage(String),
+    #[error("storage announcement proof of work does not meet difficulty {0}")]
+    StoragePow(u64),
+    #[error("no storage task {0}")]
+    UnknownStorage(Hash),
+    #[error("storage task {0} was cancelled")]
+    StorageCancelled(Hash),
+    #[error("storage task {task} stopped accepting at height {closed_at}")]
+    StorageClosed { task: Hash, closed_at: u64 },
+    #[error("storage task {0} already has all the replicas it asked for")]
+    StorageFull(Hash),
+    #[error("storage task {task} has taken its {max} acceptances; announce it again")]
+    StorageExhausted { task: Hash, max: usize },
+    #[error("the owner of storage task {0} cannot hold its own replica")]
+    OwnStorage(Hash),
+    #[error("node {node} already took storage task {task} (a released node may not return)")]
+    AlreadyReplica { task: Hash, node: Address },
+    #[error("storage acceptance proof of work does not meet the task's difficulty {0}")]
+    StorageAcceptancePow(u64),
+    #[error("{node} holds no replica of storage task {task}")]
+    NotAReplica { task: Hash, node: Address },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

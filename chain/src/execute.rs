@@ -10,6 +10,9 @@ use crate::genesis::Genesis;
 use crate::identity::Role;
 use crate::pow;
 use crate::state::{Account, IdentityRecord, Overlay, StateKey, StateValue};
+use crate::storage::{
+    MAX_REPLACEMENTS, StorageAcceptance, StorageAnnouncement, StorageRecord, StorageReplica,
+};
 use crate::task::{Acceptance, TaskAcceptance, TaskAnnouncement, TaskRecord};
 use crate::tx::{Amount, TxBody, VerifiedTx};
 
@@ -83,12 +86,16 @@ pub fn apply_tx(
     Ok(fee)
 }
 
-/// Credits the miner with the block reward and fees, and drops tasks whose
-/// prune height has come.
+/// Credits the miner with the block reward and fees, and drops tasks and
+/// storage tasks whose prune height has come.
 pub fn end_block(state: &mut Overlay<'_>, genesis: &Genesis, ctx: &BlockContext, fees: Amount) {
     credit(state, ctx.miner, genesis.economics.block_reward + fees);
     for id in state.tasks_due(ctx.height) {
-        state.set(StateKey::Task(id), None);
+        let key = match state.get(&StateKey::Task(id)) {
+            Some(_) => StateKey::Task(id),
+            None => StateKey::Storage(id),
+        };
+        state.set(key, None);
     }
 }
 
@@ -217,6 +224,27 @@ fn check_body(
                 });
             }
         }
+        TxBody::AnnounceStorage { announcement } => {
+            check_storage_announcement(state, genesis, ctx, sender, announcement)?;
+        }
+        TxBody::AcceptStorage { acceptance } => {
+            check_storage_acceptance(state, ctx, sender, acceptance)?;
+        }
+        TxBody::ReleaseStorage { task, node } => {
+            let s = owned_storage(state, task, sender)?;
+            if !s.holds(node) {
+                return Err(TxError::NotAReplica {
+                    task: *task,
+                    node: *node,
+                });
+            }
+        }
+        TxBody::CancelStorage { task } => {
+            let s = owned_storage(state, task, sender)?;
+            if s.cancelled_at.is_some() {
+                return Err(TxError::StorageCancelled(*task));
+            }
+        }
     }
     Ok(())
 }
@@ -308,7 +336,160 @@ fn apply_body(state: &mut Overlay<'_>, genesis: &Genesis, ctx: &BlockContext, vt
             let c = state.channel(channel).expect("checked");
             close(state, &c);
         }
+        TxBody::AnnounceStorage { announcement } => state.set_storage(StorageRecord {
+            id: vtx.hash,
+            owner: sender,
+            announcement: announcement.clone(),
+            announced_at: ctx.height,
+            cancelled_at: None,
+            replicas: vec![],
+        }),
+        TxBody::AcceptStorage { acceptance } => {
+            let mut s = state.storage(&acceptance.task).expect("checked");
+            let identity = state.identity(&sender, Role::Node).expect("checked");
+            s.replicas.push(StorageReplica {
+                node: sender,
+                public_key: identity.identity.public_key,
+                tx: vtx.hash,
+                accepted_at: ctx.height,
+                released_at: None,
+            });
+            state.set_storage(s);
+        }
+        TxBody::ReleaseStorage { task, node } => {
+            let mut s = state.storage(task).expect("checked");
+            for r in s.replicas.iter_mut().filter(|r| r.node == *node) {
+                r.released_at = Some(ctx.height);
+            }
+            state.set_storage(s);
+        }
+        TxBody::CancelStorage { task } => {
+            let mut s = state.storage(task).expect("checked");
+            s.cancelled_at = Some(ctx.height);
+            state.set_storage(s);
+        }
     }
+}
+
+fn check_storage_announcement(
+    state: &Overlay<'_>,
+    genesis: &Genesis,
+    ctx: &BlockContext,
+    sender: Address,
+    a: &StorageAnnouncement,
+) -> Result<(), TxError> {
+    a.check_fields()?;
+    check_window(genesis, ctx, a.acceptance_window, a.prune_height).map_err(TxError::BadStorage)?;
+    check_publisher(
+        state,
+        genesis,
+        sender,
+        &a.pow_hash(&sender),
+        TxError::StoragePow,
+    )
+}
+
+/// An announcement's acceptance window and prune height against the
+/// network's limits (the reason, for the caller's error variant).
+fn check_window(
+    genesis: &Genesis,
+    ctx: &BlockContext,
+    acceptance_window: u64,
+    prune_height: u64,
+) -> Result<(), String> {
+    if acceptance_window > genesis.limits.max_acceptance_window {
+        return Err(format!(
+            "acceptance_window {acceptance_window} exceeds the network limit {}",
+            genesis.limits.max_acceptance_window
+        ));
+    }
+    let earliest = ctx.height + acceptance_window;
+    let latest = ctx.height + genesis.limits.max_prune_horizon;
+    if prune_height < earliest || prune_height > latest {
+        return Err(format!(
+            "prune_height {prune_height} must lie between {earliest} (end of the acceptance window) and {latest}"
+        ));
+    }
+    Ok(())
+}
+
+/// The announcer holds a publisher identity and its announcement carries
+/// the network's least proof of work (`too_little_pow` names the kind).
+fn check_publisher(
+    state: &Overlay<'_>,
+    genesis: &Genesis,
+    sender: Address,
+    pow_hash: &Hash,
+    too_little_pow: fn(u64) -> TxError,
+) -> Result<(), TxError> {
+    if state.identity(&sender, Role::Publisher).is_none() {
+        return Err(TxError::NoIdentity(sender, Role::Publisher.name()));
+    }
+    let difficulty = genesis.pow.min_announcement_difficulty;
+    if !pow::meets(pow_hash, difficulty) {
+        return Err(too_little_pow(difficulty));
+    }
+    Ok(())
+}
+
+fn check_storage_acceptance(
+    state: &Overlay<'_>,
+    ctx: &BlockContext,
+    sender: Address,
+    a: &StorageAcceptance,
+) -> Result<(), TxError> {
+    let s = state
+        .storage(&a.task)
+        .ok_or(TxError::UnknownStorage(a.task))?;
+    if s.cancelled_at.is_some() {
+        return Err(TxError::StorageCancelled(a.task));
+    }
+    if ctx.height > s.accept_until() {
+        return Err(TxError::StorageClosed {
+            task: a.task,
+            closed_at: s.accept_until(),
+        });
+    }
+    if s.owner == sender {
+        return Err(TxError::OwnStorage(a.task));
+    }
+    if s.replica(&sender).is_some() {
+        return Err(TxError::AlreadyReplica {
+            task: a.task,
+            node: sender,
+        });
+    }
+    if s.active().count() >= s.announcement.replicas as usize {
+        return Err(TxError::StorageFull(a.task));
+    }
+    let max = s.announcement.replicas as usize + MAX_REPLACEMENTS;
+    if s.replicas.len() >= max {
+        return Err(TxError::StorageExhausted { task: a.task, max });
+    }
+    if state.identity(&sender, Role::Node).is_none() {
+        return Err(TxError::NoIdentity(sender, Role::Node.name()));
+    }
+    let difficulty = s.announcement.acceptance_difficulty;
+    if !pow::meets(&a.pow_hash(&sender), difficulty) {
+        return Err(TxError::StorageAcceptancePow(difficulty));
+    }
+    Ok(())
+}
+
+/// The storage task `id`, which only its owner may change.
+fn owned_storage(
+    state: &Overlay<'_>,
+    id: &Hash,
+    sender: Address,
+) -> Result<StorageRecord, TxError> {
+    let s = state.storage(id).ok_or(TxError::UnknownStorage(*id))?;
+    if s.owner != sender {
+        return Err(TxError::NotAllowed {
+            expected: s.owner,
+            got: sender,
+        });
+    }
+    Ok(s)
 }
 
 fn check_announcement(
@@ -324,28 +505,15 @@ fn check_announcement(
         return Err(TxError::AnnouncementTooLarge { size, max });
     }
     a.check_fields()?;
-    if a.acceptance_window > genesis.limits.max_acceptance_window {
-        return Err(TxError::BadAnnouncement(format!(
-            "acceptance_window {} exceeds the network limit {}",
-            a.acceptance_window, genesis.limits.max_acceptance_window
-        )));
-    }
-    let earliest = ctx.height + a.acceptance_window;
-    let latest = ctx.height + genesis.limits.max_prune_horizon;
-    if a.prune_height < earliest || a.prune_height > latest {
-        return Err(TxError::BadAnnouncement(format!(
-            "prune_height {} must lie between {earliest} (end of the acceptance window) and {latest}",
-            a.prune_height
-        )));
-    }
-    if state.identity(&sender, Role::Publisher).is_none() {
-        return Err(TxError::NoIdentity(sender, Role::Publisher.name()));
-    }
-    let difficulty = genesis.pow.min_announcement_difficulty;
-    if !pow::meets(&a.pow_hash(&sender), difficulty) {
-        return Err(TxError::TaskPow(difficulty));
-    }
-    Ok(())
+    check_window(genesis, ctx, a.acceptance_window, a.prune_height)
+        .map_err(TxError::BadAnnouncement)?;
+    check_publisher(
+        state,
+        genesis,
+        sender,
+        &a.pow_hash(&sender),
+        TxError::TaskPow,
+    )
 }
 
 fn check_acceptance(

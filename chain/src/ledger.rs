@@ -8,6 +8,7 @@ use crate::channel::Channel;
 use crate::crypto::{Address, Hash};
 use crate::error::ChainError;
 use crate::genesis::Genesis;
+use crate::storage::StorageRecord;
 use crate::task::TaskRecord;
 use crate::tx::{Amount, TxBody};
 
@@ -32,6 +33,20 @@ pub trait Ledger: Send + Sync + 'static {
     /// Every task still in the state (not yet pruned).
     fn tasks(&self) -> Vec<TaskRecord>;
     fn channel(&self, id: &Hash) -> Option<Channel>;
+    /// A storage task still in the state. (Ledgers of services that use
+    /// no storage tasks need not implement the storage methods.)
+    fn storage(&self, _id: &Hash) -> Option<StorageRecord> {
+        None
+    }
+    /// Every storage task still in the state (not yet pruned).
+    fn storages(&self) -> Vec<StorageRecord> {
+        Vec::new()
+    }
+    /// The hash of the canonical block at `height` (challenges of the
+    /// file network's proofs of storage are drawn from it).
+    fn block_hash(&self, _height: u64) -> Option<Hash> {
+        None
+    }
     /// Signs `body` at this account's next nonce, admits it to the mempool
     /// and gossips it; returns the transaction hash.
     fn submit(&self, body: TxBody) -> Result<Hash, ChainError>;

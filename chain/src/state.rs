@@ -1,4 +1,5 @@
-//! The ledger state: accounts, identities, open tasks and channels, with the
+//! The ledger state: accounts, identities, open tasks, storage tasks and
+//! channels, with the
 //! [`Trie`] that commits to them.
 //!
 //! The state is one map from [`StateKey`] to [`StateValue`]; each entry is a
@@ -21,6 +22,7 @@ use crate::channel::Channel;
 use crate::codec::{amount_str, encode};
 use crate::crypto::{Address, Hash, keccak256};
 use crate::identity::{Identity, Role};
+use crate::storage::StorageRecord;
 use crate::task::TaskRecord;
 use crate::trie::{self, Child, LeafChange, NodeSource, NodeWrites, Prefix, Trie, Update};
 use crate::tx::Amount;
@@ -31,12 +33,22 @@ pub enum StateKey {
     Identity(Address, Role),
     Task(Hash),
     Channel(Hash),
+    Storage(Hash),
 }
 
 impl StateKey {
     /// Where this key's leaf sits in the trie.
     pub fn path(&self) -> Hash {
         keccak256(&encode(self))
+    }
+
+    /// The id of an announcement (VM or storage task) that is dropped at
+    /// its prune height.
+    fn prunable(&self) -> Option<Hash> {
+        match self {
+            StateKey::Task(id) | StateKey::Storage(id) => Some(*id),
+            _ => None,
+        }
     }
 }
 
@@ -46,6 +58,7 @@ pub enum StateValue {
     Identity(IdentityRecord),
     Task(Box<TaskRecord>),
     Channel(Channel),
+    Storage(Box<StorageRecord>),
 }
 
 impl StateValue {
@@ -64,7 +77,17 @@ impl StateValue {
             }
             (StateKey::Task(id), StateValue::Task(t)) => t.id == *id,
             (StateKey::Channel(id), StateValue::Channel(c)) => c.id == *id,
+            (StateKey::Storage(id), StateValue::Storage(s)) => s.id == *id,
             _ => false,
+        }
+    }
+
+    /// The prune height of an announcement's record.
+    fn prune_height(&self) -> Option<u64> {
+        match self {
+            StateValue::Task(t) => Some(t.announcement.prune_height),
+            StateValue::Storage(s) => Some(s.announcement.prune_height),
+            _ => None,
         }
     }
 }
@@ -93,7 +116,8 @@ pub type Changes = BTreeMap<StateKey, Option<StateValue>>;
 /// Read access to a state, committed or pending.
 pub trait StateRead {
     fn get(&self, key: &StateKey) -> Option<StateValue>;
-    /// Ids of tasks whose prune height is at or below `height`.
+    /// Ids of tasks and storage tasks whose prune height is at or below
+    /// `height`.
     fn tasks_due(&self, height: u64) -> Vec<Hash>;
     /// The trie's nodes as this state sees them.
     fn nodes(&self) -> &dyn NodeSource;
@@ -119,8 +143,8 @@ pub fn trie_update(base: &dyn StateRead, changes: &Changes) -> Update {
 pub struct State {
     entries: BTreeMap<StateKey, StateValue>,
     trie: Trie,
-    /// (prune height, id) of every task, so a block finds the tasks it
-    /// drops without scanning them all.
+    /// (prune height, id) of every task and storage task, so a block finds
+    /// those it drops without scanning them all.
     task_expiry: BTreeSet<(u64, Hash)>,
 }
 
@@ -135,11 +159,8 @@ impl State {
             _ => None,
         };
         let task_expiry = entries
-            .values()
-            .filter_map(|v| match v {
-                StateValue::Task(t) => Some((t.announcement.prune_height, t.id)),
-                _ => None,
-            })
+            .iter()
+            .filter_map(|(k, v)| Some((v.prune_height()?, k.prunable()?)))
             .collect();
         State {
             entries,
@@ -236,6 +257,23 @@ impl State {
             })
     }
 
+    pub fn storage(&self, id: &Hash) -> Option<StorageRecord> {
+        match self.get(&StateKey::Storage(*id)) {
+            Some(StateValue::Storage(s)) => Some((**s).clone()),
+            _ => None,
+        }
+    }
+
+    /// Every storage task still in the state (not yet pruned).
+    pub fn storages(&self) -> impl Iterator<Item = &StorageRecord> {
+        self.entries
+            .range(StateKey::Storage(Hash::ZERO)..=StateKey::Storage(Hash([0xff; 32])))
+            .filter_map(|(_, v)| match v {
+                StateValue::Storage(s) => Some(&**s),
+                _ => None,
+            })
+    }
+
     pub fn channels(&self) -> impl Iterator<Item = &Channel> {
         self.entries
             .range(StateKey::Channel(Hash::ZERO)..=StateKey::Channel(Hash([0xff; 32])))
@@ -272,12 +310,12 @@ impl State {
     /// state, or through a [`Pending`] over it whose writes are all here).
     pub fn apply(&mut self, changes: Changes, root: Child, writes: NodeWrites) {
         for (key, value) in changes {
-            if let StateKey::Task(id) = key {
-                if let Some(StateValue::Task(t)) = self.entries.get(&key) {
-                    self.task_expiry.remove(&(t.announcement.prune_height, id));
+            if let Some(id) = key.prunable() {
+                if let Some(h) = self.entries.get(&key).and_then(StateValue::prune_height) {
+                    self.task_expiry.remove(&(h, id));
                 }
-                if let Some(StateValue::Task(t)) = &value {
-                    self.task_expiry.insert((t.announcement.prune_height, id));
+                if let Some(h) = value.as_ref().and_then(StateValue::prune_height) {
+                    self.task_expiry.insert((h, id));
                 }
             }
             match value {
@@ -391,21 +429,21 @@ impl NodeSource for Pending<'_> {
     }
 }
 
-/// Tasks due at `height`: those of the base, less those `changes` delete,
-/// plus those `changes` add. (A task's prune height never changes.)
+/// Tasks (and storage tasks) due at `height`: those of the base, less
+/// those `changes` delete, plus those `changes` add. (A prune height never
+/// changes.)
 fn due_with(base: Vec<Hash>, changes: &Changes, height: u64) -> Vec<Hash> {
     let mut due: BTreeSet<Hash> = base.into_iter().collect();
     for (key, value) in changes {
-        if let StateKey::Task(id) = key {
-            match value {
-                Some(StateValue::Task(t)) if t.announcement.prune_height <= height => {
-                    due.insert(*id);
-                }
-                None => {
-                    due.remove(id);
-                }
-                _ => {}
+        let Some(id) = key.prunable() else { continue };
+        match value.as_ref().map(|v| v.prune_height()) {
+            Some(Some(h)) if h <= height => {
+                due.insert(id);
             }
+            None => {
+                due.remove(&id);
+            }
+            _ => {}
         }
     }
     due.into_iter().collect()
@@ -484,6 +522,20 @@ impl<'a> Overlay<'a> {
             Some(StateValue::Channel(c)) => Some(c),
             _ => None,
         }
+    }
+
+    pub fn storage(&self, id: &Hash) -> Option<StorageRecord> {
+        match self.get(&StateKey::Storage(*id)) {
+            Some(StateValue::Storage(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
+    pub fn set_storage(&mut self, storage: StorageRecord) {
+        self.set(
+            StateKey::Storage(storage.id),
+            Some(StateValue::Storage(Box::new(storage))),
+        );
     }
 
     pub fn set_channel(&mut self, channel: Channel) {

@@ -43,7 +43,7 @@ use crate::crypto::Hash;
 use crate::error::{ChainError, Result};
 use crate::state::{StateKey, StateValue, Undo};
 use crate::trie::{Node, Prefix};
-use crate::tx::{SignedTx, TxBody};
+use crate::tx::SignedTx;
 
 /// The meta key naming the state root the trie table's tree is of.
 const TRIE_ROOT: &str = "trie_root";
@@ -493,10 +493,7 @@ impl StoreTx<'_> {
             "INSERT OR IGNORE INTO block_txs (block, idx, hash, body, prune_height) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (i, tx) in block.txs.iter().enumerate() {
-            let prune_height = match &tx.tx.body {
-                TxBody::AnnounceTask { announcement } => Some(announcement.prune_height as i64),
-                _ => None,
-            };
+            let prune_height = tx.tx.body.prune_height().map(|h| h as i64);
             stmt.execute(params![
                 &hash.0[..],
                 i as i64,

@@ -194,6 +194,20 @@ impl crate::Ledger for TestLedger {
     fn channel(&self, id: &crate::Hash) -> Option<crate::Channel> {
         self.chain.chain().channel(id)
     }
+    fn storage(&self, id: &crate::Hash) -> Option<crate::StorageRecord> {
+        self.chain.chain().storage(id)
+    }
+    fn storages(&self) -> Vec<crate::StorageRecord> {
+        self.chain.chain().state().storages().cloned().collect()
+    }
+    fn block_hash(&self, height: u64) -> Option<crate::Hash> {
+        self.chain
+            .chain()
+            .store()
+            .canonical_hash(height)
+            .ok()
+            .flatten()
+    }
     fn submit(&self, body: TxBody) -> Result<crate::Hash, crate::ChainError> {
         let mut chain = self.chain.chain();
         let tx = signed(&chain, &self.key, body);

@@ -10,6 +10,7 @@ use crate::crypto::{
 };
 use crate::error::{ChainError, TxError};
 use crate::identity::Identity;
+use crate::storage::{StorageAcceptance, StorageAnnouncement};
 use crate::task::{TaskAcceptance, TaskAnnouncement};
 
 /// Balances and prices, in base units.
@@ -77,6 +78,23 @@ pub enum TxBody {
     ChannelReclaim {
         channel: Hash,
     },
+    /// By a file's owner: pay nodes to keep replicas of it.
+    AnnounceStorage {
+        announcement: StorageAnnouncement,
+    },
+    /// By a storage node: takes one replica slot.
+    AcceptStorage {
+        acceptance: StorageAcceptance,
+    },
+    /// By the owner: `node`'s replica failed; its slot is free again.
+    ReleaseStorage {
+        task: Hash,
+        node: Address,
+    },
+    /// By the owner: no more acceptances; replicas stop holding.
+    CancelStorage {
+        task: Hash,
+    },
 }
 
 impl TxBody {
@@ -93,6 +111,20 @@ impl TxBody {
             TxBody::ChannelClose { .. } => "channel_close",
             TxBody::ChannelSettle { .. } => "channel_settle",
             TxBody::ChannelReclaim { .. } => "channel_reclaim",
+            TxBody::AnnounceStorage { .. } => "announce_storage",
+            TxBody::AcceptStorage { .. } => "accept_storage",
+            TxBody::ReleaseStorage { .. } => "release_storage",
+            TxBody::CancelStorage { .. } => "cancel_storage",
+        }
+    }
+
+    /// The height after which a node may drop this transaction's body
+    /// (announcements only).
+    pub fn prune_height(&self) -> Option<u64> {
+        match self {
+            TxBody::AnnounceTask { announcement } => Some(announcement.prune_height),
+            TxBody::AnnounceStorage { announcement } => Some(announcement.prune_height),
+            _ => None,
         }
     }
 

@@ -8,7 +8,10 @@ use zennet_chain::identity::{Identity, Role};
 use zennet_chain::task::{
     CoreChoice, ImageChoice, Rates, TaskAcceptance, TaskAnnouncement, VmRequirements,
 };
-use zennet_chain::{Block, Header, SignedTx, SignedVoucher, Transaction, TxBody, Voucher};
+use zennet_chain::{
+    Block, FileHash, Header, SignedTx, SignedVoucher, StorageAcceptance, StorageAnnouncement,
+    Transaction, TxBody, Voucher,
+};
 
 fn hash() -> impl Strategy<Value = Hash> {
     any::<[u8; 32]>().prop_map(Hash)
@@ -36,6 +39,28 @@ fn voucher() -> impl Strategy<Value = SignedVoucher> {
             },
             signature: sig,
         })
+}
+fn storage_announcement() -> impl Strategy<Value = StorageAnnouncement> {
+    (
+        (any::<[u8; 20]>(), any::<u64>(), hash(), any::<u16>()),
+        (any::<u128>(), any::<u64>(), any::<u32>()),
+        proptest::array::uniform4(any::<u64>()),
+    )
+        .prop_map(
+            |((f, size, root, replicas), (price, ends, every), p)| StorageAnnouncement {
+                file: FileHash(f),
+                size,
+                merkle_root: root,
+                replicas,
+                price_per_gib_hour: price,
+                ends_at_ms: ends,
+                challenge_secs: every,
+                acceptance_window: p[0],
+                acceptance_difficulty: p[1],
+                prune_height: p[2],
+                pow_nonce: p[3],
+            },
+        )
 }
 fn short_string() -> impl Strategy<Value = String> {
     "[a-z0-9.:/-]{0,40}"
@@ -157,6 +182,12 @@ fn body() -> impl Strategy<Value = TxBody> {
             .prop_map(|(channel, voucher)| TxBody::ChannelClose { channel, voucher }),
         hash().prop_map(|channel| TxBody::ChannelSettle { channel }),
         hash().prop_map(|channel| TxBody::ChannelReclaim { channel }),
+        storage_announcement().prop_map(|announcement| TxBody::AnnounceStorage { announcement }),
+        (hash(), any::<u64>()).prop_map(|(task, pow_nonce)| TxBody::AcceptStorage {
+            acceptance: StorageAcceptance { task, pow_nonce }
+        }),
+        (hash(), address()).prop_map(|(task, node)| TxBody::ReleaseStorage { task, node }),
+        hash().prop_map(|task| TxBody::CancelStorage { task }),
     ]
 }
 
