@@ -52,6 +52,39 @@ pub struct GetRequest {
     /// The file key of an encrypted file (default: derived from this node's key).
     #[serde(default)]
     pub key: Option<String>,
+    /// Trackers to ask for stock BitTorrent seeders, beside those the
+    /// Zennet seeders name.
+    #[serde(default)]
+    pub trackers: Vec<String>,
+    /// BEP 19 web seeds (URLs of the file, or of a directory of files).
+    #[serde(default)]
+    pub web_seeds: Vec<String>,
+    /// Take parts only over these protocols (`zennet`, `bittorrent`,
+    /// `http`); empty: all. Zennet seeders are asked for the metainfo
+    /// either way.
+    #[serde(default)]
+    pub protocols: Vec<String>,
+}
+
+impl GetRequest {
+    /// Whether parts may come over `protocol`.
+    pub fn allows(&self, protocol: &str) -> bool {
+        self.protocols.is_empty() || self.protocols.iter().any(|p| p == protocol)
+    }
+
+    /// A download of `id` to `out`, everything else as configured.
+    pub fn new(id: FileId, out: PathBuf) -> GetRequest {
+        GetRequest {
+            id,
+            dir: out.parent().map(PathBuf::from).unwrap_or_default(),
+            out: Some(out),
+            max_price_per_mib: None,
+            key: None,
+            trackers: vec![],
+            web_seeds: vec![],
+            protocols: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +128,12 @@ pub struct TransferView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeederView {
+    /// A Zennet seeder's peer id, a BitTorrent peer's address, a web
+    /// seed's URL.
     pub peer: String,
+    /// `zennet` (the part protocol, paid), `bittorrent` or `http`.
+    #[serde(default)]
+    pub protocol: String,
     pub address: Option<Address>,
     #[serde(with = "amount_str")]
     pub price_per_mib: u128,
@@ -203,6 +241,60 @@ pub struct StatusView {
     pub earned: u128,
     #[serde(with = "amount_str")]
     pub spent: u128,
+    /// The BitTorrent listener and tracker.
+    #[serde(default)]
+    pub bittorrent: Option<BtView>,
+}
+
+/// Stock BitTorrent clients served by this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BtView {
+    /// The peer listener (None: `[fs] bt_listen = "off"`).
+    pub listen: Option<String>,
+    /// This node's client prefix in its peer ids.
+    pub peer_id: String,
+    /// Peers connected now, and the cap.
+    pub peers: usize,
+    pub max_peers: usize,
+    /// Blocks and bytes served to stock clients.
+    pub served_bytes: u64,
+    pub served_blocks: u64,
+    /// Connections closed at once because every slot was taken.
+    pub refused_over_cap: u64,
+    /// Peers dropped for breaking the protocol (the last reason below).
+    pub dropped: u64,
+    pub last_drop: Option<String>,
+    /// What the tracker knows of each file seeded here.
+    pub swarms: Vec<SwarmView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmView {
+    pub id: FileId,
+    pub seeders: usize,
+    pub leechers: usize,
+}
+
+/// What `.torrent` to make of a file held here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TorrentRequest {
+    /// Leave out this node's tracker.
+    #[serde(default)]
+    pub no_tracker: bool,
+    /// Leave out this node's HTTP web seed.
+    #[serde(default)]
+    pub no_web_seed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TorrentView {
+    pub id: FileId,
+    pub name: String,
+    pub announce: Option<String>,
+    pub web_seeds: Vec<String>,
+    pub magnet: String,
+    /// The `.torrent` file, hex.
+    pub torrent: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,4 +320,96 @@ pub mod opt_amount {
             .map(|s| s.parse().map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+/// `fs store`: pay nodes to keep replicas of a file held here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreRequest {
+    pub id: FileId,
+    pub replicas: u16,
+    /// How long the replicas are kept (and paid for).
+    pub duration_secs: u64,
+    /// The price offered per GiB-hour (the most this pays).
+    #[serde(with = "amount_str")]
+    pub price_per_gib_hour: u128,
+    /// Mean seconds between challenges (default `[fs.store] challenge_secs`).
+    #[serde(default)]
+    pub challenge_secs: Option<u32>,
+}
+
+/// The storage tasks this node announced and the contracts it holds for
+/// others (`fs replicas`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageView {
+    pub tasks: Vec<StorageTaskView>,
+    pub held: Vec<HeldView>,
+}
+
+/// A storage task this node announced, with its replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageTaskView {
+    pub task: zennet_chain::Hash,
+    pub file: FileId,
+    /// The file's name if it is still in the store here.
+    pub name: String,
+    pub size: u64,
+    pub merkle_root: zennet_chain::Hash,
+    pub replicas_wanted: u16,
+    #[serde(with = "amount_str")]
+    pub price_per_gib_hour: u128,
+    pub ends_at_ms: u64,
+    pub challenge_secs: u32,
+    /// `announcing`, `open`, `cancelled`, `ended` or `lost` (never mined).
+    pub state: String,
+    /// Replicas that passed a challenge and are challenged on.
+    pub holding: usize,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub node: Address,
+    /// `fetching`, `holding`, `failed`, `released` or `ended`.
+    pub state: String,
+    pub since_ms: u64,
+    /// Challenges sent.
+    pub rounds: u32,
+    pub passed: u32,
+    /// Answered "still fetching" within the fetch allowance.
+    pub not_ready: u32,
+    pub failed: u32,
+    /// What its passes earned, and what was vouched of it.
+    #[serde(with = "amount_str")]
+    pub owed: u128,
+    #[serde(with = "amount_str")]
+    pub paid: u128,
+    pub failure: Option<String>,
+    pub release_tx: Option<zennet_chain::Hash>,
+    /// The last rounds: block, leaves asked, outcome, what each paid.
+    pub history: Vec<crate::replica::Round>,
+}
+
+/// A contract this node holds for another node's file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldView {
+    pub task: zennet_chain::Hash,
+    pub file: FileId,
+    pub owner: Address,
+    /// `accepting`, `fetching`, `holding`, `dropped` or `ended`.
+    pub state: String,
+    pub size: u64,
+    #[serde(with = "amount_str")]
+    pub price_per_gib_hour: u128,
+    pub ends_at_ms: u64,
+    pub held_since_ms: Option<u64>,
+    /// Earned by holding, and paid by the owner's vouchers.
+    #[serde(with = "amount_str")]
+    pub accrued: u128,
+    #[serde(with = "amount_str")]
+    pub paid: u128,
+    /// Challenges answered with proofs, and vouchers taken for them.
+    pub answered: u32,
+    pub receipts: u32,
+    pub reason: Option<String>,
 }

@@ -182,6 +182,15 @@ impl Channels {
 
 impl PartPayer for Channels {
     fn prepare(&self, payee: Address, budget: Amount) -> BoxFuture<'_, Result<(), FsError>> {
+        self.prepare_ahead(payee, budget, budget)
+    }
+
+    fn prepare_ahead(
+        &self,
+        payee: Address,
+        budget: Amount,
+        deposit: Amount,
+    ) -> BoxFuture<'_, Result<(), FsError>> {
         Box::pin(async move {
             let o = {
                 // Held from choosing to marking it used, so an idle
@@ -191,7 +200,7 @@ impl PartPayer for Channels {
                     payee,
                     budget,
                     self.min_expiry(),
-                    budget.max(self.terms.min_deposit),
+                    deposit.max(budget).max(self.terms.min_deposit),
                 )?;
                 using.insert(payee, o.channel);
                 self.touch(o.channel);

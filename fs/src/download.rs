@@ -5,15 +5,26 @@
 //! written or paid for; a seeder that sends a bad part is dropped and not
 //! paid for it; the bitfield is persisted as parts land, so a rerun after
 //! `kill -9` resumes where the last one stopped.
+//!
+//! One download takes parts over several protocols at once: each source
+//! is a [`PartSource`] (the part protocol's [`ZennetSource`] here, stock
+//! BitTorrent peers found through trackers in `bittorrent::fetch`, BEP 19
+//! web seeds in `webseed`), run by the same [`session`] loop and fed by
+//! the same scheduler, every part verified the same way. Only Zennet
+//! seeders are paid; web seeds are taken only from seeders that offer the
+//! file for free (a priced seeder is paid over the part protocol, never
+//! fetched from for free), or from `--web-seed`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::AsyncReadExt;
 use futures::io::{ReadHalf, WriteHalf};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use zennet_chain::{Address, Amount, SignedVoucher};
 use zennet_net::PeerId;
@@ -21,6 +32,7 @@ use zennet_net::content::{Stream, stream_protocol};
 
 use crate::api::{GetRequest, SeederView, TransferState, TransferView};
 use crate::bitfield::Bitfield;
+use crate::bittorrent::fetch as bt_fetch;
 use crate::crypt::{self, FileKey};
 use crate::error::{CryptError, FsError, PaymentError, StoreError, WireError};
 use crate::metainfo::{FileId, Metainfo, PIECE_LEN};
@@ -29,7 +41,8 @@ use crate::payment::part_cost;
 use crate::schedule::{Delivery, Dropped, ScheduleConfig, Scheduler};
 use crate::service::{Fs, Role};
 use crate::store::{ExportTarget, now_ms};
-use crate::wire::{self, Frame, Offer};
+use crate::webseed::WebSeed;
+use crate::wire::{self, Frame, Offer, PROTOCOL_BITTORRENT};
 
 /// Opening a stream and getting the offer.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -314,6 +327,7 @@ async fn fetch(
             .iter()
             .map(|(s, b)| SeederView {
                 peer: s.peer.to_string(),
+                protocol: wire::PROTOCOL_ZENNET.into(),
                 address: s.address,
                 price_per_mib: s.offer.price_per_mib,
                 offered_parts: b.count(),
@@ -328,6 +342,8 @@ async fn fetch(
     if have.is_complete() {
         return Ok(());
     }
+    // Web seeds and trackers the free seeders name, and those asked for.
+    let others = Others::gather(fs, req, &usable);
     // Channels to the seeders that charge, ready for what they may serve.
     let prepared = futures::future::join_all(usable.iter().map(|(s, b)| {
         let price = s.offer.price_per_mib;
@@ -339,6 +355,11 @@ async fn fetch(
             + part_cost(price, PIECE_LEN) * 8;
         let payer = fs.payer.clone();
         let address = s.address;
+        let price = if req.allows(wire::PROTOCOL_ZENNET) {
+            price
+        } else {
+            0
+        };
         async move {
             match (price, address) {
                 (0, _) => Ok(()),
@@ -356,18 +377,39 @@ async fn fetch(
         notify: Notify::new(),
         t: t.clone(),
         start: Instant::now(),
+        connecting: AtomicUsize::new(0),
     });
     let mut sessions = JoinSet::new();
     for (key, ((s, bits), ready)) in usable.into_iter().zip(prepared).enumerate() {
+        if !req.allows(wire::PROTOCOL_ZENNET) {
+            t.lock().seeders[key].state = "not asked for parts (--protocol)".into();
+            continue;
+        }
         if let Err(e) = ready {
             refused.push(format!("{}: {e}", short(&s.peer)));
             t.lock().seeders[key].state = e.to_string();
             continue;
         }
-        let offset = (meta.piece_count() / 3).saturating_mul(key as u32);
-        shared.sched().add_peer(key, bits, offset);
-        sessions.spawn(session(shared.clone(), s, key));
+        let source = ZennetSource::new(s, fs.config.window);
+        shared.add_source(key, bits);
+        sessions.spawn(session(shared.clone(), source, key));
     }
+    for w in others.web_seeds {
+        let (key, bits) = shared.join(&w.url, wire::PROTOCOL_HTTP, Some(w.bits));
+        shared.add_source(key, bits);
+        let source = WebSeed::new(w.url, meta.clone());
+        sessions.spawn(session(shared.clone(), source, key));
+    }
+    // Stock BitTorrent seeders, found through trackers as the download runs.
+    let (found_tx, mut found) = mpsc::channel::<SocketAddr>(64);
+    let finder = others.trackers.map(|trackers| {
+        AbortOnDrop(tokio::spawn(bt_fetch::find_peers(
+            shared.clone(),
+            trackers,
+            found_tx,
+        )))
+    });
+    let mut bt_peers: HashSet<SocketAddr> = others.skip;
     let mut fatal = None;
     loop {
         tokio::select! {
@@ -384,6 +426,15 @@ async fn fetch(
                     sessions.abort_all();
                 }
             },
+            Some(addr) = found.recv() => {
+                if !bt_peers.insert(addr) || bt_peers.len() > MAX_BT_PEERS + 64 || shared.sched().is_complete() {
+                    continue;
+                }
+                let (key, bits) = shared.join(&addr.to_string(), PROTOCOL_BITTORRENT, None);
+                shared.add_source(key, bits);
+                shared.connecting.fetch_add(1, Ordering::SeqCst);
+                sessions.spawn(bt_fetch::session(shared.clone(), addr, key));
+            }
             _ = tokio::time::sleep(TICK) => {
                 let now = shared.now();
                 let slow = shared.sched().expire(now);
@@ -391,12 +442,13 @@ async fn fetch(
                     t.lock().seeders[key].state = Dropped::Slow.to_string();
                 }
                 shared.notify.notify_waiters();
-                if shared.sched().stalled() {
+                if shared.connecting.load(Ordering::SeqCst) == 0 && shared.sched().stalled() {
                     sessions.abort_all();
                 }
             }
         }
     }
+    drop(finder);
     if let Some(e) = fatal {
         return Err(e);
     }
@@ -415,6 +467,103 @@ async fn fetch(
     })
 }
 
+/// Stock BitTorrent peers used at once per download, at most.
+const MAX_BT_PEERS: usize = 16;
+
+/// Sources beside the Zennet seeders: BEP 19 web seeds and the trackers
+/// that find stock BitTorrent peers.
+struct Others {
+    web_seeds: Vec<WebSeedUrl>,
+    /// None: no BitTorrent (no listener here, or not allowed).
+    trackers: Option<Vec<String>>,
+    /// Peer addresses not to dial: the Zennet seeders' own BitTorrent
+    /// listeners (they serve over the part protocol already) and ours.
+    skip: HashSet<SocketAddr>,
+}
+
+struct WebSeedUrl {
+    url: String,
+    bits: Bitfield,
+}
+
+impl Others {
+    /// Web seeds of free offers (a priced seeder is paid over the part
+    /// protocol, never fetched from for free), the trackers the offers
+    /// name, and what the request adds.
+    fn gather(fs: &Fs, req: &GetRequest, usable: &[(Source, Bitfield)]) -> Others {
+        let mut others = Others {
+            web_seeds: vec![],
+            trackers: None,
+            skip: HashSet::new(),
+        };
+        let n = usable.first().map_or(0, |(_, b)| b.len());
+        let mut trackers = req.trackers.clone();
+        for (s, bits) in usable {
+            if let Some(url) = s.offer.endpoint(wire::PROTOCOL_HTTP)
+                && s.offer.price_per_mib == 0
+            {
+                others.web_seeds.push(WebSeedUrl {
+                    url: url.to_string(),
+                    bits: bits.clone(),
+                });
+            }
+            if let Some(url) = s.offer.endpoint(wire::PROTOCOL_TRACKER) {
+                trackers.push(url.to_string());
+            }
+            if let Some(addr) = s
+                .offer
+                .endpoint(PROTOCOL_BITTORRENT)
+                .and_then(|a| a.parse().ok())
+            {
+                others.skip.insert(addr);
+            }
+        }
+        for url in &req.web_seeds {
+            others.web_seeds.push(WebSeedUrl {
+                url: url.clone(),
+                bits: Bitfield::full(n),
+            });
+        }
+        trackers.sort();
+        trackers.dedup();
+        if !req.allows(wire::PROTOCOL_HTTP) {
+            others.web_seeds.clear();
+        }
+        if !req.allows(PROTOCOL_BITTORRENT) {
+            return others;
+        }
+        if let Some(own) = fs.bt.listen_addr() {
+            others.skip.insert(own);
+            others.trackers = Some(trackers);
+        } else if !trackers.is_empty() {
+            tracing::info!("no BitTorrent listener here ([fs] bt_listen): trackers not asked");
+        }
+        others
+    }
+}
+
+/// Fetches every missing part of `id` into the store, paying no seeder
+/// more than `max_price_per_mib`, without exporting it: a storage node
+/// filling a replica.
+pub(crate) async fn fetch_into_store(
+    fs: &Arc<Fs>,
+    id: FileId,
+    max_price_per_mib: Amount,
+) -> Result<(), FsError> {
+    let req = GetRequest {
+        id,
+        out: None,
+        dir: PathBuf::new(),
+        max_price_per_mib: Some(max_price_per_mib),
+        key: None,
+        trackers: vec![],
+        web_seeds: vec![],
+        protocols: vec![],
+    };
+    let known = fs.store.file(&id).map(|f| f.meta);
+    fetch(fs, &Arc::new(Transfer::new(id)), &req, known).await
+}
+
 async fn fetch_meta(s: &mut Source, id: &FileId) -> Result<Metainfo, String> {
     let ask = async {
         wire::write(&mut s.wr, &Frame::GetMeta).await?;
@@ -431,13 +580,17 @@ async fn fetch_meta(s: &mut Source, id: &FileId) -> Result<Metainfo, String> {
     }
 }
 
-struct Shared {
-    fs: Arc<Fs>,
-    meta: Arc<Metainfo>,
+/// What every session of one download shares.
+pub(crate) struct Shared {
+    pub(crate) fs: Arc<Fs>,
+    pub(crate) meta: Arc<Metainfo>,
     sched: Mutex<Scheduler<usize>>,
     notify: Notify,
     t: Arc<Transfer>,
     start: Instant,
+    /// BitTorrent peers being connected to: the download is not stalled
+    /// while one may still bring missing parts.
+    pub(crate) connecting: AtomicUsize,
 }
 
 impl Shared {
@@ -449,111 +602,187 @@ impl Shared {
         self.start.elapsed()
     }
 
-    fn give_up(&self, key: usize, why: Dropped) {
+    /// Bytes still missing (what a tracker announce calls `left`).
+    pub(crate) fn left(&self) -> u64 {
+        let v = self.t.lock();
+        v.length.saturating_sub(v.have_bytes)
+    }
+
+    pub(crate) fn give_up(&self, key: usize, why: Dropped) {
         tracing::info!(seeder = %self.t.lock().seeders[key].peer, reason = %why, "seeder dropped");
         self.t.lock().seeders[key].state = why.to_string();
         self.sched().drop_peer(key, why);
         self.notify.notify_waiters();
     }
+
+    /// A new source's row in the transfer: its key and what it holds
+    /// (`bits`, or nothing until it says).
+    fn join(&self, peer: &str, protocol: &str, bits: Option<Bitfield>) -> (usize, Bitfield) {
+        let bits = bits.unwrap_or_else(|| Bitfield::new(self.meta.piece_count()));
+        let mut v = self.t.lock();
+        v.seeders.push(SeederView {
+            peer: peer.to_string(),
+            protocol: protocol.to_string(),
+            address: None,
+            price_per_mib: 0,
+            offered_parts: bits.count(),
+            parts: 0,
+            bytes: 0,
+            paid: 0,
+            state: "using".into(),
+        });
+        (v.seeders.len() - 1, bits)
+    }
+
+    /// Starts scheduling for source `key` (each starts in its own place).
+    fn add_source(&self, key: usize, bits: Bitfield) {
+        let offset = (self.meta.piece_count() / 3).saturating_mul(key as u32);
+        self.sched().add_peer(key, bits, offset);
+    }
 }
 
-/// One seeder: keep up to `window` parts asked, verify each one that
-/// arrives, store it, pay for it, ask for the next. `Err` only for what
-/// ends the whole download (the local store or the payer failing).
-async fn session(sh: Arc<Shared>, mut s: Source, key: usize) -> Result<(), FsError> {
-    let mut owed = Owed::default();
-    let result = run_session(&sh, &mut s, key, &mut owed).await;
-    // A voucher signed (so recorded and booked as paid) but not sent yet
-    // goes out however the session ended, or the seeder could claim less
-    // than this side counts as paid until the next transfer to it.
-    if owed.signing.is_some() {
-        let _ = tokio::time::timeout(HELLO_TIMEOUT, owed.finish(&mut s)).await;
+/// What a source reports to its session.
+pub(crate) enum Event {
+    /// A whole part, not verified yet.
+    Part(u32, Vec<u8>),
+    /// It holds these parts now.
+    Has(Vec<u32>),
+    /// These parts it was asked for will not come (it choked us).
+    Lost(Vec<u32>),
+    /// Nothing to act on (e.g. it unchoked us).
+    Ready,
+}
+
+/// A transport that delivers whole parts: the part protocol
+/// ([`ZennetSource`]), the BitTorrent peer wire
+/// ([`bt_fetch::BtSource`]), an HTTP web seed ([`WebSeed`]). A new
+/// transport is one more implementation; [`session`] runs them all the
+/// same way (scheduling, SHA-1 verification, storing, counting).
+pub(crate) trait PartSource: Send {
+    /// Parts that may be in flight now (0 while it will not serve).
+    fn room(&self) -> usize;
+    /// Asks for part `index` (sent at the latest by [`PartSource::flush`]).
+    fn ask(&mut self, index: u32) -> impl Future<Output = Result<(), Dropped>> + Send;
+    fn flush(&mut self) -> impl Future<Output = Result<(), Dropped>> + Send;
+    /// What the source sent next. Cancel-safe: the session also waits for
+    /// other things.
+    fn recv(&mut self) -> impl Future<Output = Result<Event, Dropped>> + Send;
+    /// Part `index` from this source verified; a source that charges is
+    /// paid here. `idle`: nothing else is in flight. The outer error ends
+    /// the whole download (the payer failing).
+    fn verified(
+        &mut self,
+        _sh: &Arc<Shared>,
+        _key: usize,
+        _len: u64,
+        _idle: bool,
+    ) -> impl Future<Output = Result<Result<(), Dropped>, FsError>> + Send {
+        async { Ok(Ok(())) }
     }
+    /// It sent a corrupt part and is about to be dropped.
+    fn corrupt(&mut self, _sh: &Arc<Shared>, _key: usize) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The download is complete.
+    fn done(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The session ends, however it ended.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// One source: keep it asked as much as it takes, verify each part that
+/// arrives, store it, count it (and pay for it), ask for the next. `Err`
+/// only for what ends the whole download (the local store or the payer
+/// failing).
+pub(crate) async fn session<S: PartSource>(
+    sh: Arc<Shared>,
+    mut s: S,
+    key: usize,
+) -> Result<(), FsError> {
+    let result = run_session(&sh, &mut s, key).await;
+    s.close().await;
     result
 }
 
-async fn run_session(
+async fn run_session<S: PartSource>(
     sh: &Arc<Shared>,
-    s: &mut Source,
+    s: &mut S,
     key: usize,
-    owed: &mut Owed,
 ) -> Result<(), FsError> {
-    let price = s.offer.price_per_mib;
-    let window = sh
-        .fs
-        .config
-        .window
-        .min((s.offer.credit_parts as usize / 2).max(1))
-        .max(1);
-    // What the seeder may see unpaid: the window in flight, a batch whose
-    // voucher is being signed and one being gathered; all fit in its credit.
-    let pay_every = PAY_EVERY
-        .min((s.offer.credit_parts as usize).saturating_sub(window) / 2)
-        .max(1);
-    let mut asked: VecDeque<u32> = VecDeque::new();
+    let mut asked: HashSet<u32> = HashSet::new();
     loop {
         if sh.sched().dropped(key).is_some() {
             return Ok(());
         }
-        while asked.len() < window {
+        while asked.len() < s.room() {
             let Some(i) = sh.sched().next(key, sh.now()) else {
                 break;
             };
-            if let Err(e) = wire::write(&mut s.wr, &Frame::Get { index: i }).await {
-                sh.give_up(key, Dropped::Gone(e.to_string()));
+            if let Err(why) = s.ask(i).await {
+                sh.give_up(key, why);
                 return Ok(());
             }
-            asked.push_back(i);
+            asked.insert(i);
         }
-        if let Err(e) = wire::flush(&mut s.wr).await {
-            sh.give_up(key, Dropped::Gone(e.to_string()));
+        if let Err(why) = s.flush().await {
+            sh.give_up(key, why);
             return Ok(());
         }
-        if asked.is_empty() {
-            if sh.sched().is_complete() {
-                s.bye().await;
-                sh.t.lock().seeders[key].state = "done".into();
-                return Ok(());
-            }
-            tokio::select! {
-                _ = sh.notify.notified() => {}
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            continue;
+        if asked.is_empty() && sh.sched().is_complete() {
+            s.done().await;
+            sh.t.lock().seeders[key].state = "done".into();
+            return Ok(());
         }
-        let frame = tokio::select! {
-            f = wire::read(&mut s.rd) => f,
-            why = given_up(sh, key) => {
-                if let Some(why) = why {
-                    sh.give_up(key, why);
+        let event = if asked.is_empty() {
+            // Nothing to ask it now: wait for work, or for it to say
+            // something (a BitTorrent peer's have or unchoke).
+            tokio::select! {
+                _ = sh.notify.notified() => continue,
+                _ = tokio::time::sleep(TICK) => continue,
+                e = s.recv() => e,
+            }
+        } else {
+            tokio::select! {
+                e = s.recv() => e,
+                why = given_up(sh, key) => {
+                    if let Some(why) = why {
+                        sh.give_up(key, why);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
             }
         };
-        let (index, bytes) = match frame {
-            Ok(Frame::Part { index, bytes }) if asked.front() == Some(&index) => (index, bytes),
-            Ok(Frame::Part { index, .. }) => {
-                sh.give_up(key, Dropped::Protocol(format!("sent part {index} unasked")));
+        let (index, bytes) = match event {
+            Err(why) => {
+                sh.give_up(key, why);
                 return Ok(());
             }
-            Ok(Frame::Refused { reason }) => {
-                sh.give_up(key, Dropped::Gone(format!("refused: {reason}")));
-                return Ok(());
+            Ok(Event::Ready) => continue,
+            Ok(Event::Has(parts)) => {
+                let mut sched = sh.sched();
+                let new = parts.into_iter().filter(|i| sched.has(key, *i)).count();
+                drop(sched);
+                sh.t.lock().seeders[key].offered_parts += new as u32;
+                sh.notify.notify_waiters();
+                continue;
             }
-            Ok(other) => {
-                sh.give_up(key, Dropped::Protocol(format!("sent {other:?}")));
-                return Ok(());
+            Ok(Event::Lost(parts)) => {
+                let mut sched = sh.sched();
+                for i in parts {
+                    asked.remove(&i);
+                    sched.release(key, i);
+                }
+                continue;
             }
-            Err(WireError::Closed) => {
-                sh.give_up(key, Dropped::Gone("closed the stream".into()));
-                return Ok(());
-            }
-            Err(e) => {
-                sh.give_up(key, Dropped::Protocol(e.to_string()));
-                return Ok(());
-            }
+            Ok(Event::Part(index, bytes)) => (index, bytes),
         };
-        asked.pop_front();
+        if !asked.remove(&index) {
+            sh.give_up(key, Dropped::Protocol(format!("sent part {index} unasked")));
+            return Ok(());
+        }
         let len = bytes.len() as u64;
         let store = sh.fs.store.clone();
         let id = sh.meta.id;
@@ -564,20 +793,13 @@ async fn run_session(
             Ok(_) => {}
             Err(StoreError::BadPart { .. }) => {
                 // Not written, not paid for; the good parts before it are.
-                let _ = owed.settle(sh, s, key).await;
+                s.corrupt(sh, key).await;
                 sh.give_up(key, Dropped::Corrupt(index));
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         }
         let delivery = sh.sched().delivered(key, index, len, sh.now());
-        let cost = part_cost(price, len);
-        if cost > 0 {
-            let payee = s.address.expect("paid offers come from chain addresses");
-            sh.fs
-                .book(payee, Role::Spent, Account::served(1, len, cost), false);
-            owed.add(cost);
-        }
         {
             let mut v = sh.t.lock();
             let seeder = &mut v.seeders[key];
@@ -592,20 +814,146 @@ async fn run_session(
                 Delivery::Duplicate => v.duplicate_parts += 1,
             }
         }
-        // Nothing in flight: the seeder is idle or done, so settle now
-        // rather than leave verified parts unpaid.
-        let paid = if asked.is_empty() {
-            owed.settle(sh, s, key).await?
-        } else if owed.parts >= pay_every {
-            owed.start(sh, s, key).await?
-        } else {
-            owed.send_if_ready(s).await?
-        };
-        if let Err(e) = paid {
-            sh.give_up(key, Dropped::Gone(e.to_string()));
+        if let Err(why) = s.verified(sh, key, len, asked.is_empty()).await? {
+            sh.give_up(key, why);
             return Ok(());
         }
         sh.notify.notify_waiters();
+    }
+}
+
+/// A Zennet seeder on the part protocol, paid per verified part.
+struct ZennetSource {
+    address: Option<Address>,
+    price: Amount,
+    wr: WriteHalf<Stream>,
+    /// Frames read by a task of their own, so waiting for one is
+    /// cancel-safe.
+    frames: mpsc::Receiver<Result<Frame, WireError>>,
+    _reader: AbortOnDrop<()>,
+    /// Parts asked, in the order the seeder answers them.
+    asked: VecDeque<u32>,
+    window: usize,
+    pay_every: usize,
+    owed: Owed,
+}
+
+impl ZennetSource {
+    fn new(s: Source, window: usize) -> ZennetSource {
+        let window = window
+            .min((s.offer.credit_parts as usize / 2).max(1))
+            .max(1);
+        // What the seeder may see unpaid: the window in flight, a batch
+        // whose voucher is being signed and one being gathered; all fit
+        // in its credit.
+        let pay_every = PAY_EVERY
+            .min((s.offer.credit_parts as usize).saturating_sub(window) / 2)
+            .max(1);
+        let (tx, frames) = mpsc::channel(2);
+        let mut rd = s.rd;
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = wire::read(&mut rd).await;
+                let end = f.is_err();
+                if tx.send(f).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        ZennetSource {
+            address: s.address,
+            price: s.offer.price_per_mib,
+            wr: s.wr,
+            frames,
+            _reader: AbortOnDrop(reader),
+            asked: VecDeque::new(),
+            window,
+            pay_every,
+            owed: Owed::default(),
+        }
+    }
+}
+
+impl PartSource for ZennetSource {
+    fn room(&self) -> usize {
+        self.window
+    }
+
+    async fn ask(&mut self, index: u32) -> Result<(), Dropped> {
+        wire::write(&mut self.wr, &Frame::Get { index })
+            .await
+            .map_err(|e| Dropped::Gone(e.to_string()))?;
+        self.asked.push_back(index);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Dropped> {
+        wire::flush(&mut self.wr)
+            .await
+            .map_err(|e| Dropped::Gone(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<Event, Dropped> {
+        match self.frames.recv().await {
+            Some(Ok(Frame::Part { index, bytes })) if self.asked.front() == Some(&index) => {
+                self.asked.pop_front();
+                Ok(Event::Part(index, bytes))
+            }
+            Some(Ok(Frame::Part { index, .. })) => {
+                Err(Dropped::Protocol(format!("sent part {index} unasked")))
+            }
+            Some(Ok(Frame::Refused { reason })) => Err(Dropped::Gone(format!("refused: {reason}"))),
+            Some(Ok(other)) => Err(Dropped::Protocol(format!("sent {other:?}"))),
+            None | Some(Err(WireError::Closed)) => Err(Dropped::Gone("closed the stream".into())),
+            Some(Err(e)) => Err(Dropped::Protocol(e.to_string())),
+        }
+    }
+
+    async fn verified(
+        &mut self,
+        sh: &Arc<Shared>,
+        key: usize,
+        len: u64,
+        idle: bool,
+    ) -> Result<Result<(), Dropped>, FsError> {
+        let cost = part_cost(self.price, len);
+        if cost > 0 {
+            let payee = self.address.expect("paid offers come from chain addresses");
+            sh.fs
+                .book(payee, Role::Spent, Account::served(1, len, cost), false);
+            self.owed.add(cost);
+        }
+        // Nothing in flight: the seeder is idle or done, so settle now
+        // rather than leave verified parts unpaid.
+        let paid = if idle {
+            self.owed
+                .settle(sh, &mut self.wr, self.address, key)
+                .await?
+        } else if self.owed.parts >= self.pay_every {
+            self.owed.start(sh, &mut self.wr, self.address, key).await?
+        } else {
+            self.owed.send_if_ready(&mut self.wr).await?
+        };
+        Ok(paid.map_err(|e| Dropped::Gone(e.to_string())))
+    }
+
+    async fn corrupt(&mut self, sh: &Arc<Shared>, key: usize) {
+        let _ = self.owed.settle(sh, &mut self.wr, self.address, key).await;
+    }
+
+    async fn done(&mut self) {
+        let _ = wire::write(&mut self.wr, &Frame::Bye).await;
+        let _ = wire::flush(&mut self.wr).await;
+    }
+
+    async fn close(&mut self) {
+        // A voucher signed (so recorded and booked as paid) but not sent
+        // yet goes out however the session ended, or the seeder could
+        // claim less than this side counts as paid until the next
+        // transfer to it.
+        if self.owed.signing.is_some() {
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, self.owed.finish(&mut self.wr)).await;
+        }
     }
 }
 
@@ -626,6 +974,8 @@ struct Owed {
     signing: Option<tokio::task::JoinHandle<Result<SignedVoucher, FsError>>>,
 }
 
+type Writer = WriteHalf<Stream>;
+
 impl Owed {
     fn add(&mut self, cost: Amount) {
         self.parts += 1;
@@ -639,16 +989,17 @@ impl Owed {
     async fn start(
         &mut self,
         sh: &Arc<Shared>,
-        s: &mut Source,
+        wr: &mut Writer,
+        payee: Option<Address>,
         key: usize,
     ) -> Result<Result<(), WireError>, FsError> {
-        if let Err(e) = self.finish(s).await? {
+        if let Err(e) = self.finish(wr).await? {
             return Ok(Err(e));
         }
         if self.amount == 0 {
             return Ok(Ok(()));
         }
-        let payee = s.address.expect("paid offers come from chain addresses");
+        let payee = payee.expect("paid offers come from chain addresses");
         let cost = std::mem::take(&mut self.amount);
         self.parts = 0;
         let sh = sh.clone();
@@ -667,15 +1018,15 @@ impl Owed {
     }
 
     /// Sends the voucher being signed if it is recorded already.
-    async fn send_if_ready(&mut self, s: &mut Source) -> Result<Result<(), WireError>, FsError> {
+    async fn send_if_ready(&mut self, wr: &mut Writer) -> Result<Result<(), WireError>, FsError> {
         if self.signing.as_ref().is_some_and(|h| h.is_finished()) {
-            return self.finish(s).await;
+            return self.finish(wr).await;
         }
         Ok(Ok(()))
     }
 
     /// Waits for the voucher being signed, then sends it.
-    async fn finish(&mut self, s: &mut Source) -> Result<Result<(), WireError>, FsError> {
+    async fn finish(&mut self, wr: &mut Writer) -> Result<Result<(), WireError>, FsError> {
         let Some(signing) = self.signing.take() else {
             return Ok(Ok(()));
         };
@@ -683,8 +1034,8 @@ impl Owed {
             .await
             .map_err(|e| FsError::Invalid(format!("signing a voucher was interrupted: {e}")))??;
         let sent = async {
-            wire::write(&mut s.wr, &Frame::Pay(Box::new(v))).await?;
-            wire::flush(&mut s.wr).await
+            wire::write(wr, &Frame::Pay(Box::new(v))).await?;
+            wire::flush(wr).await
         };
         Ok(sent.await)
     }
@@ -693,13 +1044,14 @@ impl Owed {
     async fn settle(
         &mut self,
         sh: &Arc<Shared>,
-        s: &mut Source,
+        wr: &mut Writer,
+        payee: Option<Address>,
         key: usize,
     ) -> Result<Result<(), WireError>, FsError> {
-        if let Err(e) = self.start(sh, s, key).await? {
+        if let Err(e) = self.start(sh, wr, payee, key).await? {
             return Ok(Err(e));
         }
-        self.finish(s).await
+        self.finish(wr).await
     }
 }
 
@@ -715,6 +1067,15 @@ async fn given_up(sh: &Shared, key: usize) -> Option<Dropped> {
         if since.elapsed() > SILENCE {
             return Some(Dropped::Gone("silent for 30 s".into()));
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

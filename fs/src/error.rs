@@ -52,6 +52,10 @@ pub enum StoreError {
     },
     #[error("{0} exists; choose another output with -o")]
     OutputExists(std::path::PathBuf),
+    #[error(
+        "{0} is held for a storage contract until it ends (see `zennet fs replicas`); it cannot be removed"
+    )]
+    Pinned(FileId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,53 @@ pub enum WireError {
     Timeout,
 }
 
+/// Why a BitTorrent peer's bytes were refused (the peer is dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerWireError {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("peer connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out waiting for the peer")]
+    Timeout,
+    #[error("bad handshake: {0}")]
+    BadHandshake(String),
+    #[error("message of {len} bytes is over the {max}-byte cap")]
+    TooLarge { len: usize, max: usize },
+    #[error("message id {0} was not negotiated (this node sets no extension bits)")]
+    UnknownMessage(u8),
+    #[error("malformed message (id {id}): {why}")]
+    Malformed { id: u8, why: String },
+}
+
+/// Why a tracker request was refused (its text is the `failure reason`),
+/// or why a tracker's answer was not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("the query is {0} bytes, over the tracker's 2048-byte cap")]
+    TooLong(usize),
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{0} is given twice (one file per announce)")]
+    Repeated(&'static str),
+    #[error("info_hash is {0} bytes; it must be the 20 bytes of the SHA-1, percent-encoded")]
+    BadInfoHash(usize),
+    #[error("peer_id is {0} bytes; it must be 20")]
+    BadPeerId(usize),
+    #[error("port {0:?} is not a port number (1-65535)")]
+    BadPort(String),
+    #[error("{key} {value:?} is not a non-negative integer")]
+    BadNumber { key: &'static str, value: String },
+    #[error("event {0:?} is none of started, completed, stopped")]
+    BadEvent(String),
+    #[error("{0} is not seeded here")]
+    NotTracked(FileId),
+    #[error("the tracker refused: {0}")]
+    Failure(String),
+    #[error("the tracker's answer is unusable: {0}")]
+    BadAnswer(String),
+}
+
 /// Failures of the file service (what the node's API reports).
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -124,8 +175,46 @@ pub enum FsError {
     Busy(FileId),
     #[error("{0} downloads are running and pay through these channels; settle when they end")]
     DownloadsRunning(usize),
+    #[error(
+        "this node serves no HTTP ([fs] http = \"off\"), so it has no tracker or web seed to name"
+    )]
+    NoHttp,
+    #[error(
+        "the HTTP listener is on {listen}, which clients cannot dial; set [fs] public_host to the name or IP they reach this node by"
+    )]
+    NoPublicHost { listen: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Why a storage request (`fs store`, `fs prove`, `fs store --stop`) was
+/// refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{file} is not complete here ({have} of {parts} parts); fetch it first")]
+    Incomplete { file: FileId, have: u32, parts: u32 },
+    #[error("{0} is empty: there is nothing to store")]
+    Empty(FileId),
+    #[error("--replicas must be 1 to {0}")]
+    Replicas(u16),
+    #[error(
+        "--for {secs} s is longer than this chain keeps a storage task ({blocks} blocks of {block_ms} ms); store for less and announce again later"
+    )]
+    TooLong {
+        secs: u64,
+        blocks: u64,
+        block_ms: u64,
+    },
+    #[error("the chain refused {what}: {why}")]
+    Refused { what: &'static str, why: String },
+    #[error("no open storage task of {0} was announced here")]
+    NoTask(FileId),
+    #[error("no live replica of {0} to challenge (see `zennet fs replicas {0}`)")]
+    NoLiveReplica(FileId),
+    #[error("{0} was interrupted")]
+    Interrupted(&'static str),
 }
 
 /// Paying for parts or being paid for them.

@@ -8,7 +8,11 @@
 //! - `GET /file/{id}/chunk/{n}`: part `n` exactly as stored (ciphertext for
 //!   an encrypted file), `ETag` its SHA-1;
 //! - `GET /file/{id}/{name}/{path…}`: one file, laid out as BEP 19 asks of
-//!   a web seed (`url-list` = `http://host/file/{id}/`).
+//!   a web seed (`url-list` = `http://host/file/{id}/`);
+//! - `GET /metainfo/{id}`: the bencoded info dict, whose SHA-1 is the id;
+//! - `GET /app`: the browser app ([`crate::app`]), which reads the routes
+//!   above from this and other nodes: they answer any origin (CORS, GET
+//!   and HEAD, no credentials).
 //!
 //! `HEAD` answers the same headers. Unknown or malformed ids get 404,
 //! chunks past the end and unsatisfiable ranges 416, each with a one-line
@@ -26,6 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
+use tower_http::cors::{Any, CorsLayer};
 use zennet_chain::SignedVoucher;
 
 use crate::metainfo::{FileId, PIECE_LEN};
@@ -41,7 +46,49 @@ pub fn router(fs: Arc<Fs>) -> Router {
         .route("/file/{id}", get(whole))
         .route("/file/{id}/chunk/{n}", get(chunk))
         .route("/file/{id}/{*path}", get(inner))
+        .route("/metainfo/{id}", get(metainfo))
+        .layer(cors())
+        .merge(crate::app::router())
         .with_state(fs)
+}
+
+/// Any page may read the files (they are public), by GET or HEAD and
+/// without credentials, so the browser app served by one node can fetch
+/// from another. No `Access-Control-Allow-Private-Network`: Chromium
+/// keeps public web sites from reading a node on a private address.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::HEAD])
+        .allow_headers([header::RANGE, header::IF_NONE_MATCH])
+        .expose_headers([
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::ACCEPT_RANGES,
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// The info dict exactly as hashed: a client checks its SHA-1 against the
+/// id before it trusts a byte of it.
+async fn metainfo(State(fs): State<Arc<Fs>>, Path(id): Path<String>) -> Response {
+    match lookup(&fs, &id) {
+        Ok(f) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::ETAG, format!("\"{}\"", f.meta.id)),
+                // Content-addressed: it never changes under its id.
+                (
+                    header::CACHE_CONTROL,
+                    "public, max-age=31536000, immutable".to_string(),
+                ),
+            ],
+            f.meta.bytes.clone(),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn whole(State(fs): State<Arc<Fs>>, Path(id): Path<String>, headers: HeaderMap) -> Response {

@@ -75,6 +75,19 @@ pub trait PartPayer: Send + Sync + 'static {
     /// waits until the chain has it.
     fn prepare(&self, payee: Address, budget: Amount) -> BoxFuture<'_, Result<(), FsError>>;
 
+    /// Like [`PartPayer::prepare`] for `need`, but a channel opened or
+    /// topped up gets at least `deposit`: a storage contract funds its
+    /// channel for hours ahead rather than one top-up per payment.
+    fn prepare_ahead(
+        &self,
+        payee: Address,
+        need: Amount,
+        deposit: Amount,
+    ) -> BoxFuture<'_, Result<(), FsError>> {
+        let _ = deposit;
+        self.prepare(payee, need)
+    }
+
     /// A voucher raising what `payee` has been paid by `cost`, the cost
     /// of a part just verified (never more), recorded before it is
     /// returned.

@@ -144,6 +144,40 @@ impl<P: Copy + Eq + Hash + std::fmt::Debug> Scheduler<P> {
         );
     }
 
+    /// `peer` holds part `index` now (a BitTorrent `have`); false if it
+    /// was known already.
+    pub fn has(&mut self, peer: P, index: u32) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if index >= p.have.len() || p.have.get(index) {
+            return false;
+        }
+        p.have.set(index);
+        if p.dropped.is_none() {
+            self.availability[index as usize] += 1;
+        }
+        true
+    }
+
+    /// `peer` will not deliver `index` after all (a BitTorrent peer
+    /// choked us): the part is free for others again.
+    pub fn release(&mut self, peer: P, index: u32) {
+        let Some(reqs) = self.requests.get_mut(&index) else {
+            return;
+        };
+        let before = reqs.len();
+        reqs.retain(|r| r.peer != peer);
+        if reqs.len() < before
+            && let Some(p) = self.peers.get_mut(&peer)
+        {
+            p.outstanding = p.outstanding.saturating_sub(1);
+        }
+        if reqs.is_empty() {
+            self.requests.remove(&index);
+        }
+    }
+
     /// Stops using `peer`; its requests are freed for others.
     pub fn drop_peer(&mut self, peer: P, why: Dropped) {
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -425,6 +459,21 @@ mod tests {
             s.delivered('s', slow, PIECE_LEN, cfg.min_timeout),
             Delivery::Duplicate
         );
+    }
+
+    #[test]
+    fn a_have_makes_a_part_available_and_a_choke_releases_it() {
+        let mut s = Scheduler::new(Bitfield::new(2), ScheduleConfig::default());
+        s.add_peer("bt", Bitfield::new(2), 0);
+        assert_eq!(s.next("bt", S), None, "it holds nothing yet");
+        assert!(s.has("bt", 1));
+        assert!(!s.has("bt", 1), "known already");
+        assert!(!s.has("bt", 7), "out of range");
+        assert_eq!(s.next("bt", S), Some(1));
+        s.add_peer("z", Bitfield::full(2), 0);
+        assert_eq!(s.next("z", S), Some(0), "part 1 is asked of bt");
+        s.release("bt", 1);
+        assert_eq!(s.next("z", S), Some(1), "released: free for others");
     }
 
     #[test]

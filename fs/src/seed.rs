@@ -59,7 +59,12 @@ async fn session(
         .await?;
         return wire::flush(&mut wr).await;
     };
-    let price = f.price_per_mib;
+    // Replicas of a storage task fetch it for free from its owner and
+    // from each other.
+    let price = match fs.serves_free(&file, address) {
+        true => 0,
+        false => f.price_per_mib,
+    };
     let Some(payer) = address.or((price == 0).then_some(Address::ZERO)) else {
         return refuse(&mut wr, "paid files are served to secp256k1 peers only").await;
     };
@@ -76,7 +81,7 @@ async fn session(
         file,
         price_per_mib: price,
         credit_parts: fs.config.credit_parts,
-        protocols: protocols(fs),
+        protocols: protocols(fs, &f),
         have: f.have.as_bytes().to_vec(),
         signature: zennet_chain::Signature([0; 65]),
     }
@@ -185,11 +190,33 @@ async fn refuse<W: futures::AsyncWrite + Unpin>(w: &mut W, reason: &str) -> Resu
     wire::flush(w).await
 }
 
-fn protocols(fs: &Fs) -> Vec<String> {
+/// What the offer for `f` lists: the part protocol, HTTP (with the web
+/// seed URL when it serves `f` for free), this node's tracker, and its
+/// BitTorrent listener when stock clients are served `f` (so a downloader
+/// does not fetch the same seeder twice).
+fn protocols(fs: &Fs, f: &crate::store::StoredFile) -> Vec<String> {
+    use crate::service::HttpMode;
     let mut p = vec![wire::PROTOCOL_ZENNET.to_string()];
-    if fs.config.http != crate::service::HttpMode::Off {
-        p.push(wire::PROTOCOL_HTTP.to_string());
+    if fs.config.http != HttpMode::Off {
+        let free = fs.config.http == HttpMode::Free || f.price_per_mib == 0;
+        match fs.public_http() {
+            Some(base) => {
+                p.push(match free {
+                    true => format!("{}={base}/file/{}/", wire::PROTOCOL_HTTP, f.meta.id),
+                    false => wire::PROTOCOL_HTTP.to_string(),
+                });
+                p.push(format!("{}={base}/announce", wire::PROTOCOL_TRACKER));
+            }
+            None => p.push(wire::PROTOCOL_HTTP.to_string()),
+        }
     }
+    if crate::bittorrent::served(f)
+        && let Some(addr) = fs.public_bittorrent()
+    {
+        p.push(format!("{}={addr}", wire::PROTOCOL_BITTORRENT));
+    }
+    // Each entry is length-prefixed by one byte on the wire.
+    p.retain(|e| e.len() <= u8::MAX as usize);
     p
 }
 

@@ -15,7 +15,7 @@ use zennet_net::content::stream_protocol;
 
 use crate::api::{
     AccountView, AddRequest, Added, FileEntryView, FileView, GetRequest, InfoView, OfferView,
-    StatusView, TransferView, WindDownView,
+    StatusView, TorrentRequest, TorrentView, TransferView, WindDownView,
 };
 use crate::crypt::{self, FileKey};
 use crate::download::Transfer;
@@ -63,8 +63,14 @@ pub struct FsConfig {
     /// Parts in flight per seeder.
     pub window: usize,
     pub http: HttpMode,
-    /// Upload cap over the part protocol, bytes per second (0: none).
+    /// Upload cap over the part protocol and the peer wire, bytes per
+    /// second (0: none).
     pub upload_limit: u64,
+    /// BitTorrent peers connected at once, at most.
+    pub bt_max_peers: usize,
+    /// The host name or IP others reach this node by, for the URLs it
+    /// gives out (offers, `.torrent` files); default: the listeners' IP.
+    pub public_host: Option<String>,
 }
 
 impl FsConfig {
@@ -80,6 +86,8 @@ impl FsConfig {
             window: 16,
             http: HttpMode::Free,
             upload_limit: 0,
+            bt_max_peers: 50,
+            public_host: None,
         }
     }
 }
@@ -104,6 +112,9 @@ pub struct Fs {
     transfers: Mutex<HashMap<FileId, Arc<Transfer>>>,
     pub(crate) limiter: crate::seed::Limiter,
     http_addr: Mutex<Option<String>>,
+    pub(crate) bt: Arc<crate::bittorrent::Bt>,
+    /// The storage market, once started ([`crate::storage::Storage::start`]).
+    storage: std::sync::OnceLock<std::sync::Weak<crate::storage::Storage>>,
 }
 
 impl Fs {
@@ -127,6 +138,7 @@ impl Fs {
             .streams()
             .accept(stream_protocol(wire::PROTOCOL))
             .map_err(|e| FsError::Net(e.to_string()))?;
+        let bt = Arc::new(crate::bittorrent::Bt::new(config.bt_max_peers.max(1)));
         let fs = Arc::new(Fs {
             limiter: crate::seed::Limiter::new(config.upload_limit),
             store,
@@ -139,6 +151,8 @@ impl Fs {
             served: Mutex::new(served),
             transfers: Mutex::new(HashMap::new()),
             http_addr: Mutex::new(None),
+            bt,
+            storage: std::sync::OnceLock::new(),
         });
         for f in fs.store.list().into_iter().filter(|f| f.seeding) {
             fs.net.provide(&f.meta.id.0);
@@ -158,6 +172,24 @@ impl Fs {
         &self.store
     }
 
+    pub(crate) fn set_storage(&self, storage: std::sync::Weak<crate::storage::Storage>) {
+        let _ = self.storage.set(storage);
+    }
+
+    /// The storage market, if the node runs it.
+    pub fn storage(&self) -> Option<Arc<crate::storage::Storage>> {
+        self.storage.get().and_then(|w| w.upgrade())
+    }
+
+    /// Whether `file` is served to `peer` for free: `peer` holds a replica
+    /// of it for this node (or of a task this node holds one of).
+    pub(crate) fn serves_free(&self, file: &FileId, peer: Option<Address>) -> bool {
+        match (peer, self.storage()) {
+            (Some(p), Some(s)) => s.serves_free(file, &p),
+            _ => false,
+        }
+    }
+
     pub fn config(&self) -> &FsConfig {
         &self.config
     }
@@ -165,6 +197,86 @@ impl Fs {
     /// Where the HTTP listener ended up (set by whoever runs it).
     pub fn set_http_addr(&self, addr: Option<String>) {
         *self.http_addr.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// The node's BitTorrent state (listener, tracker, counters).
+    pub fn bittorrent(&self) -> &Arc<crate::bittorrent::Bt> {
+        &self.bt
+    }
+
+    /// `http://HOST:PORT` of the HTTP listener as others reach it (None:
+    /// no listener, or it listens on every interface and no
+    /// `public_host` says which name to give).
+    pub fn public_http(&self) -> Option<String> {
+        let addr = self
+            .http_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()?
+            .parse()
+            .ok()?;
+        Some(format!("http://{}", self.public(addr)?))
+    }
+
+    /// `HOST:PORT` of the BitTorrent listener as others reach it.
+    pub fn public_bittorrent(&self) -> Option<String> {
+        self.public(self.bt.listen_addr()?)
+    }
+
+    fn public(&self, addr: std::net::SocketAddr) -> Option<String> {
+        match &self.config.public_host {
+            Some(h) if h.contains(':') => Some(format!("[{h}]:{}", addr.port())),
+            Some(h) => Some(format!("{h}:{}", addr.port())),
+            None if addr.ip().is_unspecified() => None,
+            None => Some(addr.to_string()),
+        }
+    }
+
+    /// Where a `.torrent` of `f` points clients: this node's tracker and
+    /// its HTTP file URL as a BEP 19 web seed.
+    fn torrent_sources(
+        &self,
+        f: &StoredFile,
+        req: &TorrentRequest,
+    ) -> Result<crate::bittorrent::torrent::Sources, FsError> {
+        let mut sources = crate::bittorrent::torrent::Sources::default();
+        if req.no_tracker && req.no_web_seed {
+            return Ok(sources);
+        }
+        if self.config.http == HttpMode::Off {
+            return Err(FsError::NoHttp);
+        }
+        let base = self.public_http().ok_or_else(|| FsError::NoPublicHost {
+            listen: self
+                .http_addr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default(),
+        })?;
+        if !req.no_tracker {
+            sources.announce = Some(format!("{base}/announce"));
+        }
+        if !req.no_web_seed && (self.config.http == HttpMode::Free || f.price_per_mib == 0) {
+            sources
+                .web_seeds
+                .push(format!("{base}/file/{}/", f.meta.id));
+        }
+        Ok(sources)
+    }
+
+    /// A `.torrent` (and magnet link) for a file held here.
+    pub fn torrent(&self, id: &FileId, req: &TorrentRequest) -> Result<TorrentView, FsError> {
+        let f = self.store.file(id).ok_or(StoreError::Unknown(*id))?;
+        let sources = self.torrent_sources(&f, req)?;
+        Ok(TorrentView {
+            id: *id,
+            name: f.meta.name().to_string(),
+            torrent: hex::encode(crate::bittorrent::torrent::torrent_file(&f.meta, &sources)),
+            magnet: crate::bittorrent::torrent::magnet(&f.meta, &sources),
+            announce: sources.announce,
+            web_seeds: sources.web_seeds,
+        })
     }
 
     /// Adds a file or directory and seeds it.
@@ -300,6 +412,7 @@ impl Fs {
             self.net.provide(&id.0);
         } else {
             self.net.unprovide(&id.0);
+            self.bt.forget(id);
         }
         Ok(self.with_served(file_view(&f)))
     }
@@ -308,8 +421,10 @@ impl Fs {
         if self.transfers().get(id).is_some_and(|t| t.running()) {
             return Err(FsError::Busy(*id));
         }
-        self.net.unprovide(&id.0);
+        // The store refuses a pinned file: only then stop announcing it.
         self.store.remove(id)?;
+        self.net.unprovide(&id.0);
+        self.bt.forget(id);
         self.transfers().remove(id);
         Ok(())
     }
@@ -381,6 +496,7 @@ impl Fs {
             seeding: files.iter().filter(|f| f.seeding).count(),
             earned: sum("earned"),
             spent: sum("spent"),
+            bittorrent: Some(self.bt.view(&files)),
             accounts,
             transfers,
         })

@@ -86,6 +86,9 @@ pub struct Store {
     db: Mutex<Connection>,
     /// The index in memory (written through to `index.db`).
     files: Mutex<HashMap<FileId, StoredFile>>,
+    /// Files held under storage contracts (how many each), which
+    /// [`Store::remove`] refuses; the contracts re-pin them at start.
+    pins: Mutex<HashMap<FileId, u32>>,
 }
 
 impl Store {
@@ -102,6 +105,7 @@ impl Store {
             max_bytes,
             files: Mutex::new(load(&db)?),
             db: Mutex::new(db),
+            pins: Mutex::new(HashMap::new()),
         };
         store.collect_garbage()?;
         Ok(store)
@@ -375,8 +379,36 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets `id` and deletes the parts no other file uses.
+    /// Keeps `id` from being removed (once more).
+    pub fn pin(&self, id: &FileId) {
+        *self.pins().entry(*id).or_default() += 1;
+    }
+
+    /// Undoes one [`Store::pin`].
+    pub fn unpin(&self, id: &FileId) {
+        let mut pins = self.pins();
+        if let Some(n) = pins.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(id);
+            }
+        }
+    }
+
+    pub fn pinned(&self, id: &FileId) -> bool {
+        self.pins().contains_key(id)
+    }
+
+    fn pins(&self) -> MutexGuard<'_, HashMap<FileId, u32>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets `id` and deletes the parts no other file uses; refused while
+    /// it is pinned.
     pub fn remove(&self, id: &FileId) -> Result<(), StoreError> {
+        if self.pinned(id) {
+            return Err(StoreError::Pinned(*id));
+        }
         let mut files = self.files();
         let f = files.remove(id).ok_or(StoreError::Unknown(*id))?;
         let mut db = self.db();

@@ -27,9 +27,13 @@ use crate::metainfo::{FileId, MAX_INFO_BYTES, PIECE_LEN};
 
 pub const PROTOCOL: &str = "/zennet/fs/1";
 
-/// What a seeder can serve a file over. `bittorrent` comes with part 2.
+/// What a seeder can serve a file over. An entry may say where, as
+/// `name=where` (see [`Offer::endpoint`]): `http=` a BEP 19 web seed URL,
+/// `bittorrent=` the peer listener's address, `tracker=` an announce URL.
 pub const PROTOCOL_ZENNET: &str = "zennet";
 pub const PROTOCOL_HTTP: &str = "http";
+pub const PROTOCOL_BITTORRENT: &str = "bittorrent";
+pub const PROTOCOL_TRACKER: &str = "tracker";
 
 /// A seeder's signed quote for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,14 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// Where the seeder serves `protocol`, if its entry says
+    /// (`protocol=where`).
+    pub fn endpoint(&self, protocol: &str) -> Option<&str> {
+        self.protocols
+            .iter()
+            .find_map(|p| p.strip_prefix(protocol)?.strip_prefix('='))
+    }
+
     pub fn signing_hash(&self, chain_id: u64, genesis: &zennet_chain::Hash) -> zennet_chain::Hash {
         let mut payload = Vec::with_capacity(64 + self.have.len());
         payload.extend_from_slice(&self.file.0);

@@ -14,14 +14,18 @@ use std::time::Duration;
 use futures::AsyncReadExt;
 use zennet_chain::testkit::{TestChain, TestLedger};
 use zennet_chain::{Amount, Hash, Ledger, SecretKey, TxBody, Voucher};
-use zennet_fs::api::{AddRequest, GetRequest, TransferState, TransferView};
+use zennet_fs::api::{AddRequest, GetRequest, TransferState};
 use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::payment::part_cost;
 use zennet_fs::wire::{self, Frame};
 use zennet_fs::{FileId, Fs, FsConfig, PIECE_LEN};
 use zennet_net::content::stream_protocol;
-use zennet_net::{Multiaddr, NetConfig, NetHandle, Network};
+use zennet_net::{Multiaddr, NetHandle};
 use zennet_pay::{MemoryStore, PayStore};
+
+mod common;
+
+use common::{miner, wait};
 
 const PRICE: Amount = 1 << 20; // one base unit per byte
 const CREDIT: u32 = 4;
@@ -35,17 +39,7 @@ struct Node {
 }
 
 async fn node(chain: &Arc<TestChain>, key: SecretKey, bootstrap: &[Multiaddr]) -> Node {
-    let (net, mut events) = Network::start(NetConfig {
-        secret: key.clone(),
-        genesis: Hash([7; 32]),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: bootstrap.to_vec(),
-        max_peers: 50,
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while events.recv().await.is_some() {} });
-    let addr = net.listen_addrs().await.unwrap().remove(0);
+    let common::Node { net, key, addr } = common::node_keyed(key, bootstrap).await;
     Node {
         net,
         ledger: chain.ledger(key.clone()),
@@ -89,17 +83,6 @@ fn fs_on(n: &Node, dir: &Path, pay: &Arc<Channels>) -> Arc<Fs> {
     .unwrap()
 }
 
-/// Mines a block every 100 ms, as a dev chain would, until the test ends.
-fn miner(chain: &Arc<TestChain>) -> tokio::task::JoinHandle<()> {
-    let chain = chain.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            chain.mine();
-        }
-    })
-}
-
 fn random_file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
     let mut v = vec![0u8; len];
     getrandom::fill(&mut v).unwrap();
@@ -118,17 +101,6 @@ async fn add(fs: &Fs, path: std::path::PathBuf) -> FileId {
     .await
     .unwrap()
     .id
-}
-
-async fn wait(fs: &Fs, id: FileId) -> TransferView {
-    for _ in 0..600 {
-        let v = fs.transfer(&id).unwrap();
-        if !matches!(v.state, TransferState::Finding | TransferState::Downloading) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("transfer did not end");
 }
 
 async fn until(cond: impl Fn() -> bool) {
@@ -176,13 +148,7 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     for (id, len) in [(a, len_a), (b, 5000)] {
         await_provider(&d.net, id).await;
         downloader
-            .get(GetRequest {
-                id,
-                out: Some(dir.path().join(format!("out-{id}"))),
-                dir: dir.path().to_path_buf(),
-                max_price_per_mib: None,
-                key: None,
-            })
+            .get(GetRequest::new(id, dir.path().join(format!("out-{id}"))))
             .unwrap();
         let v = wait(&downloader, id).await;
         assert_eq!(v.state, TransferState::Done, "{v:?}");
@@ -259,13 +225,7 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     let c = add(&seeder, random_file(dir.path(), "c", 3000)).await;
     await_provider(&d.net, c).await;
     downloader
-        .get(GetRequest {
-            id: c,
-            out: Some(dir.path().join("out-c")),
-            dir: dir.path().to_path_buf(),
-            max_price_per_mib: None,
-            key: None,
-        })
+        .get(GetRequest::new(c, dir.path().join("out-c")))
         .unwrap();
     assert_eq!(wait(&downloader, c).await.state, TransferState::Done);
     let new = d_pay.channel_to(&s.key.address()).expect("a channel");

@@ -4,83 +4,18 @@
 //! that offers a bitfield of the wrong length, and a peer that sends a
 //! frame over the cap.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use zennet_chain::{Hash, SecretKey};
-use zennet_fs::api::{AddRequest, GetRequest, TransferState, TransferView};
-use zennet_fs::payment::NoPayments;
+use zennet_fs::api::{AddRequest, GetRequest, TransferState};
 use zennet_fs::wire::{self, Frame, Offer};
-use zennet_fs::{FileId, Fs, FsConfig, PIECE_LEN};
+use zennet_fs::{FileId, Fs, PIECE_LEN};
 use zennet_net::content::stream_protocol;
-use zennet_net::{Multiaddr, NetConfig, NetHandle, Network};
 
-const CHAIN_ID: u64 = 98765;
+mod common;
 
-struct Node {
-    net: NetHandle,
-    key: SecretKey,
-    addr: Multiaddr,
-}
-
-async fn node(bootstrap: &[Multiaddr]) -> Node {
-    let key = SecretKey::generate();
-    let (net, mut events) = Network::start(NetConfig {
-        secret: key.clone(),
-        genesis: Hash([7; 32]),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: bootstrap.to_vec(),
-        max_peers: 50,
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while events.recv().await.is_some() {} });
-    let addr = net.listen_addrs().await.unwrap().remove(0);
-    Node { net, key, addr }
-}
-
-fn fs_on(n: &Node, dir: &Path) -> Arc<Fs> {
-    let mut config = FsConfig::new(dir.to_path_buf(), CHAIN_ID, zennet_chain::Hash::ZERO);
-    config.window = 8;
-    Fs::start(
-        config,
-        n.net.clone(),
-        n.key.clone(),
-        Arc::new(NoPayments),
-        Arc::new(NoPayments),
-    )
-    .unwrap()
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    getrandom::fill(&mut v).unwrap();
-    v
-}
-
-async fn wait(fs: &Fs, id: FileId) -> TransferView {
-    for _ in 0..600 {
-        let v = fs.transfer(&id).unwrap();
-        if !matches!(v.state, TransferState::Finding | TransferState::Downloading) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("transfer did not end");
-}
-
-/// Waits until `n` providers of `id` are found (records spread over Kademlia).
-async fn await_providers(net: &NetHandle, id: FileId, n: usize) {
-    for _ in 0..100 {
-        if net.providers(&id.0).await.unwrap().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("fewer than {n} providers of {id}");
-}
+use common::{CHAIN_ID, Node, await_providers, fs_on, node, random_bytes, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_seeders_one_corrupt_and_the_download_completes() {
@@ -121,14 +56,8 @@ async fn three_seeders_one_corrupt_and_the_download_completes() {
     let d = node(std::slice::from_ref(&boot.addr)).await;
     let fs = fs_on(&d, &dir.path().join("down"));
     await_providers(&d.net, id, 3).await;
-    fs.get(GetRequest {
-        id,
-        out: Some(dir.path().join("out.bin")),
-        dir: dir.path().into(),
-        max_price_per_mib: None,
-        key: None,
-    })
-    .unwrap();
+    fs.get(GetRequest::new(id, dir.path().join("out.bin")))
+        .unwrap();
     let v = wait(&fs, id).await;
     assert_eq!(v.state, TransferState::Done, "{:?}", v.error);
     assert_eq!(std::fs::read(dir.path().join("out.bin")).unwrap(), data);
@@ -211,14 +140,8 @@ async fn lying_metainfo_and_wrong_bitfields_are_refused_and_nothing_is_written()
     let fs = fs_on(&d, &dir.path().join("down"));
     await_providers(&d.net, real.id, 1).await;
     let get = |fs: &Arc<Fs>| {
-        fs.get(GetRequest {
-            id: real.id,
-            out: Some(dir.path().join("out")),
-            dir: dir.path().into(),
-            max_price_per_mib: None,
-            key: None,
-        })
-        .unwrap()
+        fs.get(GetRequest::new(real.id, dir.path().join("out")))
+            .unwrap()
     };
     get(&fs);
     let v = wait(&fs, real.id).await;
