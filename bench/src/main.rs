@@ -1,7 +1,7 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|ops] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|ops|pos] [--quick]`.
 
 mod chain;
 mod fs;
@@ -9,6 +9,7 @@ mod host;
 mod market;
 mod net;
 mod ops;
+mod pos;
 mod vm;
 
 use std::time::{Duration, Instant};
@@ -54,8 +55,14 @@ fn main() {
         known = true;
         ops::run(quick);
     }
+    if all || suites.contains(&"pos") {
+        known = true;
+        pos::run(quick);
+    }
     if !known {
-        eprintln!("unknown suite {suites:?}; available: chain, net, host, vm, market, fs, ops");
+        eprintln!(
+            "unknown suite {suites:?}; available: chain, net, host, vm, market, fs, ops, pos"
+        );
         std::process::exit(2);
     }
 }
