@@ -29,7 +29,7 @@ phase "fuzz (${FUZZ_SECONDS:=20}s per target)"
 export CARGO_TARGET_DIR="$PWD/target/fuzz"
 fuzz_log=$(mktemp)
 for target in chain:decode_tx chain:decode_block chain:decode_snapshot chain:decode_sync \
-    fs:decode_frame fs:parse_metainfo; do
+    fs:decode_frame fs:parse_metainfo fs:decode_peer_wire fs:parse_tracker fs:decode_pos; do
   if ! (cd "${target%%:*}/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run "${target#*:}" --fuzz-dir . -- \
       -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 >"$fuzz_log" 2>&1); then
     grep -v '^#\|^INFO' "$fuzz_log" | head -n 40

@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use zennet_chain::SecretKey;
 use zennet_chain::codec::amount_str;
 use zennet_fs::api::{
-    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferState,
-    TransferView, WindDownView,
+    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TorrentRequest,
+    TorrentView, TransferState, TransferView, WindDownView,
 };
 use zennet_fs::channels::{ChannelTerms, Channels};
+use zennet_fs::crypt::{self, FileKey, Sealer};
 use zennet_fs::{FileId, Fs, FsConfig, HttpMode};
 use zennet_net::NetHandle;
 
@@ -60,6 +61,22 @@ pub struct FsSection {
     /// voucher on it (0: only `fs settle` or expiry): the seeder claims
     /// what it was paid and the rest of the deposit comes back.
     pub settle_idle_secs: u64,
+    /// BitTorrent peer listener for stock clients (`off`: none; then
+    /// `fs get` takes no parts from BitTorrent peers either). Loopback
+    /// and any free port by default, like `http_listen`: the tracker and
+    /// the web seed on the HTTP listener tell clients where it is, so
+    /// no fixed port (6881) is needed, and a node exposes nothing to the
+    /// network until its operator opens both listeners.
+    pub bt_listen: String,
+    /// BitTorrent peers connected at once, at most (inbound and dialled).
+    pub bt_max_peers: usize,
+    /// The host name or IP clients reach this node by, for the URLs in
+    /// offers and `.torrent` files (default: the listeners' own IP; needed
+    /// when they listen on 0.0.0.0).
+    pub public_host: Option<String>,
+    /// `[fs.store]`: paid replicas (holding others' files; challenging
+    /// this node's own replicas).
+    pub store: zennet_fs::storage::StoreConfig,
 }
 
 impl Default for FsSection {
@@ -75,6 +92,10 @@ impl Default for FsSection {
             window: 16,
             upload_limit_mib_s: 0.0,
             settle_idle_secs: 600,
+            bt_listen: "127.0.0.1:0".into(),
+            bt_max_peers: 50,
+            public_host: None,
+            store: Default::default(),
         }
     }
 }
@@ -108,6 +129,41 @@ pub enum FsCmd {
         /// The file key of an encrypted file (default: derived from your key).
         #[arg(long)]
         key: Option<String>,
+        /// Also ask this tracker for stock BitTorrent seeders (repeatable;
+        /// the Zennet seeders' trackers are asked anyway).
+        #[arg(long = "tracker", value_name = "URL")]
+        trackers: Vec<String>,
+        /// Also fetch from this BEP 19 web seed (repeatable).
+        #[arg(long = "web-seed", value_name = "URL")]
+        web_seeds: Vec<String>,
+        /// Take parts only over this protocol: zennet (the part protocol,
+        /// paid), bittorrent or http (repeatable; default: all).
+        #[arg(long = "protocol", value_name = "NAME", value_parser = ["zennet", "bittorrent", "http"])]
+        protocols: Vec<String>,
+    },
+    /// Write a .torrent of a file held here: this node's tracker as
+    /// `announce`, its HTTP file URL as a BEP 19 web seed (`url-list`).
+    /// Stock clients (aria2c, transmission) download it from this node.
+    Torrent {
+        id: String,
+        /// Where to write it (default: ./NAME.torrent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Leave out the tracker (clients then use the web seed only).
+        #[arg(long)]
+        no_tracker: bool,
+        /// Leave out the web seed (clients then use BitTorrent peers only).
+        #[arg(long)]
+        no_web_seed: bool,
+    },
+    /// A magnet link of a file held here, with this node's tracker and
+    /// web seed.
+    Magnet {
+        id: String,
+        #[arg(long)]
+        no_tracker: bool,
+        #[arg(long)]
+        no_web_seed: bool,
     },
     /// Files in this node's store.
     Ls,
@@ -126,10 +182,37 @@ pub enum FsCmd {
     Rm { id: String },
     /// Transfers, what was earned and spent, the store and the HTTP address.
     Status,
+    /// A link that downloads the file in a web browser from this node's
+    /// HTTP file server (and the nodes given with --node): the page checks
+    /// every part and decrypts in the browser. The key rides in the link's
+    /// #fragment, which browsers never send to a server.
+    Link {
+        id: String,
+        /// The file key of an encrypted file (default: derived from your key).
+        #[arg(long)]
+        key: Option<String>,
+        /// Another node serving the file over HTTP (http://host:port); repeatable.
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        /// This node's file server as browsers reach it (default: its listen address).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The page saves the file as soon as it is assembled.
+        #[arg(long)]
+        save: bool,
+    },
     /// Wind down the channels to seeders now (no download may be running):
     /// each seeder claims what it was paid, the rest of each deposit comes
     /// back after the challenge period (run again then to reclaim it).
     Settle,
+    /// Pay nodes to keep replicas of a file (announced on chain), each
+    /// challenged at random for Merkle proofs and paid per passed challenge.
+    Store(crate::storage::StoreArgs),
+    /// This node's storage tasks with their replicas (holder, challenges
+    /// passed and failed, paid, state), and the replicas it holds for others.
+    Replicas { id: Option<String> },
+    /// Challenge every replica of a file now.
+    Prove { id: String },
 }
 
 /// Starts the file service and its HTTP listener.
@@ -153,6 +236,8 @@ pub async fn start(
     config.window = section.window.max(1);
     config.http = section.http;
     config.upload_limit = (section.upload_limit_mib_s * (1u64 << 20) as f64) as u64;
+    config.bt_max_peers = section.bt_max_peers.max(1);
+    config.public_host = section.public_host.clone();
     std::fs::create_dir_all(home.fs_dir())
         .with_context(|| format!("cannot create {}", home.fs_dir().display()))?;
     let pay_store = zennet_pay::SqliteStore::open(&home.fs_dir().join("pay.db"))
@@ -163,7 +248,7 @@ pub async fn start(
     };
     let mut tip = zennet_chain::Ledger::tip(&*ledger);
     let channels = Arc::new(Channels::new(
-        ledger,
+        ledger.clone(),
         key.clone(),
         Arc::new(pay_store),
         terms,
@@ -176,6 +261,11 @@ pub async fn start(
         channels.clone(),
     )
     .context("cannot start the file service")?;
+    // The file service only refers to the storage market (it refers
+    // back); the task below owns it for the node's lifetime.
+    let storage =
+        zennet_fs::storage::Storage::start(fs.clone(), ledger.clone(), section.store.clone())
+            .context("cannot start the storage market")?;
     // Held vouchers are claimed when a payer settles or expiry nears, and
     // looked at on every block: a settling channel is claimable only for
     // its challenge period, which on a fast chain is a few seconds.
@@ -183,6 +273,7 @@ pub async fn start(
     let idle = Duration::from_secs(section.settle_idle_secs);
     let winding = fs.clone();
     tokio::spawn(async move {
+        let _storage = storage;
         const AT_LEAST: Duration = Duration::from_secs(5);
         let mut wound_at = tokio::time::Instant::now();
         loop {
@@ -213,12 +304,26 @@ pub async fn start(
         let addr = listener.local_addr()?;
         fs.set_http_addr(Some(addr.to_string()));
         tracing::info!(%addr, mode = %section.http, "serving files over HTTP");
-        let router = zennet_fs::http::router(fs.clone());
+        // The tracker needs each announcing peer's address.
+        let router = zennet_fs::http::router(fs.clone())
+            .merge(zennet_fs::bittorrent::router(fs.clone()))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "HTTP file server failed");
             }
         });
+    }
+    if section.bt_listen != "off" {
+        let listener = tokio::net::TcpListener::bind(&section.bt_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for BitTorrent peers; change [fs] bt_listen (or set it to \"off\")",
+                    section.bt_listen
+                )
+            })?;
+        zennet_fs::bittorrent::listen(&fs, listener)?;
     }
     Ok(fs)
 }
@@ -266,6 +371,9 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
             out: path,
             max_price,
             key,
+            trackers,
+            web_seeds,
+            protocols,
         } => {
             let file = FileId::parse(&id)?;
             let max = max_price.as_deref().map(amount).transpose()?;
@@ -282,6 +390,9 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                 dir: cwd,
                 max_price_per_mib: max,
                 key,
+                trackers,
+                web_seeds,
+                protocols,
             };
             let client = client()?;
             let mut view: TransferView = client.post("/v1/fs/get", &req).await?;
@@ -313,8 +424,20 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
             }
             out.print(&view, || {
                 let used = view.seeders.iter().filter(|s| s.parts > 0).count();
+                let mut by: Vec<(String, u32)> = Vec::new();
+                for s in view.seeders.iter().filter(|s| s.parts > 0) {
+                    match by.iter_mut().find(|(p, _)| *p == s.protocol) {
+                        Some((_, n)) => *n += s.parts,
+                        None => by.push((s.protocol.clone(), s.parts)),
+                    }
+                }
+                let by = by
+                    .iter()
+                    .map(|(p, n)| format!("{n} {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 format!(
-                    "got {} ({} bytes) → {}\n{} parts fetched from {used} seeders, {} resumed, {:.1} MiB/s, paid {}",
+                    "got {} ({} bytes) → {}\n{} parts fetched from {used} sources ({by}), {} resumed, {:.1} MiB/s, paid {}",
                     view.name,
                     view.length,
                     view.output.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -324,6 +447,39 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                     view.spent
                 )
             });
+        }
+        FsCmd::Torrent {
+            id,
+            out: path,
+            no_tracker,
+            no_web_seed,
+        } => {
+            let t = torrent_of(&client()?, &id, no_tracker, no_web_seed).await?;
+            let path = path.unwrap_or_else(|| PathBuf::from(format!("{}.torrent", t.name)));
+            let bytes =
+                hex::decode(&t.torrent).context("the node sent a torrent that is not hex")?;
+            write_new(&path, &bytes)?;
+            out.print(&t, || {
+                format!(
+                    "wrote {} ({} bytes)\nannounce {}\nweb seed {}",
+                    path.display(),
+                    bytes.len(),
+                    t.announce.as_deref().unwrap_or("-"),
+                    if t.web_seeds.is_empty() {
+                        "-".to_string()
+                    } else {
+                        t.web_seeds.join(" ")
+                    }
+                )
+            });
+        }
+        FsCmd::Magnet {
+            id,
+            no_tracker,
+            no_web_seed,
+        } => {
+            let t = torrent_of(&client()?, &id, no_tracker, no_web_seed).await?;
+            out.print(&t, || t.magnet.clone());
         }
         FsCmd::Ls => {
             let files: Vec<FileView> = client()?.get("/v1/fs/files").await?;
@@ -421,6 +577,32 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                     .join("\n")
             });
         }
+        FsCmd::Store(args) => crate::storage::store(home, args, out).await?,
+        FsCmd::Replicas { id } => crate::storage::replicas(home, id, out).await?,
+        FsCmd::Prove { id } => crate::storage::prove(home, id, out).await?,
+        FsCmd::Link {
+            id,
+            key,
+            nodes,
+            url,
+            save,
+        } => {
+            let file = FileId::parse(&id)?;
+            let key = key.as_deref().map(FileKey::parse).transpose()?;
+            let nodes = nodes
+                .iter()
+                .map(|n| node_url(n))
+                .collect::<Result<Vec<_>>>()?;
+            let url = url.as_deref().map(node_url).transpose()?;
+            let link = link(home, &client()?, file, key, nodes, url, save).await?;
+            out.print(&link, || match &link.key {
+                Some(_) => format!(
+                    "{}\n(the link carries the file key: share it only with who may read the file)",
+                    link.url
+                ),
+                None => link.url.clone(),
+            });
+        }
         FsCmd::Status => {
             let s: StatusView = client()?.get("/v1/fs/status").await?;
             out.print(&s, || {
@@ -435,6 +617,16 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                     s.earned,
                     s.spent
                 );
+                if let Some(bt) = &s.bittorrent {
+                    t.push_str(&format!(
+                        "\nbittorrent {} ({} of {} peers, {} MiB served, {} dropped)",
+                        bt.listen.clone().unwrap_or_else(|| "off".into()),
+                        bt.peers,
+                        bt.max_peers,
+                        bt.served_bytes >> 20,
+                        bt.dropped
+                    ));
+                }
                 for tr in &s.transfers {
                     t.push_str(&format!(
                         "\n{:?} {} {}/{} parts {:.1} MiB/s",
@@ -456,6 +648,136 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The node's `.torrent` and magnet link of file `id`.
+async fn torrent_of(
+    client: &Client,
+    id: &str,
+    no_tracker: bool,
+    no_web_seed: bool,
+) -> Result<TorrentView> {
+    let file = FileId::parse(id)?;
+    let req = TorrentRequest {
+        no_tracker,
+        no_web_seed,
+    };
+    client
+        .post(&format!("/v1/fs/files/{file}/torrent"), &req)
+        .await
+}
+
+/// Writes `bytes` to a new file (an existing one is kept).
+fn write_new(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (choose another with -o)", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What `fs link` prints.
+#[derive(Serialize)]
+struct LinkView {
+    url: String,
+    id: FileId,
+    encrypted: bool,
+    key: Option<String>,
+}
+
+/// The `/app#ID[:KEY][&node=URL]…[&save]` link (format: `zennet_fs::app`).
+/// An encrypted file's key must open its first part here, so a link that
+/// cannot work is refused now rather than in the reader's browser.
+async fn link(
+    home: &Home,
+    client: &Client,
+    file: FileId,
+    key: Option<FileKey>,
+    nodes: Vec<String>,
+    url: Option<String>,
+    save: bool,
+) -> Result<LinkView> {
+    let f: FileView = client.get(&format!("/v1/fs/files/{file}")).await?;
+    let status: StatusView = client.get("/v1/fs/status").await?;
+    let local = status.http.as_deref().map(local_url).context(
+        "this node does not serve files over HTTP ([fs] http = \"off\"): set [fs] http = \"free\"",
+    )?;
+    let key = match (crypt::salt_of(&f.name), key) {
+        (None, Some(_)) => bail!("{file} is not encrypted; drop --key"),
+        (None, None) => None,
+        (Some(salt), key) => {
+            let key = match key {
+                Some(k) => k,
+                None => FileKey::derive(&home.key()?, &salt),
+            };
+            let resp = reqwest::get(format!("{local}/file/{file}/chunk/0"))
+                .await
+                .with_context(|| format!("cannot read {file}'s first part from {local}"))?;
+            if !resp.status().is_success() {
+                bail!(
+                    "{local} does not serve {file}'s first part ({}): the browser could not either",
+                    resp.status()
+                );
+            }
+            let mut part = resp.bytes().await?.to_vec();
+            if !Sealer::new(&key, &salt).open(0, &mut part) {
+                bail!("this key does not open {file} (added with --key? pass that key with --key)");
+            }
+            Some(key.hex())
+        }
+    };
+    let base = url.unwrap_or(local);
+    let mut fragment = file.hex();
+    if let Some(k) = &key {
+        fragment.push(':');
+        fragment.push_str(k);
+    }
+    for n in nodes.iter().filter(|n| **n != base) {
+        // The page splits fields on '&' and percent-decodes each URL.
+        fragment.push_str("&node=");
+        fragment.push_str(&n.replace('%', "%25").replace('&', "%26"));
+    }
+    if save {
+        fragment.push_str("&save");
+    }
+    Ok(LinkView {
+        url: format!("{base}/app#{fragment}"),
+        id: file,
+        encrypted: key.is_some(),
+        key,
+    })
+}
+
+/// A node's file server URL as `http(s)://host[:port][/prefix]`.
+fn node_url(s: &str) -> Result<String> {
+    let u =
+        reqwest::Url::parse(s).with_context(|| format!("{s:?} is not a URL (http://host:port)"))?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.query().is_some()
+        || u.fragment().is_some()
+        || !u.username().is_empty()
+    {
+        bail!("{s:?} is not a node's file server URL (http://host:port)");
+    }
+    Ok(u.as_str().trim_end_matches('/').to_string())
+}
+
+/// This node's file server URL from its listen address (an unspecified
+/// address is reached on loopback).
+fn local_url(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            a.set_ip(match a {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+            format!("http://{a}")
+        }
+        _ => format!("http://{addr}"),
+    }
 }
 
 fn amount(s: &str) -> Result<u128> {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use zennet_chain::task::TaskRecord;
 use zennet_chain::{
-    Address, Amount, ChainError, Channel, Genesis, Hash, Ledger, SecretKey, Transaction, TxBody,
+    Address, Amount, ChainError, Channel, Genesis, Hash, Ledger, SecretKey, StorageRecord,
+    Transaction, TxBody,
 };
 
 use crate::node::Node;
@@ -59,6 +60,20 @@ impl Ledger for NodeLedger {
     }
     fn channel(&self, id: &Hash) -> Option<Channel> {
         self.node.chain().channel(id)
+    }
+    fn storage(&self, id: &Hash) -> Option<StorageRecord> {
+        self.node.chain().storage(id)
+    }
+    fn storages(&self) -> Vec<StorageRecord> {
+        self.node.chain().state().storages().cloned().collect()
+    }
+    fn block_hash(&self, height: u64) -> Option<Hash> {
+        self.node
+            .chain()
+            .store()
+            .canonical_hash(height)
+            .ok()
+            .flatten()
     }
     fn submit(&self, body: TxBody) -> Result<Hash, ChainError> {
         let _guard = self.submit_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -13,6 +13,7 @@ mod node;
 mod observe;
 mod service_unit;
 mod services;
+mod storage;
 mod sync;
 mod trade;
 

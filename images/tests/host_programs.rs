@@ -39,6 +39,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("sha1sum", "coreutils"),
     ("aria2c", "aria2"),
+    ("transmission-cli", "transmission-cli"),
     ("nginx", "nginx"),
 ];
 
@@ -46,7 +47,7 @@ const PACKAGES: &[(&str, &str)] = &[
 const ESSENTIAL: &[&str] = &["coreutils", "dpkg", "apt"];
 
 /// Programs of the benchmarks' anchors, installed by `scripts/bench.sh`.
-const BENCH_ONLY: &[&str] = &["sysbench", "sshd", "aria2c", "nginx"];
+const BENCH_ONLY: &[&str] = &["sysbench", "sshd", "nginx"];
 
 /// Run only where the operator installed a hypervisor that needs its own
 /// kernel (Xen's `xl`): no script can install that on a running machine.

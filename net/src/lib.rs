@@ -42,6 +42,13 @@ pub fn peer_id(secret: &SecretKey) -> PeerId {
     keypair(secret).public().to_peer_id()
 }
 
+/// The peer id of the node whose chain key has public key `key` (the file
+/// network reaches a storage node by the key of its on-chain identity).
+pub fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
+    let public = libp2p::identity::secp256k1::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(public).to_peer_id())
+}
+
 /// The chain address behind a peer id (secp256k1 peers only).
 pub fn peer_address(peer: &PeerId) -> Option<Address> {
     let public =
@@ -64,6 +71,7 @@ mod tests {
     fn peer_id_maps_back_to_the_chain_address() {
         let key = SecretKey::generate();
         assert_eq!(peer_address(&peer_id(&key)), Some(key.address()));
+        assert_eq!(peer_id_of(&key.public_key()), Some(peer_id(&key)));
         let ed = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();

@@ -4,8 +4,11 @@
 //! * this file: [`TestHome`] (one home, its node process, its CLI), one
 //!   fast chain for many homes, waiting, config edits, fake peers.
 //! * [`market`]: a miner, publishers and providers on one chain, and what
-//!   tests read off them (VMs, contracts, channels, claims on chain).
+//!   tests read off them (VMs, contracts, channels, claims on chain), and
+//!   a headless browser.
+//! * [`files`]: random files, seeders found, a node's stored parts.
 
+pub mod files;
 pub mod market;
 
 use std::path::{Path, PathBuf};

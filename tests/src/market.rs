@@ -303,40 +303,147 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// session cookie carries from one page to the next.
 pub struct Browser {
     profile: tempfile::TempDir,
+    downloads: Option<std::path::PathBuf>,
 }
 
 impl Default for Browser {
     fn default() -> Browser {
         Browser {
             profile: tempfile::tempdir().unwrap(),
+            downloads: None,
         }
     }
 }
 
 impl Browser {
+    /// Saves downloads into `dir` without asking.
+    pub fn save_downloads_to(mut self, dir: &std::path::Path) -> Browser {
+        std::fs::create_dir_all(dir).unwrap();
+        self.downloads = Some(dir.to_path_buf());
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", self.profile.path().display()))
+        .args(args);
+        cmd
+    }
+
     fn run(&self, args: &[&str]) -> std::process::Output {
-        let out = std::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-            ])
-            .arg(format!("--user-data-dir={}", self.profile.path().display()))
-            .args(args)
+        let out = self
+            .command(args)
             .output()
             .expect("chromium runs (scripts/setup.sh installs it)");
         assert!(
             out.status.success(),
-            "chromium {args:?}: {}",
+            "chromium failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         out
     }
 
-    /// The page's DOM after it loaded (redirects followed).
+    /// The DOM of `url` once loaded (`--dump-dom`).
     pub fn dom(&self, url: &str) -> String {
         String::from_utf8_lossy(&self.run(&["--dump-dom", url]).stdout).into_owned()
+    }
+
+    /// The DOM of `url` once the JavaScript expression `ready` holds there
+    /// (polled), up to two minutes. `--dump-dom` cannot wait for a page
+    /// that works after loading: `--virtual-time-budget` runs out while
+    /// WebCrypto or a Blob read is pending (measured: a page hashing 60 x
+    /// 8 MiB was dumped unfinished every time), so this drives Chromium
+    /// over the DevTools protocol on a pipe (`--remote-debugging-pipe`).
+    pub fn dom_when(&self, url: &str, ready: &str) -> String {
+        self.open_when(url, ready).2
+    }
+
+    /// A screenshot (PNG) of `url` once `ready` holds there.
+    pub fn screenshot_when(&self, url: &str, ready: &str, path: &std::path::Path) {
+        use base64::Engine;
+        let (mut cdp, session, _) = self.open_when(url, ready);
+        cdp.call(
+            Some(&session),
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({"width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        let shot = cdp.call(
+            Some(&session),
+            "Page.captureScreenshot",
+            serde_json::json!({}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Chromium on `url` once `ready` holds there: the session and the DOM.
+    fn open_when(&self, url: &str, ready: &str) -> (Cdp, String, String) {
+        let mut cdp = Cdp::start(self.command(&["--remote-debugging-pipe", "about:blank"]));
+        if let Some(dir) = &self.downloads {
+            cdp.call(
+                None,
+                "Browser.setDownloadBehavior",
+                serde_json::json!({"behavior": "allow", "downloadPath": dir}),
+            );
+        }
+        let target = cdp.call(None, "Target.createTarget", serde_json::json!({"url": url}));
+        let session = cdp.call(
+            None,
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": target["targetId"], "flatten": true}),
+        )["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let start = std::time::Instant::now();
+        // `ready` throws on a page without what it reads (about:blank).
+        let expression = format!("({ready}) ? document.documentElement.outerHTML : null");
+        loop {
+            let r = cdp.call(
+                Some(&session),
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expression, "returnByValue": true}),
+            );
+            if let Some(dom) = r["result"]["value"].as_str() {
+                return (cdp, session, dom.to_string());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let now = cdp.call(
+                    Some(&session),
+                    "Runtime.evaluate",
+                    serde_json::json!({"expression": "document.documentElement.outerHTML", "returnByValue": true}),
+                );
+                panic!(
+                    "{url} never came to `{ready}`; the page: {}",
+                    now["result"]["value"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// [`Browser::dom_when`], then waits until the page's download of
+    /// `len` bytes is saved as `saved` (see [`Browser::save_downloads_to`]).
+    pub fn dom_saving(&self, url: &str, ready: &str, saved: &std::path::Path, len: u64) -> String {
+        let dom = self.dom_when(url, ready);
+        let dir = saved.parent().unwrap();
+        let downloading = || {
+            std::fs::read_dir(dir).is_ok_and(|mut d| {
+                d.any(|e| e.unwrap().path().extension() == Some("crdownload".as_ref()))
+            })
+        };
+        wait_until(Duration::from_secs(60), "chromium to save the file", || {
+            std::fs::metadata(saved).is_ok_and(|m| m.len() == len) && !downloading()
+        });
+        dom
     }
 
     /// A screenshot of the page into `path` (PNG).
@@ -344,6 +451,115 @@ impl Browser {
         let shot = format!("--screenshot={}", path.display());
         self.run(&["--window-size=1280,1400", &shot, url]);
         assert!(path.exists(), "no screenshot at {}", path.display());
+    }
+}
+
+/// A Chromium driven over `--remote-debugging-pipe`: it reads commands on
+/// fd 3 and writes answers and events on fd 4, each JSON ended by a NUL.
+struct Cdp {
+    child: std::process::Child,
+    to: std::io::PipeWriter,
+    answers: std::sync::mpsc::Receiver<serde_json::Value>,
+    next: u64,
+}
+
+impl Cdp {
+    fn start(mut cmd: std::process::Command) -> Cdp {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (their_in, to) = std::io::pipe().unwrap();
+        let (from, their_out) = std::io::pipe().unwrap();
+        let (rin, rout) = (their_in.as_raw_fd(), their_out.as_raw_fd());
+        // SAFETY: only fcntl and dup2 (async-signal-safe) between fork and
+        // exec. Both ends are first copied above 10, so neither is clobbered
+        // by the other's dup2 (or already at 3 or 4 with close-on-exec);
+        // the copies at 3 and 4 stay open across exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::libc::{F_DUPFD_CLOEXEC, dup2, fcntl};
+                let high = [
+                    fcntl(rin, F_DUPFD_CLOEXEC, 10),
+                    fcntl(rout, F_DUPFD_CLOEXEC, 10),
+                ];
+                for (fd, at) in high.into_iter().zip([3, 4]) {
+                    if fd < 0 || dup2(fd, at) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium runs (scripts/setup.sh installs it)");
+        drop((their_in, their_out));
+        let (tx, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut from = std::io::BufReader::new(from);
+            let mut msg = Vec::new();
+            while from.read_until(0, &mut msg).is_ok_and(|n| n > 0) {
+                msg.pop();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg)
+                    && v.get("id").is_some()
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+                msg.clear();
+            }
+        });
+        Cdp {
+            child,
+            to,
+            answers,
+            next: 0,
+        }
+    }
+
+    /// Sends a command and returns its result (panics on an error answer).
+    fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        use std::io::Write;
+        self.next += 1;
+        let mut msg = serde_json::json!({"id": self.next, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = s.into();
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        loop {
+            let v = self
+                .answers
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("chromium did not answer {method}: {e}"));
+            if v["id"] == self.next {
+                assert!(
+                    v.get("error").is_none(),
+                    "chromium: {method}: {}",
+                    v["error"]
+                );
+                return v["result"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for Cdp {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
     }
 }
 
@@ -356,4 +572,29 @@ pub fn cell(dom: &str, key: &str, value: &str, class: &str) -> Option<String> {
     let text = &row[at..];
     let text = &text[text.find('>')? + 1..];
     Some(text[..text.find('<')?].trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DevTools pipe drives Chromium through a page that finishes
+    /// only after async work that `--virtual-time-budget` does not wait for.
+    #[test]
+    fn browser_waits_for_a_page_that_works_after_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("p.html");
+        std::fs::write(
+            &page,
+            "<p id=s>working</p><script>(async () => { const b = new Uint8Array(8 << 20); \
+             for (let i = 0; i < 20; i++) await crypto.subtle.digest('SHA-256', b); \
+             document.getElementById('s').textContent = 'done'; })();</script>",
+        )
+        .unwrap();
+        let dom = Browser::default().dom_when(
+            &format!("file://{}", page.display()),
+            "document.getElementById('s').textContent === 'done'",
+        );
+        assert!(dom.contains(">done<"), "{dom}");
+    }
 }

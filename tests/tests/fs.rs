@@ -15,73 +15,15 @@
 //!   chain exactly what the downloader vouched to it;
 //! - a seeder's price above `--max-price` is refused and nothing is written.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use zennet_tests::{TestHome, amount, homes_on_one_chain, market, set_config, wait_until};
 
-const LOOPBACK: [&str; 2] = ["--listen", "/ip4/127.0.0.1/tcp/0"];
-const PART: usize = 256 * 1024;
-
-fn random_file(path: &Path, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    let mut f = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut f, &mut data).unwrap();
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn str_of(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_string()
-}
-
-/// Adds `path` on every seeder; returns the id (the same everywhere).
-fn add_everywhere(seeders: &[TestHome], path: &Path, extra: &[&str]) -> String {
-    let mut id = String::new();
-    for s in seeders {
-        let mut args = vec!["fs", "add", path.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let added = s.json(&args);
-        assert!(id.is_empty() || id == str_of(&added, "id"), "same id");
-        id = str_of(&added, "id");
-    }
-    id
-}
-
-/// Waits until `home` finds `n` usable seeders of `id`.
-fn await_seeders(home: &TestHome, id: &str, n: usize) {
-    wait_until(Duration::from_secs(60), "seeders to be found", || {
-        let info = home.json(&["fs", "info", id]);
-        info["seeders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["error"].is_null())
-            .count()
-            >= n
-    });
-}
-
-fn part_files(home: &TestHome) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in std::fs::read_dir(home.dir.join("fs/parts")).unwrap() {
-        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out
-}
+use zennet_tests::files::{
+    LOOPBACK, PART, add_everywhere, await_seeders, hex, part_files, random_file, sha256, str_of,
+};
 
 #[test]
 fn file_network_on_loopback() {
@@ -108,7 +50,15 @@ fn file_network_on_loopback() {
     let big_id = add_everywhere(&seeders, &work.join("big.bin"), &[]);
     await_seeders(&d, &big_id, 3);
     let out = work.join("big.out");
-    let got = d.json(&["fs", "get", &big_id, "-o", out.to_str().unwrap()]);
+    let got = d.json(&[
+        "fs",
+        "get",
+        &big_id,
+        "--protocol",
+        "zennet",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(sha256(&std::fs::read(&out).unwrap()), sha256(&big));
     assert_eq!(got["fetched_parts"], 256);
     for s in got["seeders"].as_array().unwrap() {
@@ -180,7 +130,15 @@ fn file_network_on_loopback() {
     }
     await_seeders(&d, &second_id, 3);
     let out = work.join("second.out");
-    let got = d.json(&["fs", "get", &second_id, "-o", out.to_str().unwrap()]);
+    let got = d.json(&[
+        "fs",
+        "get",
+        &second_id,
+        "--protocol",
+        "zennet",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&out).unwrap(), second);
     let bad_peer = seeders[0].json(&["node", "info"])["peer_id"].clone();
     for s in got["seeders"].as_array().unwrap() {
@@ -200,7 +158,15 @@ fn file_network_on_loopback() {
     let mut cli = Command::new(zennet_tests::zennet_bin())
         .arg("--home")
         .arg(&d.dir)
-        .args(["fs", "get", &third_id, "-o", out.to_str().unwrap()])
+        .args([
+            "fs",
+            "get",
+            &third_id,
+            "--protocol",
+            "zennet",
+            "-o",
+            out.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -225,7 +191,15 @@ fn file_network_on_loopback() {
     assert!(!out.exists());
     d.start_node(&join);
     await_seeders(&d, &third_id, 3);
-    let got = d.json(&["fs", "get", &third_id, "-o", out.to_str().unwrap()]);
+    let got = d.json(&[
+        "fs",
+        "get",
+        &third_id,
+        "--protocol",
+        "zennet",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&out).unwrap(), third);
     let resumed = got["resumed_parts"].as_u64().unwrap();
     assert!(

@@ -1,6 +1,6 @@
 //! File network routes under `/v1/fs/`: the store (add, list, info, seed,
 //! rm), downloads and their progress, the service's status and winding
-//! down its channels (`settle`). Files themselves are served on the
+//! down its channels (`settle`), `.torrent` files and magnet links. Files themselves are served on the
 //! `[fs] http_listen` listener, not here.
 
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use zennet_fs::api::{
-    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TransferView,
-    WindDownView,
+    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TorrentRequest,
+    TorrentView, TransferView, WindDownView,
 };
 use zennet_fs::{FileId, Fs, FsError};
 
@@ -26,6 +26,7 @@ pub(super) fn routes() -> Vec<super::Route> {
         ("/v1/fs/files/{id}/info", get(info)),
         ("/v1/fs/files/{id}/seed", post(seed)),
         ("/v1/fs/files/{id}/rm", post(rm)),
+        ("/v1/fs/files/{id}/torrent", post(torrent)),
         ("/v1/fs/get", post(start_get)),
         ("/v1/fs/transfers/{id}", get(transfer)),
         ("/v1/fs/status", get(status)),
@@ -90,6 +91,14 @@ async fn rm(State(node): State<Arc<Node>>, Path(i): Path<String>) -> ApiResult<s
     let file = id(&i)?;
     service(&node)?.remove(&file)?;
     Ok(Json(serde_json::json!({ "removed": file })))
+}
+
+async fn torrent(
+    State(node): State<Arc<Node>>,
+    Path(i): Path<String>,
+    Json(req): Json<TorrentRequest>,
+) -> ApiResult<TorrentView> {
+    Ok(Json(service(&node)?.torrent(&id(&i)?, &req)?))
 }
 
 async fn start_get(

@@ -1,5 +1,5 @@
 //! The node's HTTP JSON API (axum), one router per service merged here
-//! (chain and node, provider, publisher, fs: one file each, so adding a
+//! (chain and node, provider, publisher, fs, storage: one file each, so adding a
 //! service's routes touches only its file), and the types both the API and
 //! the CLI's client use. Amounts are decimal strings of the base unit;
 //! hashes and addresses are 0x-hex. Errors are `{"error": "..."}` with a
@@ -22,6 +22,7 @@ mod fs;
 mod metrics;
 mod provider;
 mod publisher;
+mod storage;
 
 use std::sync::Arc;
 
@@ -58,6 +59,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(metrics::routes());
     all.extend(provider::routes());
     all.extend(publisher::routes());
+    all.extend(storage::routes());
     all
 }
 
