@@ -261,13 +261,13 @@ fn aria2(url: &str, dir: &Path) -> Option<f64> {
 }
 
 /// A private nginx serving `root` on a free loopback port.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Nginx {
-    fn start(root: &Path) -> Option<Nginx> {
+    pub(crate) fn start(root: &Path) -> Option<Nginx> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -320,7 +320,7 @@ impl Drop for Nginx {
     }
 }
 
-fn write_random(p: &Path, len: usize) {
+pub(crate) fn write_random(p: &Path, len: usize) {
     let mut f = std::fs::File::create(p).expect("create");
     let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
     let mut buf = vec![0u8; 8 << 20];

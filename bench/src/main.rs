@@ -1,8 +1,9 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|ops|pos] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|bt|ops|pos] [--quick]`.
 
+mod bt;
 mod chain;
 mod fs;
 mod host;
@@ -51,6 +52,10 @@ fn main() {
         known = true;
         fs::run(quick);
     }
+    if all || suites.contains(&"bt") {
+        known = true;
+        bt::run(quick);
+    }
     if all || suites.contains(&"ops") {
         known = true;
         ops::run(quick);
@@ -61,7 +66,7 @@ fn main() {
     }
     if !known {
         eprintln!(
-            "unknown suite {suites:?}; available: chain, net, host, vm, market, fs, ops, pos"
+            "unknown suite {suites:?}; available: chain, net, host, vm, market, fs, bt, ops, pos"
         );
         std::process::exit(2);
     }
