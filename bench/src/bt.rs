@@ -27,14 +27,16 @@
 //!   this machine, sharing its cores, so more sources is not more
 //!   bandwidth here: the row shows what mixing protocols costs or gains
 //!   when the sources are no faster than one, not what it gains on a WAN.
-//! * Image distribution: the `zennet-tiny` VM image's directory (built
-//!   once into the tests' shared image cache, as the VM tests do; `zennet
-//!   image publish` is not there yet, so it is added with `zennet fs add
-//!   <dir>`, a multi-file torrent) fetched by a node that holds none of it,
-//!   from one seeder and then from three (all online and found before the
-//!   timed fetch). Lower is better; the ratio is three seeders over one.
-//!   If the image cannot be built, a 64 MiB directory of three random
-//!   files of the image's shape stands in, and the row says so.
+//! * Image distribution: the `zennet-tiny` VM image (built once into the
+//!   tests' shared image cache, as the VM tests do, which each seeder's
+//!   home links as its images directory) published by each seeder with
+//!   `zennet image publish` (a multi-file torrent of the manifest and the
+//!   files it names), fetched by a node that holds none of it, from one
+//!   seeder and then from three (all online and found before the timed
+//!   fetch). Lower is better; the ratio is three seeders over one. If the
+//!   image cannot be built, a 64 MiB directory of three random files of
+//!   the image's shape stands in (added with `fs add`), and the row says
+//!   so.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -230,17 +232,44 @@ fn bittorrent(quick: bool, s: &TestHome, d: &TestHome, work: &Path) {
     }
 }
 
+/// Adds the image on a seeder; returns its file id.
+type AddOn = dyn Fn(&TestHome) -> String;
+
 /// Row 3: an image's directory from one seeder, then from three.
 fn images(quick: bool, seeders: &[TestHome], d: &TestHome, work: &Path) {
     let runs = if quick { RUNS } else { 5 };
-    let (dir, what) = match image_dir(work) {
-        Ok((dir, bytes)) => (dir, format!("zennet-tiny image, {} MB", bytes / 1_000_000)),
+    let built = zennet_images::build(
+        &zennet_images::default_recipe(),
+        &zennet_testkit::image_cache(),
+    );
+    // Each seeder adds it the way it is meant to be: `image publish` of
+    // the image, or `fs add` of the stand-in.
+    let (add, what): (Box<AddOn>, String) = match built {
+        Ok(image) => {
+            let bytes: u64 = image.manifest.files.iter().map(|f| f.size).sum();
+            let publish = |s: &TestHome| {
+                let images = s.dir.join("images");
+                if !images.exists() {
+                    std::os::unix::fs::symlink(zennet_testkit::image_cache(), &images)
+                        .expect("a link to the shared image cache");
+                }
+                str_of(&s.json(&["image", "publish"]), "file")
+            };
+            (
+                Box::new(publish),
+                format!("zennet-tiny image, {} MB", bytes / 1_000_000),
+            )
+        }
         Err(why) => {
             println!("  (the zennet-tiny image could not be built: {why})");
-            (stand_in(work), "64 MiB stand-in of an image".to_string())
+            let dir = stand_in(work);
+            (
+                Box::new(move |s: &TestHome| str_of(&s.json(&["fs", "add", path(&dir)]), "id")),
+                "64 MiB stand-in of an image".to_string(),
+            )
         }
     };
-    let id = str_of(&seeders[0].json(&["fs", "add", path(&dir)]), "id");
+    let id = add(&seeders[0]);
     await_seeders(d, &id, 1);
     let out = work.join("image.out");
     // Seconds (the node's clock, discovery included), the discovery part
@@ -264,7 +293,7 @@ fn images(quick: bool, seeders: &[TestHome], d: &TestHome, work: &Path) {
     // another seeder is asked during them.
     let (one, one_found, _) = fetch(1);
     for s in &seeders[1..3] {
-        s.json(&["fs", "add", path(&dir)]);
+        assert_eq!(add(s), id, "the same image has the same file id everywhere");
     }
     await_seeders(d, &id, 3);
     let (three, three_found, sources) = fetch(3);
@@ -281,33 +310,6 @@ fn images(quick: bool, seeders: &[TestHome], d: &TestHome, work: &Path) {
         }
         _ => println!("  (image row skipped: a fetch failed)"),
     }
-}
-
-/// The zennet-tiny image's files, linked (or copied) into `work/zennet-tiny`
-/// (the images dir names the image by a symlink, which `fs add` refuses),
-/// and their total size.
-fn image_dir(work: &Path) -> Result<(PathBuf, u64), String> {
-    let image = zennet_images::build(
-        &zennet_images::default_recipe(),
-        &zennet_testkit::image_cache(),
-    )
-    .map_err(|e| e.to_string())?;
-    let dir = work.join(zennet_images::DEFAULT_IMAGE_ID);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut bytes = 0;
-    for e in std::fs::read_dir(&image.dir).map_err(|e| e.to_string())? {
-        let e = e.map_err(|e| e.to_string())?;
-        let meta = std::fs::metadata(e.path()).map_err(|e| e.to_string())?;
-        if !meta.is_file() {
-            continue;
-        }
-        let to = dir.join(e.file_name());
-        if std::fs::hard_link(e.path(), &to).is_err() {
-            std::fs::copy(e.path(), &to).map_err(|e| e.to_string())?;
-        }
-        bytes += meta.len();
-    }
-    Ok((dir, bytes))
 }
 
 /// 64 MiB in three files shaped like zennet-tiny's: a kernel, a

@@ -8,7 +8,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{amount_str, encode};
-use crate::crypto::{Address, Hash, keccak256_concat};
+use crate::crypto::{Address, FileHash, Hash, keccak256_concat};
 use crate::error::TxError;
 use crate::tx::Amount;
 
@@ -24,6 +24,12 @@ pub struct ImageChoice {
     pub id: String,
     /// Hash of the image manifest.
     pub hash: Hash,
+    /// The image as published on the file network (`zennet image
+    /// publish`): a node that has not built it may fetch it by this id,
+    /// verify it against `hash` and run it. `None`: only nodes that built
+    /// the image themselves can take the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]

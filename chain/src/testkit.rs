@@ -312,6 +312,7 @@ impl Activity {
                     images: vec![ImageChoice {
                         id: "zennet-tiny".into(),
                         hash: crate::crypto::Hash([0x11; 32]),
+                        file: None,
                     }],
                     min_bandwidth_mbps: 10,
                     min_disk_gib: 1,

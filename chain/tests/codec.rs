@@ -68,7 +68,16 @@ fn short_string() -> impl Strategy<Value = String> {
 fn announcement() -> impl Strategy<Value = TaskAnnouncement> {
     (
         proptest::collection::vec(
-            (short_string(), hash()).prop_map(|(id, hash)| ImageChoice { id, hash }),
+            (
+                short_string(),
+                hash(),
+                proptest::option::of(any::<[u8; 20]>()),
+            )
+                .prop_map(|(id, hash, file)| ImageChoice {
+                    id,
+                    hash,
+                    file: file.map(FileHash),
+                }),
             0..4,
         ),
         proptest::collection::vec(

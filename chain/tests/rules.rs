@@ -241,6 +241,7 @@ fn announcement_rules() {
         .map(|i| ImageChoice {
             id: format!("{i}").repeat(32),
             hash: Hash([i; 32]),
+            file: Some(zennet_chain::FileHash([i; 20])),
         })
         .collect();
     a.info = "i".repeat(96);

@@ -393,6 +393,7 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                 trackers,
                 web_seeds,
                 protocols,
+                max_length: None,
             };
             let client = client()?;
             let mut view: TransferView = client.post("/v1/fs/get", &req).await?;

@@ -8,6 +8,7 @@ mod dashboard;
 mod devnet;
 mod fs;
 mod home;
+mod image_share;
 mod ledger;
 mod node;
 mod observe;
@@ -153,8 +154,19 @@ enum ImageCmd {
         #[arg(default_value = zennet_images::DEFAULT_IMAGE_ID)]
         id: String,
     },
-    /// Images built in this home.
+    /// Images built (or fetched) in this home.
     List,
+    /// Add a built image to the file network (the running node seeds it)
+    /// and print the file id a task file names it by (`file = "…"` beside
+    /// `id` and `hash` in `images`): providers that lack the image fetch it from every
+    /// seeder, check it against the manifest hash and keep it.
+    Publish {
+        #[arg(default_value = zennet_images::DEFAULT_IMAGE_ID)]
+        id: String,
+        /// Base units per MiB providers pay to fetch it (default 0).
+        #[arg(long)]
+        price: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,6 +414,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { quick } => commands::bench(&home, quick, out).await,
         Command::Image(ImageCmd::Build { id }) => commands::image_build(&home, &id, out).await,
         Command::Image(ImageCmd::List) => commands::image_list(&home, out),
+        Command::Image(ImageCmd::Publish { id, price }) => {
+            let price = price
+                .as_deref()
+                .map(zennet_chain::codec::amount_str::parse_amount)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            image_share::publish(&home, &id, price, out).await
+        }
         Command::Agent(AgentCmd::Vm(AgentVmCmd::Start {
             image,
             cores,

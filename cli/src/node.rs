@@ -376,6 +376,10 @@ impl NodeHandle {
         }
         let chain_id = node.chain().genesis().chain_id;
         let fs = crate::fs::start(&home, &net, ledger.clone(), &key, chain_id).await?;
+        if let Some(provider) = node.provider.get() {
+            let images = crate::image_share::FsImages::new(fs.clone(), home.images_dir());
+            provider.set_image_source(Arc::new(images));
+        }
         let _ = node.fs.set(fs);
         tokio::spawn(crate::sync::run(node.clone(), net, net_events));
         if let Some(webhook) = config.alerts.webhook.clone() {

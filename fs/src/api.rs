@@ -64,6 +64,11 @@ pub struct GetRequest {
     /// either way.
     #[serde(default)]
     pub protocols: Vec<String>,
+    /// Refuse the file, before fetching a part, if its metainfo says it
+    /// is longer than this many bytes (a provider fetching a task's image
+    /// caps what a publisher can make it download).
+    #[serde(default)]
+    pub max_length: Option<u64>,
 }
 
 impl GetRequest {
@@ -83,6 +88,7 @@ impl GetRequest {
             trackers: vec![],
             web_seeds: vec![],
             protocols: vec![],
+            max_length: None,
         }
     }
 }

@@ -288,6 +288,15 @@ async fn fetch(
             found.ok_or_else(|| no_usable(&refused))?
         }
     };
+    if let Some(max) = req.max_length
+        && meta.length() > max
+    {
+        return Err(FsError::TooLarge {
+            file: id,
+            length: meta.length(),
+            max,
+        });
+    }
     // Offers whose bitfield does not fit the metainfo are not trusted.
     let mut usable = Vec::new();
     for s in sources {
@@ -559,6 +568,7 @@ pub(crate) async fn fetch_into_store(
         trackers: vec![],
         web_seeds: vec![],
         protocols: vec![],
+        max_length: None,
     };
     let known = fs.store.file(&id).map(|f| f.meta);
     fetch(fs, &Arc::new(Transfer::new(id)), &req, known).await

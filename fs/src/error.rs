@@ -171,6 +171,10 @@ pub enum FsError {
     Payment(#[from] PaymentError),
     #[error("no transfer {0}")]
     NoTransfer(FileId),
+    #[error(
+        "{file} is {length} bytes, more than the {max} this download takes; nothing was fetched"
+    )]
+    TooLarge { file: FileId, length: u64, max: u64 },
     #[error("a download of {0} is already running")]
     Busy(FileId),
     #[error("{0} downloads are running and pay through these channels; settle when they end")]

@@ -139,7 +139,7 @@ pub fn build_with_progress(
         e2fsprogs: e2fsprogs.as_deref(),
     };
     let (staging, hash) = make_image(recipe, &sources, work.path(), &inputs, progress)?;
-    publish(images_dir, &recipe.id, &hash, &staging)?;
+    publish_tree(images_dir, &recipe.id, &hash, &staging)?;
     info!(id = %recipe.id, hash = %hash, elapsed = ?started.elapsed(), "image built");
     load(images_dir, &recipe.id)
 }
@@ -157,7 +157,7 @@ struct Sources<'a> {
 }
 
 /// Serializes builds in one images directory; released when dropped.
-fn lock(images_dir: &Path) -> Result<File, ImageError> {
+pub(crate) fn lock(images_dir: &Path) -> Result<File, ImageError> {
     let path = images_dir.join(LOCK_FILE);
     let file = File::create(&path).map_err(ImageError::io(&path))?;
     file.lock().map_err(ImageError::io(&path))?;
@@ -444,10 +444,16 @@ fn write(path: &Path, data: &[u8]) -> Result<(), ImageError> {
         .map_err(ImageError::io(path))
 }
 
-/// Moves the staged image into the store and points `<id>` at it with an
+/// Moves the staged image (built here, or fetched and checked by
+/// [`crate::share::install`]) into the store and points `<id>` at it with an
 /// atomic symlink swap, so readers see the old image or the new one, never
 /// a mix. Older store entries of the same id go afterwards.
-fn publish(images_dir: &Path, id: &str, hash: &str, staging: &Path) -> Result<(), ImageError> {
+pub(crate) fn publish_tree(
+    images_dir: &Path,
+    id: &str,
+    hash: &str,
+    staging: &Path,
+) -> Result<(), ImageError> {
     let store = images_dir.join(STORE_DIR);
     fs::create_dir_all(&store).map_err(ImageError::io(&store))?;
     let entry = format!("{id}-{}", &hash[..16]);
@@ -556,7 +562,7 @@ mod tests {
             let staging = dir.path().join("staging");
             fs::create_dir(&staging).unwrap();
             fs::write(staging.join("vmlinux"), content).unwrap();
-            publish(dir.path(), "zennet-tiny", &hash, &staging).unwrap();
+            publish_tree(dir.path(), "zennet-tiny", &hash, &staging).unwrap();
         }
         let current = fs::read_to_string(dir.path().join("zennet-tiny/vmlinux")).unwrap();
         assert_eq!(current, "new");

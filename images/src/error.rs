@@ -158,6 +158,12 @@ pub enum ImageError {
     BadManifest { path: PathBuf, reason: String },
 
     #[error(
+        "{path} is not the image the task names: {reason}; the publisher's file does not \
+         match its announcement (nothing was installed)"
+    )]
+    NotTheImage { path: PathBuf, reason: String },
+
+    #[error(
         "{path} has SHA-256 {actual} but the manifest says {expected}; rebuild the image \
          (`zennet image build`)"
     )]

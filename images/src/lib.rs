@@ -25,7 +25,9 @@
 //! (pinned HTTPS downloads), `kernel.rs` (vmlinux out of a bzImage),
 //! `modules.rs`, `cpio.rs` and `initramfs.rs` (the initramfs), `disk.rs`
 //! (image disks as ext4), `manifest.rs` (manifests, finding and verifying
-//! images), `guest.rs` (the host-guest contract and the files in
+//! images), `share.rs` (an image as a file of the file network: the tree
+//! `zennet image publish` adds, installing a fetched one after checking it
+//! against the announced manifest hash), `guest.rs` (the host-guest contract and the files in
 //! `images/guest/`), `progress.rs`, `host.rs` (running host tools),
 //! `error.rs`.
 //!
@@ -174,6 +176,7 @@ mod manifest;
 mod modules;
 mod progress;
 mod recipe;
+mod share;
 
 pub use build::{build, build_with_progress};
 pub use catalog::{DASK_IMAGE_ID, IMAGE_IDS, SPARK_IMAGE_ID, dask_recipe, recipe, spark_recipe};
@@ -190,3 +193,4 @@ pub use progress::Progress;
 pub use recipe::{
     DEFAULT_IMAGE_ID, DiskFile, DiskLink, DiskRecipe, Download, Recipe, default_recipe,
 };
+pub use share::{install, publish_layout};

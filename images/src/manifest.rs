@@ -182,7 +182,9 @@ impl Manifest {
         self.files.iter().find(|f| f.role == role)
     }
 
-    pub(crate) fn seal(mut self) -> Self {
+    /// Sets `hash` to [`Manifest::compute_hash`]: what a tool that writes
+    /// or derives a manifest (a custom image) does last.
+    pub fn seal(mut self) -> Self {
         self.hash = self.compute_hash();
         self
     }

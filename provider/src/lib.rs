@@ -6,6 +6,9 @@
 //!   [`market::choose`] among offers (knapsack by profit per bottleneck
 //!   resource, spread over publishers).
 //! * [`service`]: [`Provider`] — the market loop, accept/reject, the views.
+//! * [`images`]: images a task names by file id — when to fetch one (once,
+//!   before accepting, never again after a failure), through the node's
+//!   [`images::ImageSource`].
 //! * [`session`]: one contract's runner and its session loop over the
 //!   tunnel (`zennet-tunnel`), the VM (`zennet-vm`) and the payee
 //!   (`zennet-pay`).
@@ -24,6 +27,7 @@
 
 pub mod contract;
 pub mod error;
+pub mod images;
 pub mod market;
 pub mod prices;
 pub mod service;

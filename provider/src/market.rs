@@ -38,8 +38,15 @@ pub struct MarketPolicy {
     pub reserved_memory_mib: u64,
     /// Disk kept for the host.
     pub reserved_disk_gib: u64,
-    /// Image ids the operator runs; empty = any image this node has built.
+    /// Image ids the operator runs; empty = any image this node has built
+    /// or may fetch.
     pub allowed_images: Vec<String>,
+    /// Fetch an image a task names by file id (published with `zennet
+    /// image publish`) when it is not built here, check it against the
+    /// announced manifest hash, and keep it for later tasks.
+    pub fetch_images: bool,
+    /// The largest image (MiB, all its files) this node fetches.
+    pub max_image_mib: u64,
     /// Extra proof of work the announcement must carry (difficulty; 0 = the network minimum is enough).
     pub min_task_pow: u64,
     /// The hardest acceptance proof of work this node will search for
@@ -65,6 +72,8 @@ impl Default for MarketPolicy {
             reserved_memory_mib: 512,
             reserved_disk_gib: 1,
             allowed_images: Vec::new(),
+            fetch_images: true,
+            max_image_mib: 4096,
             min_task_pow: 0,
             max_acceptance_difficulty: 1_000_000,
             publishers_allow: Vec::new(),
@@ -179,6 +188,12 @@ pub enum Rejection {
     AcceptancePowTooHard { needed: u64, max: u64 },
     #[error("none of the task's images ({}) is built here and allowed", .0.join(", "))]
     NoImage(Vec<String>),
+    #[error("image `{id}` is not here yet; it can be fetched over the file network")]
+    ImageToFetch { id: String },
+    #[error("fetching image `{id}` over the file network; the task is taken once it is here")]
+    FetchingImage { id: String },
+    #[error("image `{id}` could not be fetched: {reason}")]
+    ImageFetchFailed { id: String, reason: String },
     #[error("the task needs at least {needed} compute units per core; this machine has {have}")]
     TooSlow { needed: u32, have: u32 },
     #[error("the task wants at least {wanted}; free: {free}")]
@@ -438,6 +453,7 @@ pub(crate) mod tests {
         let image = |id: &str, hash| ImageChoice {
             id: id.into(),
             hash,
+            file: None,
         };
         let cores = |cores| CoreChoice {
             cores,

@@ -23,6 +23,7 @@ use zennet_vm::runtime::DEFAULT_SCRATCH_GIB;
 
 use crate::contract::Phase;
 use crate::error::ProviderError;
+use crate::images::{ImageSource, Images};
 use crate::market::{self, Machine, MarketPolicy, Offer, Resources};
 use crate::stats::ProviderStats;
 use crate::store::{ContractRow, ContractStore};
@@ -33,7 +34,8 @@ pub struct ProviderConfig {
     pub machine: Machine,
     /// The key the node dials publishers with (its fingerprint goes on chain).
     pub ssh_key: Arc<PrivateKey>,
-    /// Built images: (id, manifest hash).
+    /// Built images: (id, manifest hash). Images fetched later are added
+    /// (see [`crate::images`]).
     pub images: Vec<(String, Hash)>,
     /// Pause the VM when payment is this many payout intervals late.
     pub pause_after_intervals: f64,
@@ -82,6 +84,8 @@ pub struct Provider {
     /// Each running contract's pause deadline (wall-clock ms) as its
     /// runner last computed it, for the views.
     pub(crate) pause_at: Mutex<HashMap<Hash, u64>>,
+    /// Images that can be booted, and fetches of the ones that cannot yet.
+    images: Images,
 }
 
 impl Drop for Provider {
@@ -104,6 +108,7 @@ impl Provider {
         pay_store: Arc<dyn PayStore>,
     ) -> Result<Arc<Provider>, ProviderError> {
         let store = ContractStore::open(db_path)?;
+        let images = Images::new(config.images.clone());
         let provider = Arc::new(Provider {
             vms,
             payee: Payee::new(ledger.clone(), pay_store, config.claim_margin_blocks),
@@ -116,6 +121,7 @@ impl Provider {
             stopping: Arc::new(AtomicBool::new(false)),
             stats: ProviderStats::default(),
             pause_at: Mutex::new(HashMap::new()),
+            images,
         });
         for c in provider.store.all()? {
             if c.active() {
@@ -144,7 +150,7 @@ impl Provider {
             me: self.ledger.address(),
             policy: &self.config.policy,
             machine: &self.config.machine,
-            images: &self.config.images,
+            images: &self.images.built(),
         }
         .suggest()
     }
@@ -269,6 +275,22 @@ impl Provider {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Plugs in where images named by file id come from (the node's file
+    /// network, which starts after the provider). False if one is set.
+    pub fn set_image_source(&self, source: Arc<dyn ImageSource>) -> bool {
+        self.images.set_source(source)
+    }
+
+    /// (id, manifest hash) of the images this node can boot now.
+    pub fn images(&self) -> Vec<(String, Hash)> {
+        self.images.built()
+    }
+
+    /// The task against the policy with the images here; if none of its
+    /// images is here but one it names by file id could be fetched, the
+    /// task is evaluated as if that one were, and the rejection says the
+    /// image is to be fetched (or is being fetched, or failed), so a task
+    /// the policy would refuse anyway never triggers a download.
     fn evaluate(
         &self,
         t: &TaskRecord,
@@ -276,15 +298,49 @@ impl Provider {
         me: &Address,
         free: &Resources,
     ) -> Result<Offer, market::Rejection> {
-        market::evaluate(
-            t,
-            height,
-            me,
-            &self.config.policy,
-            &self.config.machine,
-            free,
-            &self.config.images,
-        )
+        let policy = &self.config.policy;
+        let can_fetch = policy.fetch_images && self.images.source().is_some();
+        self.images
+            .evaluate(&t.announcement.vm.images, can_fetch, |images| {
+                market::evaluate(t, height, me, policy, &self.config.machine, free, images)
+            })
+    }
+
+    /// Starts fetching image `id` of task `t`, unless it is here, being
+    /// fetched or failed before.
+    fn fetch_image(self: &Arc<Self>, t: &TaskRecord, id: &str) {
+        let Some(source) = self.images.source() else {
+            return;
+        };
+        let Some(choice) = t
+            .announcement
+            .vm
+            .images
+            .iter()
+            .find(|c| c.id == id && c.file.is_some() && self.images.state(c).is_none())
+            .cloned()
+        else {
+            return;
+        };
+        if !self.images.begin(&choice) {
+            return;
+        }
+        tracing::info!(task = %t.id, image = %choice.id, file = ?choice.file, "fetching the task's image");
+        let max_bytes = self.config.policy.max_image_mib.saturating_mul(1 << 20);
+        let provider = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let result = source.fetch(choice.clone(), max_bytes).await;
+            let Some(p) = provider.upgrade() else { return };
+            match &result {
+                Ok(()) => {
+                    tracing::info!(image = %choice.id, hash = %choice.hash, "image fetched and checked")
+                }
+                Err(e) => {
+                    tracing::warn!(image = %choice.id, error = %e, "image fetch failed; not retried")
+                }
+            }
+            p.images.finish(&choice, result.map_err(|e| e.to_string()));
+        });
     }
 
     /// What the node can still take: the machine less the operator's
@@ -368,6 +424,7 @@ impl Provider {
             }
             match self.evaluate(t, height, &me, &free) {
                 Ok(o) => offers.push(o),
+                Err(market::Rejection::ImageToFetch { id }) => self.fetch_image(t, &id),
                 Err(r) => tracing::debug!(task = %t.id, reason = %r, "task passed over"),
             }
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use zennet_chain::codec::amount_str;
 use zennet_chain::task::{CoreChoice, ImageChoice, Rates, TaskAnnouncement, VmRequirements};
-use zennet_chain::{Amount, Hash};
+use zennet_chain::{Amount, FileHash, Hash};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +65,10 @@ pub struct ImageRef {
     pub id: String,
     #[serde(default)]
     pub hash: Option<Hash>,
+    /// The image's file id on the file network (`zennet image publish`
+    /// prints it): providers that have not built it fetch it from there.
+    #[serde(default)]
+    pub file: Option<FileHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +125,7 @@ impl TaskFile {
                     .map(|hash| ImageChoice {
                         id: i.id.clone(),
                         hash,
+                        file: i.file,
                     })
                     .ok_or_else(|| TaskFileError::Invalid(format!("image {} has no hash", i.id)))
             })
@@ -208,6 +213,22 @@ mod tests {
         assert_eq!(a.vm.cores[0].cores, 1);
         assert_eq!(a.rates.per_compute_unit_second, 1000);
         assert_eq!(a.max_instances, 2);
+        assert_eq!(a.vm.images[0].file, None);
+    }
+
+    #[test]
+    fn an_image_named_by_file_id_carries_it_into_the_announcement() {
+        let file = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+        let text = GOOD.replace("\" }]", &format!("\", file = \"{file}\" }}]"));
+        let f = TaskFile::parse(&text).unwrap();
+        let a = f
+            .announcement("127.0.0.1:7522", Hash([2; 32]), 500)
+            .unwrap();
+        assert_eq!(a.vm.images[0].file, Some(file.parse().unwrap()));
+        let err = TaskFile::parse(&text.replace(file, "c0ffee"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("file id"), "{err}");
     }
 
     #[test]

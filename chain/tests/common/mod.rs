@@ -91,6 +91,7 @@ impl World {
                 images: vec![ImageChoice {
                     id: "zennet-tiny".into(),
                     hash: Hash([0x11; 32]),
+                    file: None,
                 }],
                 min_bandwidth_mbps: 10,
                 min_disk_gib: 1,

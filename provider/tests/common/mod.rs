@@ -49,6 +49,7 @@ pub fn task(endpoint: &str, host_key: Hash, window: u64, difficulty: u64) -> Tas
             images: vec![ImageChoice {
                 id: "zennet-tiny".into(),
                 hash: IMAGE,
+                file: None,
             }],
             min_bandwidth_mbps: 0,
             min_disk_gib: 3,
