@@ -15,7 +15,7 @@ use zennet_net::content::stream_protocol;
 
 mod common;
 
-use common::{CHAIN_ID, Node, await_providers, fs_on, node, random_bytes, wait};
+use common::{CHAIN_ID, Node, add, await_providers, fs_on, node, random_bytes, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_seeders_one_corrupt_and_the_download_completes() {
@@ -209,4 +209,43 @@ async fn a_frame_over_the_cap_ends_the_session_unread() {
         matches!(end, Err(_) | Ok(Frame::Refused { .. })),
         "got {end:?}"
     );
+}
+
+/// A download capped by `max_length` (a provider fetching a task's image)
+/// refuses a longer file once the metainfo says so: no part is fetched,
+/// nothing is written, and the same file uncapped downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_length_cap_is_refused_before_any_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(PIECE_LEN as usize * 4 + 1);
+    let src = dir.path().join("big.bin");
+    std::fs::write(&src, &data).unwrap();
+    let boot = node(&[]).await;
+    let s = node(std::slice::from_ref(&boot.addr)).await;
+    let seeder = fs_on(&s, &dir.path().join("seed"));
+    let id = add(&seeder, &src).await;
+    let d = node(std::slice::from_ref(&boot.addr)).await;
+    let fs = fs_on(&d, &dir.path().join("down"));
+    await_providers(&d.net, id, 1).await;
+
+    let out = dir.path().join("out.bin");
+    let mut req = GetRequest::new(id, out.clone());
+    req.max_length = Some(data.len() as u64 - 1);
+    fs.get(req).unwrap();
+    let v = wait(&fs, id).await;
+    assert_eq!(v.state, TransferState::Failed);
+    let why = v.error.unwrap_or_default();
+    assert!(
+        why.contains("more than the") && why.contains("nothing was fetched"),
+        "{why}"
+    );
+    assert_eq!(v.fetched_parts, 0);
+    assert!(!out.exists());
+    assert_eq!(fs.store().usage().unwrap().parts, 0, "no part stored");
+
+    let mut req = GetRequest::new(id, out.clone());
+    req.max_length = Some(data.len() as u64);
+    fs.get(req).unwrap();
+    assert_eq!(wait(&fs, id).await.state, TransferState::Done);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }
