@@ -372,23 +372,35 @@ impl Drop for Running {
     }
 }
 
-/// `aria2c` seeding `torrent` from `dir` until dropped, without hashing
-/// the file first (it is the source the torrent was made from).
-fn aria2_seed(torrent: &Path, dir: &Path, extra: &[String]) -> Result<Running, String> {
-    Command::new("aria2c")
-        .args(ARIA2_BASE)
-        .args(["--seed-ratio=0.0", "--bt-seed-unverified=true"])
+/// `aria2c` on `torrent` in `dir` on a free port, with the base options,
+/// `mode` (seed or leech) and `extra`.
+fn aria2(mode: [&str; 2], torrent: &Path, dir: &Path, extra: &[String]) -> Command {
+    let mut c = Command::new("aria2c");
+    c.args(ARIA2_BASE)
+        .args(mode)
         .args(["--listen-port", &zennet_testkit::free_port().to_string()])
         .arg("-d")
         .arg(dir)
         .args(extra)
         .arg(torrent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Running)
-        .map_err(|e| e.to_string())
+        .stdin(Stdio::null());
+    c
+}
+
+/// `aria2c` seeding `torrent` from `dir` until dropped, without hashing
+/// the file first (it is the source the torrent was made from).
+fn aria2_seed(torrent: &Path, dir: &Path, extra: &[String]) -> Result<Running, String> {
+    aria2(
+        ["--seed-ratio=0.0", "--bt-seed-unverified=true"],
+        torrent,
+        dir,
+        extra,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map(Running)
+    .map_err(|e| e.to_string())
 }
 
 /// MB/s of `aria2c` downloading `torrent` into `dir`, from its start to
@@ -402,17 +414,14 @@ fn aria2_leech(
 ) -> Result<f64, String> {
     let _ = std::fs::remove_dir_all(dir);
     let t = Instant::now();
-    let o = Command::new("aria2c")
-        .args(ARIA2_BASE)
-        .args(["--seed-time=0", "--bt-stop-timeout=60"])
-        .args(["--listen-port", &zennet_testkit::free_port().to_string()])
-        .arg("-d")
-        .arg(dir)
-        .args(extra)
-        .arg(torrent)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let o = aria2(
+        ["--seed-time=0", "--bt-stop-timeout=60"],
+        torrent,
+        dir,
+        extra,
+    )
+    .output()
+    .map_err(|e| e.to_string())?;
     let secs = t.elapsed().as_secs_f64();
     let len = std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     let _ = std::fs::remove_dir_all(dir);

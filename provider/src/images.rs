@@ -10,6 +10,13 @@
 //! failed (a tampered or mislabelled image, too big, no seeder) is not
 //! tried again for the same file and manifest hash: the same bytes would
 //! fail the same way.
+//!
+//! One image per id: the VM runtime boots images by id, and the images
+//! directory keeps one per id. So an image is not fetched when an image
+//! of the same id but another manifest hash is here: installing it would
+//! swap the image under contracts that run the one here. The operator
+//! decides (rebuild, or remove the old one); the task is passed over with
+//! the usual "none of the task's images is here" reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -120,10 +127,11 @@ impl Images {
         })
     }
 
-    /// The choices of a task that could be fetched: named by file id and
-    /// not failed before.
+    /// The choices of a task that could be fetched: named by file id, not
+    /// failed before, and not another image of an id that is here.
     fn fetchable<'a>(&self, choices: &'a [ImageChoice]) -> Vec<&'a ImageChoice> {
         let fetches = lock(&self.fetches);
+        let built = lock(&self.built);
         choices
             .iter()
             .filter(|c| {
@@ -131,6 +139,7 @@ impl Images {
                     !matches!(fetches.get(&(f, c.hash)), Some(FetchState::Failed(_)))
                 })
             })
+            .filter(|c| !built.iter().any(|(id, h)| *id == c.id && *h != c.hash))
             .collect()
     }
 
@@ -163,8 +172,7 @@ impl Images {
         true
     }
 
-    /// Records how a fetch ended. A fetched image replaces any other
-    /// image of the same id (the images directory holds one per id).
+    /// Records how a fetch ended.
     pub(crate) fn finish(&self, choice: &ImageChoice, result: Result<(), String>) {
         let Some(file) = choice.file else { return };
         let mut fetches = lock(&self.fetches);
@@ -252,6 +260,15 @@ mod tests {
     }
 
     #[test]
+    fn an_image_never_replaces_another_of_the_same_id() {
+        let images = Images::new(vec![("zennet-tiny".into(), Hash([1; 32]))]);
+        let other = [choice("zennet-tiny", 2, Some(7))];
+        let r = images.evaluate(&other, true, policy(&other, true));
+        assert!(matches!(r, Err(Rejection::NoImage(_))), "{r:?}");
+        assert_eq!(images.built(), [("zennet-tiny".to_string(), Hash([1; 32]))]);
+    }
+
+    #[test]
     fn a_task_the_policy_refuses_never_triggers_a_fetch() {
         let images = Images::new(Vec::new());
         let away = [choice("zennet-spark", 2, Some(8))];
@@ -303,14 +320,20 @@ mod tests {
     }
 
     #[test]
-    fn a_fetch_runs_once_and_a_fetched_image_replaces_its_id() {
+    fn a_fetch_runs_once_and_a_fetched_image_counts_as_built() {
         let images = Images::new(vec![("zennet-tiny".into(), Hash([1; 32]))]);
-        let c = choice("zennet-tiny", 2, Some(7));
+        let c = choice("custom", 2, Some(7));
         assert!(images.begin(&c));
         assert!(!images.begin(&c), "a second round does not start it again");
         assert_eq!(images.state(&c), Some(FetchState::Running));
         images.finish(&c, Ok(()));
-        assert_eq!(images.built(), [("zennet-tiny".to_string(), Hash([2; 32]))]);
+        assert_eq!(
+            images.built(),
+            [
+                ("zennet-tiny".to_string(), Hash([1; 32])),
+                ("custom".to_string(), Hash([2; 32]))
+            ]
+        );
         assert_eq!(images.state(&c), None);
     }
 

@@ -43,7 +43,9 @@ pub struct MarketPolicy {
     pub allowed_images: Vec<String>,
     /// Fetch an image a task names by file id (published with `zennet
     /// image publish`) when it is not built here, check it against the
-    /// announced manifest hash, and keep it for later tasks.
+    /// announced manifest hash, and keep it for later tasks. Never one
+    /// whose id is here under another manifest hash (see
+    /// [`crate::images`]).
     pub fetch_images: bool,
     /// The largest image (MiB, all its files) this node fetches.
     pub max_image_mib: u64,
