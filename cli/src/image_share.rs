@@ -31,6 +31,7 @@ const PUBLISH_DIR: &str = ".publish";
 /// `hash` in `images`).
 pub async fn publish(home: &Home, id: &str, price: Option<u128>, out: Output) -> Result<()> {
     home.require_initialized()?;
+    let client = home.client()?;
     let image = zennet_images::load(&home.images_dir(), id)?;
     image
         .verify()
@@ -43,7 +44,7 @@ pub async fn publish(home: &Home, id: &str, price: Option<u128>, out: Output) ->
         key: None,
         price_per_mib: Some(price.unwrap_or(0)),
     };
-    let added: Result<Added> = home.client()?.post("/v1/fs/files", &req).await;
+    let added: Result<Added> = client.post("/v1/fs/files", &req).await;
     // The node copied the parts into its store; the layout was only links.
     let _ = std::fs::remove_dir_all(&layout);
     let added = added?;

@@ -157,9 +157,10 @@ enum ImageCmd {
     /// Images built (or fetched) in this home.
     List,
     /// Add a built image to the file network (the running node seeds it)
-    /// and print the file id a task file names it by (`file = "…"` beside
-    /// `id` and `hash` in `images`): providers that lack the image fetch it from every
-    /// seeder, check it against the manifest hash and keep it.
+    /// and print the file id a task file names it by (`file = "…"`
+    /// beside `id` and `hash` in `images`): providers that lack the image
+    /// fetch it from every seeder, check it against the manifest hash and
+    /// keep it.
     Publish {
         #[arg(default_value = zennet_images::DEFAULT_IMAGE_ID)]
         id: String,

@@ -281,11 +281,6 @@ impl Provider {
         self.images.set_source(source)
     }
 
-    /// (id, manifest hash) of the images this node can boot now.
-    pub fn images(&self) -> Vec<(String, Hash)> {
-        self.images.built()
-    }
-
     /// The task against the policy with the images here; if none of its
     /// images is here but one it names by file id could be fetched, the
     /// task is evaluated as if that one were, and the rejection says the
