@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::AsyncReadExt;
 use zennet_chain::testkit::{TestChain, TestLedger};
 use zennet_chain::{Amount, Hash, Ledger, SecretKey, TxBody, Voucher};
-use zennet_fs::api::{AddRequest, GetRequest, TransferState};
+use zennet_fs::api::{GetRequest, TransferState};
 use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::payment::part_cost;
 use zennet_fs::wire::{self, Frame};
@@ -25,7 +25,7 @@ use zennet_pay::{MemoryStore, PayStore};
 
 mod common;
 
-use common::{miner, wait};
+use common::{add, miner, wait};
 
 const PRICE: Amount = 1 << 20; // one base unit per byte
 const CREDIT: u32 = 4;
@@ -91,18 +91,6 @@ fn random_file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
     p
 }
 
-async fn add(fs: &Fs, path: std::path::PathBuf) -> FileId {
-    fs.add(AddRequest {
-        path,
-        encrypt: false,
-        key: None,
-        price_per_mib: None,
-    })
-    .await
-    .unwrap()
-    .id
-}
-
 async fn until(cond: impl Fn() -> bool) {
     for _ in 0..100 {
         if cond() {
@@ -141,8 +129,8 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     let downloader = fs_on(&d, &dir.path().join("d"), &d_pay);
 
     let len_a = PIECE_LEN as usize * 10 + 777;
-    let a = add(&seeder, random_file(dir.path(), "a", len_a)).await;
-    let b = add(&seeder, random_file(dir.path(), "b", 5000)).await;
+    let a = add(&seeder, &random_file(dir.path(), "a", len_a)).await;
+    let b = add(&seeder, &random_file(dir.path(), "b", 5000)).await;
     let mut paid = 0;
     let mut channel = None;
     for (id, len) in [(a, len_a), (b, 5000)] {
@@ -222,7 +210,7 @@ async fn each_verified_part_is_paid_on_one_channel_reused_across_files() {
     // A channel being wound down is never paid through again: the next
     // download opens a new one.
     let _mining = miner(&chain);
-    let c = add(&seeder, random_file(dir.path(), "c", 3000)).await;
+    let c = add(&seeder, &random_file(dir.path(), "c", 3000)).await;
     await_provider(&d.net, c).await;
     downloader
         .get(GetRequest::new(c, dir.path().join("out-c")))
@@ -299,7 +287,7 @@ async fn a_leecher_that_stops_paying_is_cut_off_and_stays_cut_off() {
     let seeder = fs_on(&s, &dir.path().join("s"), &s_pay);
     let file = add(
         &seeder,
-        random_file(dir.path(), "f", PIECE_LEN as usize * 16),
+        &random_file(dir.path(), "f", PIECE_LEN as usize * 16),
     )
     .await;
     let part = part_cost(PRICE, PIECE_LEN);
@@ -346,7 +334,7 @@ async fn a_voucher_over_the_deposit_or_on_a_foreign_channel_is_refused_and_not_c
     let seeder = fs_on(&s, &dir.path().join("s"), &s_pay);
     let file = add(
         &seeder,
-        random_file(dir.path(), "f", PIECE_LEN as usize * 8),
+        &random_file(dir.path(), "f", PIECE_LEN as usize * 8),
     )
     .await;
     let part = part_cost(PRICE, PIECE_LEN);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use zennet_chain::testkit::{TestChain, TestLedger};
 use zennet_chain::{Address, Amount, Ledger, Role, SecretKey};
-use zennet_fs::api::{AddRequest, ReplicaView, StoreRequest};
+use zennet_fs::api::{ReplicaView, StoreRequest};
 use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::storage::{Storage, StoreConfig};
 use zennet_fs::{FileId, Fs, FsConfig};
@@ -142,16 +142,7 @@ async fn replicas_are_filled_challenged_paid_and_replaced() {
     let mut data = vec![0u8; (1 << 20) + 7];
     getrandom::fill(&mut data).unwrap();
     std::fs::write(&path, &data).unwrap();
-    let added = owner_fs
-        .add(AddRequest {
-            path,
-            encrypt: false,
-            key: None,
-            price_per_mib: None,
-        })
-        .await
-        .unwrap();
-    let file = added.id;
+    let file = common::add(&owner_fs, &path).await;
     let task = owner
         .store(StoreRequest {
             id: file,
