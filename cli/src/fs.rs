@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use zennet_chain::SecretKey;
 use zennet_chain::codec::amount_str;
 use zennet_fs::api::{
-    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TorrentRequest,
-    TorrentView, TransferState, TransferView, WindDownView,
+    AddRequest, Added, AddingView, FileView, GetRequest, InfoView, SeedRequest, StatusView,
+    TorrentRequest, TorrentView, TransferState, TransferView, WindDownView,
 };
 use zennet_fs::channels::{ChannelTerms, Channels};
 use zennet_fs::crypt::{self, FileKey, Sealer};
@@ -347,7 +347,8 @@ pub async fn run(home: &Home, cmd: FsCmd, out: Output) -> Result<()> {
                 key,
                 price_per_mib: price.as_deref().map(amount).transpose()?,
             };
-            let added: Added = client()?.post("/v1/fs/files", &req).await?;
+            let client = client()?;
+            let added = add_with_progress(&client, &req, progress_bar(out)).await?;
             out.print(&added, || {
                 let mut s = format!(
                     "id     {}\nname   {} ({} bytes, {} parts)\nprice  {} per MiB\nmagnet {}",
@@ -783,6 +784,34 @@ fn local_url(addr: &str) -> String {
 
 fn amount(s: &str) -> Result<u128> {
     amount_str::parse_amount(s).map_err(anyhow::Error::msg)
+}
+
+/// Adds through the node, drawing how far its hashing is on `bar`.
+async fn add_with_progress(
+    client: &Client,
+    req: &AddRequest,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<Added> {
+    let post = client.post("/v1/fs/files", req);
+    let Some(bar) = bar else { return post.await };
+    bar.set_message(format!("adding {}", req.path.display()));
+    tokio::pin!(post);
+    let added = loop {
+        tokio::select! {
+            added = &mut post => break added,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                // The bar is a courtesy: a failed poll leaves it as it was.
+                if let Ok(adds) = client.get::<Vec<AddingView>>("/v1/fs/adding").await
+                    && let Some(a) = adds.iter().find(|a| a.path == req.path)
+                {
+                    bar.set_length(a.total.max(1));
+                    bar.set_position(a.done);
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    added
 }
 
 fn progress_bar(out: Output) -> Option<indicatif::ProgressBar> {

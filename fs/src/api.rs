@@ -38,6 +38,14 @@ pub struct Added {
     pub seeding: bool,
 }
 
+/// An add in progress: bytes hashed and stored so far of `total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddingView {
+    pub path: PathBuf,
+    pub done: u64,
+    pub total: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GetRequest {
     pub id: FileId,

@@ -14,8 +14,8 @@ use zennet_net::NetHandle;
 use zennet_net::content::stream_protocol;
 
 use crate::api::{
-    AccountView, AddRequest, Added, FileEntryView, FileView, GetRequest, InfoView, OfferView,
-    StatusView, TorrentRequest, TorrentView, TransferView, WindDownView,
+    AccountView, AddRequest, Added, AddingView, FileEntryView, FileView, GetRequest, InfoView,
+    OfferView, StatusView, TorrentRequest, TorrentView, TransferView, WindDownView,
 };
 use crate::crypt::{self, FileKey};
 use crate::download::Transfer;
@@ -110,6 +110,8 @@ pub struct Fs {
     /// What each file earned as a seeder (see [`Fs::book_file`]).
     served: Mutex<HashMap<FileId, Account>>,
     transfers: Mutex<HashMap<FileId, Arc<Transfer>>>,
+    /// Adds in progress by path, for `zennet fs add`'s progress bar.
+    adding: Mutex<HashMap<PathBuf, AddingView>>,
     pub(crate) limiter: crate::seed::Limiter,
     http_addr: Mutex<Option<String>>,
     pub(crate) bt: Arc<crate::bittorrent::Bt>,
@@ -150,6 +152,7 @@ impl Fs {
             accounts: Mutex::new(accounts),
             served: Mutex::new(served),
             transfers: Mutex::new(HashMap::new()),
+            adding: Mutex::new(HashMap::new()),
             http_addr: Mutex::new(None),
             bt,
             storage: std::sync::OnceLock::new(),
@@ -279,8 +282,9 @@ impl Fs {
         })
     }
 
-    /// Adds a file or directory and seeds it.
-    pub async fn add(&self, req: AddRequest) -> Result<Added, FsError> {
+    /// Adds a file or directory and seeds it; its progress through
+    /// [`Fs::adding`] meanwhile.
+    pub async fn add(self: &Arc<Self>, req: AddRequest) -> Result<Added, FsError> {
         let encryption = match (req.encrypt, &req.key) {
             (false, Some(_)) => {
                 return Err(FsError::Invalid("--key needs --encrypt".into()));
@@ -297,11 +301,27 @@ impl Fs {
         };
         let key_hex = encryption.as_ref().map(|e| e.key.hex());
         let price = req.price_per_mib.unwrap_or(self.config.price_per_mib);
-        let store = self.store.clone();
+        let me = self.clone();
         let path = req.path.clone();
-        let meta = tokio::task::spawn_blocking(move || store.add_path(&path, encryption, price))
-            .await
-            .map_err(|e| FsError::Invalid(format!("add interrupted: {e}")))??;
+        let added = tokio::task::spawn_blocking(move || {
+            let mut report = |done, total| {
+                me.adding_lock().insert(
+                    path.clone(),
+                    AddingView {
+                        path: path.clone(),
+                        done,
+                        total,
+                    },
+                );
+            };
+            let added = me
+                .store
+                .add_path_with(&path, encryption, price, &mut report);
+            me.adding_lock().remove(&path);
+            added
+        })
+        .await;
+        let meta = added.map_err(|e| FsError::Invalid(format!("add interrupted: {e}")))??;
         self.store.set_price(&meta.id, price)?;
         self.store.set_seeding(&meta.id, true)?;
         self.net.provide(&meta.id.0);
@@ -316,6 +336,11 @@ impl Fs {
             key: key_hex,
             seeding: true,
         })
+    }
+
+    /// The adds in progress.
+    pub fn adding(&self) -> Vec<AddingView> {
+        self.adding_lock().values().cloned().collect()
     }
 
     /// Starts (or joins) a download; progress through [`Fs::transfer`].
@@ -568,6 +593,10 @@ impl Fs {
 
     fn accounts(&self) -> MutexGuard<'_, HashMap<(Address, Role), Account>> {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adding_lock(&self) -> MutexGuard<'_, HashMap<PathBuf, AddingView>> {
+        self.adding.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn transfers(&self) -> MutexGuard<'_, HashMap<FileId, Arc<Transfer>>> {

@@ -124,6 +124,18 @@ impl Store {
         encryption: Option<Encryption>,
         price_per_mib: Amount,
     ) -> Result<Arc<Metainfo>, StoreError> {
+        self.add_path_with(path, encryption, price_per_mib, &mut |_, _| {})
+    }
+
+    /// [`Store::add_path`], telling `progress(done, total)` the bytes
+    /// hashed so far after each part (`total` is what will be stored).
+    pub fn add_path_with(
+        &self,
+        path: &Path,
+        encryption: Option<Encryption>,
+        price_per_mib: Amount,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Arc<Metainfo>, StoreError> {
         let meta = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
         let name = path
             .file_name()
@@ -185,6 +197,7 @@ impl Store {
             PIECE_LEN as usize
         };
         let mut index = 0u32;
+        let mut done = 0u64;
         loop {
             let mut buf = Vec::with_capacity(PIECE_LEN as usize);
             let n = reader.read_up_to(&mut buf, chunk)?;
@@ -199,6 +212,8 @@ impl Store {
             pieces.extend_from_slice(&hash);
             new_parts.push((hash, buf.len() as u64));
             index += 1;
+            done += buf.len() as u64;
+            progress(done, stored_len);
         }
         let (torrent_name, length, files) = match (&encryption, entries) {
             (Some(enc), _) => (crypt::encrypted_name(&enc.salt), Some(stored_len), None),
@@ -1078,6 +1093,21 @@ mod tests {
             (b.parts, b.bytes, b.owed, b.paid),
             (a.parts, a.bytes, a.owed, a.paid)
         );
+    }
+
+    #[test]
+    fn an_add_reports_its_progress_part_by_part_up_to_the_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data = pattern(PIECE_LEN as usize * 2 + 1, 3);
+        std::fs::write(dir.path().join("a.bin"), &data).unwrap();
+        let mut seen = Vec::new();
+        s.add_path_with(&dir.path().join("a.bin"), None, 0, &mut |done, total| {
+            seen.push((done, total))
+        })
+        .unwrap();
+        let len = data.len() as u64;
+        assert_eq!(seen, [(PIECE_LEN, len), (2 * PIECE_LEN, len), (len, len)]);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use zennet_fs::api::{
-    AddRequest, Added, FileView, GetRequest, InfoView, SeedRequest, StatusView, TorrentRequest,
-    TorrentView, TransferView, WindDownView,
+    AddRequest, Added, AddingView, FileView, GetRequest, InfoView, SeedRequest, StatusView,
+    TorrentRequest, TorrentView, TransferView, WindDownView,
 };
 use zennet_fs::{FileId, Fs, FsError};
 
@@ -22,6 +22,7 @@ use crate::node::Node;
 pub(super) fn routes() -> Vec<super::Route> {
     vec![
         ("/v1/fs/files", get(list).post(add)),
+        ("/v1/fs/adding", get(adding)),
         ("/v1/fs/files/{id}", get(file)),
         ("/v1/fs/files/{id}/info", get(info)),
         ("/v1/fs/files/{id}/seed", post(seed)),
@@ -61,6 +62,10 @@ fn id(s: &str) -> Result<FileId, ApiError> {
 
 async fn list(State(node): State<Arc<Node>>) -> ApiResult<Vec<FileView>> {
     Ok(Json(service(&node)?.list()))
+}
+
+async fn adding(State(node): State<Arc<Node>>) -> ApiResult<Vec<AddingView>> {
+    Ok(Json(service(&node)?.adding()))
 }
 
 async fn add(State(node): State<Arc<Node>>, Json(req): Json<AddRequest>) -> ApiResult<Added> {
