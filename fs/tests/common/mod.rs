@@ -78,7 +78,7 @@ pub async fn serve(fs: &Arc<Fs>) -> SocketAddr {
 }
 
 /// Adds `path` to `fs` (free, seeded).
-pub async fn add(fs: &Fs, path: &Path) -> FileId {
+pub async fn add(fs: &Arc<Fs>, path: &Path) -> FileId {
     fs.add(zennet_fs::api::AddRequest {
         path: path.to_path_buf(),
         encrypt: false,
