@@ -191,7 +191,7 @@ async fn through_russh(bytes: u64) -> f64 {
     let host_fp = sshkey::fingerprint(host.public_key());
     let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
     let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
-    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, "zennet-pay")
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, &["zennet-pay"])
         .await
         .unwrap();
     let tunnel = Tunnel::dial(&server.local_addr.to_string(), host_fp, node)

@@ -16,6 +16,16 @@ use crate::price::Usage;
 
 /// SSH subsystem name.
 pub const SUBSYSTEM: &str = "zennet-pay";
+
+/// The SSH subsystem that carries a VM's private-network NIC to the
+/// publisher's switch: QEMU's stream framing (a 4-byte big-endian length,
+/// then one Ethernet frame), unchanged, both ways.
+pub const LAN_SUBSYSTEM: &str = "zennet-lan";
+
+/// The MAC a VM's private-network NIC boots with (the provider's VM
+/// runtime sets it, `zennet_vm::LAN_MAC`); the publisher finds the NIC in
+/// the guest by it.
+pub const LAN_BOOT_MAC: &str = "02:7a:6e:ff:ff:fe";
 pub const PROTOCOL_VERSION: u16 = 1;
 
 #[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]

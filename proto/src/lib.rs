@@ -18,6 +18,9 @@ pub mod frame;
 pub mod price;
 pub mod stream;
 
-pub use frame::{Frame, PROTOCOL_VERSION, SUBSYSTEM, Terms, UsageReport, VmPhase, VmStatus};
+pub use frame::{
+    Frame, LAN_BOOT_MAC, LAN_SUBSYSTEM, PROTOCOL_VERSION, SUBSYSTEM, Terms, UsageReport, VmPhase,
+    VmStatus,
+};
 pub use price::{Usage, max_price_per_sec, price};
 pub use stream::{MAX_FRAME, PayStream, WireError, read_frame, write_frame};

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zennet_chain::{Hash, SignedVoucher};
@@ -48,6 +49,19 @@ struct Joined {
 struct Link {
     tunnel: Tunnel,
     pay: PayStream,
+    /// The VM's private-network NIC carried to the publisher's switch;
+    /// it stops with the link.
+    _lan: Option<LanLink>,
+}
+
+/// Copies a VM's private-network frames between its NIC's socket and the
+/// publisher's `zennet-lan` stream, counting them as the VM's traffic.
+struct LanLink(tokio::task::JoinHandle<()>);
+
+impl Drop for LanLink {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -388,6 +402,7 @@ impl Runner {
             .await
             .map_err(retry)?;
         p.store.put(row).map_err(retry)?;
+        let lan = join_lan(&p, &tunnel, &vm_id, &row.task).await;
         let status = VmStatus {
             phase: if row.phase == Phase::Paused {
                 VmPhase::Paused
@@ -398,7 +413,11 @@ impl Runner {
             boot_ms: row.boot_ms,
         };
         pay.send(&Frame::Status(status)).await.map_err(retry)?;
-        self.link = Some(Link { tunnel, pay });
+        self.link = Some(Link {
+            tunnel,
+            pay,
+            _lan: lan,
+        });
         Ok(())
     }
 
@@ -794,6 +813,43 @@ async fn join(p: Arc<Provider>, row: ContractRow) -> Result<Joined, Session> {
     }
 }
 
+/// Joins VM `vm_id`'s private-network NIC to the publisher's switch over
+/// the tunnel. Without it the VM still runs (a publisher that has no
+/// switch refuses the subsystem; a backend may give no such NIC): the
+/// private network is the publisher's to use, not a term of the contract.
+async fn join_lan(p: &Provider, tunnel: &Tunnel, vm_id: &str, task: &Hash) -> Option<LanLink> {
+    let nic = match p.vms.connect_lan(vm_id).await {
+        Ok(Some(nic)) => nic,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(vm = %vm_id, error = %e, "private network: cannot reach the VM's NIC");
+            return None;
+        }
+    };
+    let mut stream = match tunnel.open_subsystem(proto::LAN_SUBSYSTEM).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(vm = %vm_id, error = %e, "private network: the publisher offers none");
+            return None;
+        }
+    };
+    // The publisher's switch learns which task's network this is.
+    if let Err(e) = stream.write_all(&task.0).await {
+        tracing::warn!(vm = %vm_id, error = %e, "private network: link lost");
+        return None;
+    }
+    let mut nic = zennet_tunnel::counter::Counted::new(nic, p.vms.traffic_counter(vm_id));
+    let vm = vm_id.to_string();
+    Some(LanLink(tokio::spawn(async move {
+        match tokio::io::copy_bidirectional(&mut nic, &mut stream).await {
+            Ok((out, into)) => {
+                tracing::debug!(%vm, out, into, "private network link closed")
+            }
+            Err(e) => tracing::debug!(%vm, error = %e, "private network link ended"),
+        }
+    })))
+}
+
 /// The node takes interval and lease only from the announcement it
 /// accepted: terms that say otherwise are refused, with the reason.
 pub fn check_terms(row: &ContractRow, t: &Terms) -> Result<(), String> {
@@ -847,6 +903,11 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_private_nic_boots_with_the_mac_the_publisher_looks_for() {
+        assert_eq!(zennet_vm::LAN_MAC, proto::LAN_BOOT_MAC);
+    }
     use zennet_chain::task::Rates;
     use zennet_chain::{Address, Hash};
 

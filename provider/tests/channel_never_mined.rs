@@ -56,7 +56,7 @@ async fn terms_for_a_channel_never_mined_get_a_paused_vm_and_then_an_ended_contr
     let host = sshkey::generate();
     let host_fp = sshkey::fingerprint(host.public_key());
     let gate = Arc::new(OneKey(provider.ssh_key_fingerprint()));
-    let (server, mut conns) = SshServer::start("127.0.0.1:0", host, gate, proto::SUBSYSTEM)
+    let (server, mut conns) = SshServer::start("127.0.0.1:0", host, gate, &[proto::SUBSYSTEM])
         .await
         .unwrap();
     let joins = Arc::new(AtomicU32::new(0));

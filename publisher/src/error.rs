@@ -13,6 +13,8 @@ pub enum PublisherError {
     BadImageHash { id: String, source: ChainError },
     #[error(transparent)]
     TaskFile(#[from] crate::taskfile::TaskFileError),
+    #[error(transparent)]
+    Lan(#[from] crate::lan::LanError),
     #[error(
         "the announcement is {size} bytes; the network limit is {limit} (shorten info or drop choices)"
     )]
@@ -36,6 +38,13 @@ pub enum PublisherError {
     NoJoin,
     #[error("the node's first frame was not Join")]
     NotJoin,
+    #[error("the node named no task on its private-network link within 30 s")]
+    NoLanTask,
+    #[error("node {node} has no running contract for task {task}")]
+    NoContract {
+        task: Hash,
+        node: zennet_chain::Address,
+    },
     #[error("task {0} is not one of this publisher's live tasks")]
     NotLiveTask(Hash),
     #[error("no acceptance of task {0} names this SSH key")]

@@ -8,6 +8,9 @@
 //! * [`session`]: one admitted node's `zennet-pay` session: channel, terms,
 //!   a voucher per usage report within the publisher's own bound.
 //! * [`capacity`]: the check of a node's claimed compute inside its VM.
+//! * [`lan`]: the private network between a task's VMs — a switch with a
+//!   port per VM, carried over each node's SSH connection (`zennet-lan`),
+//!   addresses assigned here and set in the guest over ssh.
 //! * [`admission`]: the SSH server's gate — only keys an on-chain
 //!   acceptance of our tasks names get in.
 //! * [`store`]: `publisher.db` — tasks and one contract per (task, node).
@@ -21,6 +24,7 @@
 pub mod admission;
 pub mod capacity;
 pub mod error;
+pub mod lan;
 pub mod service;
 pub mod session;
 pub mod store;

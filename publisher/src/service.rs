@@ -55,6 +55,8 @@ pub struct Publisher {
     opening: Mutex<()>,
     /// This host's calibration for the capacity check, once made.
     pub(crate) calibration: Arc<tokio::sync::Mutex<Option<(f64, f64)>>>,
+    /// The tasks' private networks.
+    pub(crate) lan: Arc<crate::lan::Lan>,
     _server: SshServer,
 }
 
@@ -88,8 +90,13 @@ impl Publisher {
             ledger: ledger.clone(),
             me: key.address(),
         });
-        let (server, mut incoming) =
-            SshServer::start(&config.ssh_listen, host_key, gate, zennet_proto::SUBSYSTEM).await?;
+        let (server, mut incoming) = SshServer::start(
+            &config.ssh_listen,
+            host_key,
+            gate,
+            &[zennet_proto::SUBSYSTEM, zennet_proto::LAN_SUBSYSTEM],
+        )
+        .await?;
         let endpoint = config
             .endpoint
             .clone()
@@ -109,6 +116,7 @@ impl Publisher {
             live: Mutex::new(HashMap::new()),
             opening: Mutex::new(()),
             calibration: Arc::new(tokio::sync::Mutex::new(None)),
+            lan: Arc::default(),
             _server: server,
         });
         let p = publisher.clone();
@@ -116,9 +124,13 @@ impl Publisher {
             while let Some(conn) = incoming.recv().await {
                 let p = p.clone();
                 tokio::spawn(async move {
-                    let key = conn.key;
-                    if let Err(e) = p.serve(conn).await {
-                        tracing::warn!(node_key = %key, error = %e, "contract session ended");
+                    let (key, subsystem) = (conn.key, conn.subsystem);
+                    let result = match subsystem {
+                        zennet_proto::LAN_SUBSYSTEM => p.serve_lan(conn).await,
+                        _ => p.serve(conn).await,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(node_key = %key, subsystem, error = %e, "contract session ended");
                     }
                 });
             }
@@ -278,6 +290,7 @@ impl Publisher {
                     usage: c.usage,
                     ended: c.ended_ms.is_some(),
                     end_reason: c.end_reason,
+                    lan_address: self.lan.assigned(&c.task, &c.node).map(crate::lan::address),
                 })
             })
             .collect()

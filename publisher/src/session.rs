@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use zennet_chain::task::{Acceptance, TaskRecord};
 use zennet_chain::{Amount, Hash, SignedVoucher};
@@ -70,6 +71,33 @@ impl Publisher {
             .await;
         self.live().remove(&(task, node));
         result
+    }
+
+    /// One VM's private-network link (`zennet-lan`): the task it belongs
+    /// to (32 bytes), then its NIC's frames, plugged into the task's
+    /// switch for as long as the link lasts. Only a key an acceptance of
+    /// that task names gets a port, and only while its contract runs.
+    pub(crate) async fn serve_lan(self: Arc<Self>, conn: Connection) -> Result<(), PublisherError> {
+        let mut stream = conn.stream;
+        let mut task = [0u8; 32];
+        tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut task))
+            .await
+            .map_err(|_| PublisherError::NoLanTask)?
+            .map_err(crate::lan::LanError::Io)?;
+        let task = Hash(task);
+        let (_, acceptance) = self.contract_for(&task, &conn.key)?;
+        if self
+            .store()
+            .contract(&task, &acceptance.node)?
+            .is_none_or(|c| c.ended_ms.is_some())
+        {
+            return Err(PublisherError::NoContract {
+                task,
+                node: acceptance.node,
+            });
+        }
+        self.lan.serve(task, acceptance.node, stream).await?;
+        Ok(())
     }
 
     async fn session(
@@ -207,6 +235,14 @@ impl Publisher {
                         measuring = true;
                         self.spawn_capacity_check(&c, port, measured_tx.clone());
                     }
+                    // Every time the VM reports running (a restarted VM
+                    // lost it): its place on the task's private network.
+                    if c.phase == VmPhase::Running
+                        && !ending
+                        && let Some(port) = forwards.ports().last().copied()
+                    {
+                        self.spawn_lan_setup(&c, port);
+                    }
                 }
                 Ok(Frame::Usage(mut r)) => {
                     let row = self.own_task(&task)?;
@@ -275,6 +311,47 @@ impl Publisher {
         Ok(None)
     }
 
+    /// Gives `c`'s VM its address on the task's private network, in the
+    /// background (over ssh, as the capacity check runs).
+    fn spawn_lan_setup(&self, c: &ContractRow, port: u16) {
+        let (task, node) = (c.task, c.node);
+        let place = match self.lan.place(task, node) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%task, %node, error = %e, "private network: no place");
+                return;
+            }
+        };
+        let access = self.guest_access(c, port);
+        tokio::spawn(async move {
+            let result = async {
+                access.prepare()?;
+                access.guest().run(&crate::lan::guest_setup(place)).await
+            }
+            .await;
+            match result {
+                Ok((out, _)) => {
+                    tracing::info!(%task, %node, address = %crate::lan::address(place), nic = %String::from_utf8_lossy(&out).trim(), "private network: VM addressed")
+                }
+                Err(e) => {
+                    tracing::warn!(%task, %node, error = %e, "private network: cannot address the VM")
+                }
+            }
+        });
+    }
+
+    /// What ssh into `c`'s VM through loopback `port` needs.
+    fn guest_access(&self, c: &ContractRow, port: u16) -> GuestAccess {
+        let dir = self.dir.join("capacity");
+        GuestAccess {
+            known_hosts: dir.join(format!("known_hosts-{}", &c.acceptance.to_string()[2..14])),
+            dir,
+            host_key: c.host_key.clone(),
+            key: self.vm_key_path().to_path_buf(),
+            port,
+        }
+    }
+
     /// Runs the capacity check of `c`'s VM in the background.
     fn spawn_capacity_check(
         &self,
@@ -282,25 +359,13 @@ impl Publisher {
         port: u16,
         done: mpsc::Sender<Result<f64, capacity::CapacityError>>,
     ) {
-        let dir = self.dir.join("capacity");
-        let known_hosts = dir.join(format!("known_hosts-{}", &c.acceptance.to_string()[2..14]));
-        let host_key = c.host_key.clone();
-        let key = self.vm_key_path().to_path_buf();
+        let access = self.guest_access(c, port);
+        let dir = access.dir.clone();
         let calibration = self.calibration_handle();
         tokio::spawn(async move {
             let result = async {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
-                if let Some(k) = &host_key {
-                    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {k}\n"))
-                        .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
-                }
-                let guest = capacity::Guest {
-                    port,
-                    key: &key,
-                    known_hosts: &known_hosts,
-                    pinned: host_key.is_some(),
-                };
+                access.prepare()?;
+                let guest = access.guest();
                 let (host_cu, host_rate) = {
                     let mut cal = calibration.lock().await;
                     match *cal {
@@ -375,6 +440,41 @@ impl Publisher {
         match r.last {
             true => Ok(self.payer.last_voucher(&channel)?),
             false => Ok(None),
+        }
+    }
+}
+
+/// ssh into one VM through its tunnel port, pinned to the host key the
+/// node reported (accept-new before it has).
+struct GuestAccess {
+    dir: std::path::PathBuf,
+    known_hosts: std::path::PathBuf,
+    host_key: Option<String>,
+    key: std::path::PathBuf,
+    port: u16,
+}
+
+impl GuestAccess {
+    /// Writes the pinned key's known_hosts file.
+    fn prepare(&self) -> Result<(), capacity::CapacityError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
+        if let Some(k) = &self.host_key {
+            std::fs::write(
+                &self.known_hosts,
+                format!("[127.0.0.1]:{} {k}\n", self.port),
+            )
+            .map_err(|e| capacity::CapacityError::Host(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn guest(&self) -> capacity::Guest<'_> {
+        capacity::Guest {
+            port: self.port,
+            key: &self.key,
+            known_hosts: &self.known_hosts,
+            pinned: self.host_key.is_some(),
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct VmView {
     pub usage: Usage,
     pub ended: bool,
     pub end_reason: Option<String>,
+    /// The VM's address on its task's private network (see
+    /// [`crate::lan`]), once it has one.
+    #[serde(default)]
+    pub lan_address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

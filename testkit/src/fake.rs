@@ -128,6 +128,7 @@ impl Backend for FakeBackend {
                 control: run_dir.join("control"),
                 serial_log,
                 serial_socket: None,
+                lan_socket: None,
             },
             backend: self.clone(),
         }))

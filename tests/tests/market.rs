@@ -378,8 +378,9 @@ fn check_metrics(text: &str) {
 #[test]
 fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
     // Accepting by hand here, so the test decides what the node takes.
-    let mut m = Market::start(2, 1, &[("market", "auto_accept", "false")]);
-    let prepaid = m.announce(0, 1, -4, "");
+    let mut m = Market::start(2, 2, &[("market", "auto_accept", "false")]);
+    // Two VMs of the prepaid task, on two nodes: its private network.
+    let prepaid = m.announce(0, 2, -4, "");
     let postpaid = m.announce(1, 1, 2, "persistent_storage_gib = 1");
     let verdicts = m.providers[0].json(&["agent", "tasks"]);
     assert!(
@@ -391,10 +392,12 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
         "{verdicts}"
     );
     m.providers[0].ok(&["agent", "accept", &prepaid]);
+    m.providers[1].ok(&["agent", "accept", &prepaid]);
     m.providers[0].ok(&["agent", "accept", &postpaid]);
-    let a = wait_running(&m.publishers[0], &prepaid, 1);
+    let a = wait_running(&m.publishers[0], &prepaid, 2);
     let b = wait_running(&m.publishers[1], &postpaid, 1);
     let provider = &m.providers[0];
+    private_network_joins_a_tasks_vms_only(&m, &a, &b);
 
     // Prepay: the node was paid ahead before the VM ran, and is ahead once
     // the publisher has answered the report sent when the tunnel came up
@@ -510,6 +513,85 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
         "{c}"
     );
     assert!(c["vm"].is_null(), "no VM was started for an impostor");
+}
+
+/// The prepaid task's two VMs (on two nodes) reach each other on the
+/// private addresses their publisher gave them, with traffic metered; the
+/// other publisher's VM, beside one of them on the same node and at the
+/// same address on its own network, reaches neither.
+fn private_network_joins_a_tasks_vms_only(m: &Market, a: &[Value], b: &[Value]) {
+    let lan = |v: &Value| v["lan_address"].as_str().unwrap().to_string();
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+    let (a0, a1, b0) = (&a[0], &a[1], &b[0]);
+    let (pa, pb) = (&m.publishers[0], &m.publishers[1]);
+    assert_ne!(lan(a0), lan(a1));
+    // The other task's network is its own: its one VM has the first place.
+    assert_eq!(lan(b0), "10.88.0.2");
+    for (publisher, vm) in [(pa, a0), (pa, a1), (pb, b0)] {
+        let (vm_id, address) = (id(vm), lan(vm));
+        wait_until(Duration::from_secs(60), "the VM's private address", || {
+            publisher
+                .run(&["vm", "exec", &vm_id, "--", "ip -4 addr"])
+                .stdout
+                .windows(address.len() + 1)
+                .any(|w| w == format!("{address}/").as_bytes())
+        });
+    }
+    let ping = |publisher: &TestHome, from: &Value, to: &str| {
+        publisher
+            .run(&[
+                "vm",
+                "exec",
+                &id(from),
+                "--",
+                &format!("ping -c 2 -W 5 {to}"),
+            ])
+            .status
+            .success()
+    };
+    let traffic = |vm: &Value| {
+        vms_of(pa, vm["task"].as_str().unwrap())
+            .iter()
+            .find(|v| v["id"] == vm["id"])
+            .map(|v| v["usage"]["traffic_bytes"].as_u64().unwrap())
+            .unwrap()
+    };
+    let before = traffic(a1);
+    assert!(
+        ping(pa, a0, &lan(a1)),
+        "a task's VM cannot reach its sibling"
+    );
+    assert!(ping(pa, a1, &lan(a0)));
+    // About 1.4 MB across the private network (700 echoes of 1 KB each
+    // way), counted in the VMs' traffic like the tunnel's.
+    let flood = format!("ping -q -A -c 700 -s 1000 -W 5 {}", lan(a1));
+    assert!(
+        pa.run(&["vm", "exec", &id(a0), "--", &flood])
+            .status
+            .success()
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the private traffic to be metered",
+        || traffic(a1) >= before + 1_000_000,
+    );
+    // Another task's VM: not its sibling's address, not the publisher's .1.
+    let stranger = pb.run(&[
+        "vm",
+        "exec",
+        &id(b0),
+        "--",
+        &format!(
+            "ping -c 2 -W 5 {}; ip addr; ip route; ip neigh; cat /proc/net/dev",
+            lan(a1)
+        ),
+    ]);
+    let said = String::from_utf8_lossy(&stranger.stdout);
+    assert!(
+        !said.contains("bytes from"),
+        "a stranger's VM reached the task's VM: {said}"
+    );
+    assert!(!ping(pa, a0, "10.88.0.1"));
 }
 
 fn ssh_with(key: &Path, port: &str, user: &str) -> std::process::Output {

@@ -1,8 +1,9 @@
 //! The publisher's SSH server (russh). Clients get in only with a key the
 //! [`Gate`] admits (for the publisher: the key an on-chain `AcceptTask`
 //! names); any other key is refused at authentication. An admitted
-//! connection may open the one subsystem the server was started with
-//! (`zennet-pay`; its stream goes to the owner as a [`Connection`]) and ask
+//! connection may open the subsystems the server was started with
+//! (`zennet-pay`, `zennet-lan`; each stream goes to the owner as a
+//! [`Connection`] naming its subsystem) and ask
 //! for remote port forwards (`tcpip-forward`), which bind on the server's
 //! loopback only, so `ssh -p PORT root@127.0.0.1` reaches the VM's sshd.
 //! Nothing else is offered: no shell, no exec, no direct-tcpip.
@@ -46,6 +47,8 @@ pub trait Gate: Send + Sync + 'static {
 pub struct Connection {
     /// Fingerprint of the key the client authenticated with.
     pub key: Hash,
+    /// Which of the server's subsystems the stream is.
+    pub subsystem: &'static str,
     pub peer: Option<SocketAddr>,
     /// The subsystem's byte stream.
     pub stream: ChannelStream<Msg>,
@@ -137,15 +140,15 @@ pub struct SshServer {
 }
 
 impl SshServer {
-    /// Listens on `listen` and hands each stream of the subsystem
-    /// `subsystem` to the returned receiver.
+    /// Listens on `listen` and hands each stream of one of the
+    /// `subsystems` to the returned receiver.
     pub async fn start(
         listen: &str,
         host_key: PrivateKey,
         gate: Arc<dyn Gate>,
-        subsystem: &'static str,
+        subsystems: &'static [&'static str],
     ) -> std::io::Result<(SshServer, mpsc::Receiver<Connection>)> {
-        Self::start_with(listen, host_key, gate, subsystem, Limits::default()).await
+        Self::start_with(listen, host_key, gate, subsystems, Limits::default()).await
     }
 
     /// [`SshServer::start`] with explicit [`Limits`].
@@ -153,7 +156,7 @@ impl SshServer {
         listen: &str,
         host_key: PrivateKey,
         gate: Arc<dyn Gate>,
-        subsystem: &'static str,
+        subsystems: &'static [&'static str],
         limits: Limits,
     ) -> std::io::Result<(SshServer, mpsc::Receiver<Connection>)> {
         let listener = TcpListener::bind(listen).await?;
@@ -179,7 +182,7 @@ impl SshServer {
         let mut server = Acceptor {
             gate,
             tx,
-            subsystem,
+            subsystems,
         };
         let pending = Arc::new(Mutex::new(Pending::default()));
         let mut rate =
@@ -402,7 +405,7 @@ impl Drop for SshServer {
 struct Acceptor {
     gate: Arc<dyn Gate>,
     tx: mpsc::Sender<Connection>,
-    subsystem: &'static str,
+    subsystems: &'static [&'static str],
 }
 
 impl russh::server::Server for Acceptor {
@@ -412,7 +415,7 @@ impl russh::server::Server for Acceptor {
         SessionHandler {
             gate: self.gate.clone(),
             tx: self.tx.clone(),
-            subsystem: self.subsystem,
+            subsystems: self.subsystems,
             peer,
             key: None,
             channels: HashMap::new(),
@@ -430,7 +433,7 @@ impl russh::server::Server for Acceptor {
 struct SessionHandler {
     gate: Arc<dyn Gate>,
     tx: mpsc::Sender<Connection>,
-    subsystem: &'static str,
+    subsystems: &'static [&'static str],
     peer: Option<SocketAddr>,
     /// Set once the client authenticated.
     key: Option<Hash>,
@@ -503,7 +506,8 @@ impl russh::server::Handler for SessionHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(key), true) = (self.key, name == self.subsystem) else {
+        let subsystem = self.subsystems.iter().find(|s| **s == name);
+        let (Some(key), Some(&subsystem)) = (self.key, subsystem) else {
             session.channel_failure(id)?;
             return Ok(());
         };
@@ -514,15 +518,13 @@ impl russh::server::Handler for SessionHandler {
         session.channel_success(id)?;
         let conn = Connection {
             key,
+            subsystem,
             peer: self.peer,
             stream: channel.into_stream(),
             forwards: self.forwards.clone(),
         };
         if self.tx.send(conn).await.is_err() {
-            tracing::warn!(
-                subsystem = self.subsystem,
-                "the owner is gone; dropping a subsystem stream"
-            );
+            tracing::warn!(subsystem, "the owner is gone; dropping a subsystem stream");
         }
         Ok(())
     }

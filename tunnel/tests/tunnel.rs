@@ -54,7 +54,7 @@ async fn tunnel_admits_only_the_accepted_key_and_forwards_to_the_vm() {
     let node = Arc::new(sshkey::load_or_create(&dir.path().join("node")).unwrap());
     let stranger = Arc::new(sshkey::load_or_create(&dir.path().join("stranger")).unwrap());
     let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
-    let (server, mut conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+    let (server, mut conns) = SshServer::start("127.0.0.1:0", host, gate, &[wire::SUBSYSTEM])
         .await
         .unwrap();
     let endpoint = server.local_addr.to_string();
@@ -121,7 +121,7 @@ async fn openssh_client_interoperates_with_the_publisher_server() {
     let node = sshkey::load_or_create(&dir.path().join("node")).unwrap();
     sshkey::load_or_create(&dir.path().join("stranger")).unwrap();
     let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
-    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, &[wire::SUBSYSTEM])
         .await
         .unwrap();
     let vm = echo_server().await;
@@ -217,7 +217,7 @@ async fn a_flood_of_idle_connections_does_not_lock_the_node_out() {
         ..zennet_tunnel::Limits::default()
     };
     let (server, _conns) =
-        SshServer::start_with("127.0.0.1:0", host, gate, wire::SUBSYSTEM, limits)
+        SshServer::start_with("127.0.0.1:0", host, gate, &[wire::SUBSYSTEM], limits)
             .await
             .unwrap();
     let port = server.local_addr.port();
@@ -287,7 +287,7 @@ async fn a_connection_loop_from_one_address_is_held_to_its_rate() {
     let gate = Arc::new(OneKey(sshkey::fingerprint(node.public_key())));
     let limits = zennet_tunnel::Limits::default();
     let (server, _conns) =
-        SshServer::start_with("127.0.0.1:0", host, gate, wire::SUBSYSTEM, limits)
+        SshServer::start_with("127.0.0.1:0", host, gate, &[wire::SUBSYSTEM], limits)
             .await
             .unwrap();
     let port = server.local_addr.port();
@@ -328,7 +328,7 @@ async fn ssh_audit_finds_no_weak_algorithm() {
     let dir = tempfile::tempdir().unwrap();
     let host = sshkey::load_or_create(&dir.path().join("host")).unwrap();
     let gate = Arc::new(OneKey(Hash([0; 32])));
-    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, wire::SUBSYSTEM)
+    let (server, _conns) = SshServer::start("127.0.0.1:0", host, gate, &[wire::SUBSYSTEM])
         .await
         .unwrap();
     let out = tokio::process::Command::new(SSH_AUDIT)

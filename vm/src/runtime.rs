@@ -212,6 +212,27 @@ impl Runtime {
         connect_guest(&spec, port).await.map_err(VmError::Io)
     }
 
+    /// A connection to VM `id`'s private-network NIC (frames in QEMU's
+    /// stream framing: a 4-byte big-endian length, then the Ethernet
+    /// frame); `Ok(None)` if its backend gives it none.
+    pub async fn connect_lan(&self, id: &str) -> Result<Option<tokio::net::UnixStream>, VmError> {
+        let row = self
+            .store()
+            .get(id)?
+            .ok_or_else(|| VmError::NoSuchVm(id.to_string()))?;
+        let Some(path) = row.process.and_then(|p| p.lan_socket) else {
+            return Ok(None);
+        };
+        tokio::net::UnixStream::connect(&path)
+            .await
+            .map(Some)
+            .map_err(|source| VmError::File {
+                action: "connect to",
+                path,
+                source,
+            })
+    }
+
     pub async fn start(&self, req: StartVm) -> Result<VmInfo, VmError> {
         if req.cores == 0 || req.cores > 64 {
             return Err(VmError::BadCores {

@@ -2,13 +2,12 @@
 //! to [`crate::Backend::launch`] and persisted with the VM, and the facts
 //! about a launched process that find it again after a restart.
 //!
-//! Room to grow: a VM has one network interface ([`VmSpec::network`]) and
-//! two disks (scratch, persistent) today. A second NIC (say a task-private
-//! `-netdev stream` over the SSH connection) or read-only image disks go in
-//! as their own fields beside these (`nics: Vec<…>`, `disks: Vec<…>`, with
-//! `#[serde(default)]` so older records still parse); the QEMU backend
-//! builds each device with its own function in `qemu::launch`, so adding
-//! one is a field, a variant and one function there.
+//! A VM has its network interface ([`VmSpec::network`]), under QEMU a
+//! second one on its task's private network ([`Process::lan_socket`]),
+//! and two disks (scratch, persistent). Read-only image disks go in as
+//! their own field beside these (`disks: Vec<…>`, with `#[serde(default)]`
+//! so older records still parse); the QEMU backend builds each device with
+//! its own function in `qemu::launch`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -124,4 +123,15 @@ pub struct Process {
     /// `serial_log` itself.
     #[serde(default)]
     pub serial_socket: Option<PathBuf>,
+    /// The guest's second NIC, on its task's private network (QEMU: a
+    /// listening socket speaking QEMU's stream netdev framing, which the
+    /// node connects to the publisher's switch; see [`LAN_MAC`]). `None`:
+    /// the backend gives the guest no such NIC.
+    #[serde(default)]
+    pub lan_socket: Option<PathBuf>,
 }
+
+/// The MAC the guest's private-network NIC comes up with: the same in
+/// every VM, so the publisher finds the interface by it and then gives it
+/// the address and MAC of its place on the task's network.
+pub const LAN_MAC: &str = "02:7a:6e:ff:ff:fe";

@@ -69,6 +69,8 @@ pub async fn launch(
     let listener = listen(&qmp_socket)?;
     let serial_socket = qmp_dir.join("serial.sock");
     let serial_listener = listen(&serial_socket)?;
+    let lan_socket = qmp_dir.join("lan.sock");
+    let lan_listener = listen(&lan_socket)?;
 
     let (uid, gid) = spec
         .run_as
@@ -123,6 +125,7 @@ pub async fn launch(
         persistent: persistent.as_ref().map(|f| fds.pass(f)),
         qmp: fds.pass(&listener),
         serial: fds.pass(&serial_listener),
+        lan: fds.pass(&lan_listener),
         tap: tap.as_ref().map(|t| fds.pass(t)),
     };
     let args = qemu_args(config, spec, &passed, lock_memory);
@@ -163,7 +166,7 @@ pub async fn launch(
     let pid = child.id();
     // The VM outlives this handle; recovery finds it by pid.
     drop(child);
-    drop((listener, serial_listener, tap));
+    drop((listener, serial_listener, lan_listener, tap));
     let output = tokio::spawn(console::pump(
         tokio::net::unix::pipe::Receiver::from_owned_fd(out_rx)?,
         log.clone(),
@@ -192,6 +195,7 @@ pub async fn launch(
             control: qmp_socket,
             serial_log,
             serial_socket: Some(serial_socket),
+            lan_socket: Some(lan_socket),
         },
         qmp,
         console: Feeds(vec![output, serial]),
@@ -288,6 +292,8 @@ struct PassedFds {
     persistent: Option<RawFd>,
     qmp: RawFd,
     serial: RawFd,
+    /// A listening socket for the private network's frames.
+    lan: RawFd,
     /// The tap device in the VM's network namespace (none for user NAT).
     tap: Option<RawFd>,
 }
@@ -346,6 +352,14 @@ fn qemu_args(
         netdev(spec, fds.tap),
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
+        // The task's private network: QEMU's stream netdev listens on a
+        // socket the node connects to the publisher's switch. Frames pass
+        // nowhere on this host; a guest on a node that never connects it
+        // has a NIC with no link partner.
+        "-netdev".into(),
+        format!("stream,id=lan0,server=on,addr.type=fd,addr.str={}", fds.lan),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=lan0,mac={}", crate::spec::LAN_MAC),
         // Entropy, so the guest's host key generation does not stall.
         "-device".into(),
         "virtio-rng-pci".into(),
@@ -636,6 +650,7 @@ mod tests {
             persistent: Some(13),
             qmp: 14,
             serial: 15,
+            lan: 16,
             tap: None,
         };
         let args = qemu_args(&config, &spec, &fds, true).join(" ");
@@ -651,6 +666,7 @@ mod tests {
             "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2200-:22",
             "socket,id=qmp,fd=14,server=on,wait=off",
             "socket,id=serial0,fd=15,server=on,wait=off -serial chardev:serial0",
+            "stream,id=lan0,server=on,addr.type=fd,addr.str=16 -device virtio-net-pci,netdev=lan0,mac=02:7a:6e:ff:ff:fe",
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-overcommit mem-lock=on",
         ] {

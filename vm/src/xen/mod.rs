@@ -76,6 +76,7 @@ impl Backend for XenBackend {
             control: config_file,
             serial_log: console_log(&spec.id),
             serial_socket: None,
+            lan_socket: None,
         };
         Ok(Box::new(XenDomain {
             id: spec.id.clone(),
