@@ -153,6 +153,7 @@ fn fill_store(home: &TestHome) {
                     paying: true,
                     storage_paid: false,
                     announced_ms: 0,
+                    web_port: None,
                 })
                 .expect("a task row");
         }

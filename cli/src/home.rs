@@ -60,6 +60,9 @@ pub struct PublisherSection {
     /// core × this; a node under half its claim even so is dropped.
     #[serde(default = "default_capacity_tolerance")]
     pub capacity_tolerance: f64,
+    /// Where the web app proxy listens (`http://APPID.zennet.localhost:PORT/`;
+    /// port 0: any free port, see `zennet app list`).
+    pub apps_listen: String,
 }
 
 fn default_capacity_tolerance() -> f64 {
@@ -72,6 +75,7 @@ impl Default for PublisherSection {
             ssh_listen: "127.0.0.1:7522".into(),
             endpoint: None,
             capacity_tolerance: default_capacity_tolerance(),
+            apps_listen: "127.0.0.1:0".into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `zennet`: one client for the Zennet market. See `zennet --help`.
 
 mod api;
+mod apps;
 mod chain_cmds;
 mod client;
 mod commands;
@@ -81,6 +82,10 @@ enum Command {
     /// Publisher side: the VMs nodes run for your tasks, through the tunnel.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Publisher side: web apps, the tasks whose VMs serve HTTP (`web_port`
+    /// in the task file), at http://APPID.zennet.localhost:PORT/.
+    #[command(subcommand)]
+    App(AppCmd),
     /// The file network: add, get, seed and serve files.
     #[command(subcommand)]
     Fs(fs::FsCmd),
@@ -138,8 +143,26 @@ enum VmCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Forward ports through the VM's tunnel until interrupted:
+    /// `zennet vm forward ID 8080:80` makes 127.0.0.1:8080 here reach the
+    /// VM's port 80; `--reverse 9000:5432` makes the VM's 127.0.0.1:9000
+    /// reach port 5432 here.
+    Forward {
+        id: String,
+        /// LOCAL:VM — a port on this host to a port in the VM.
+        forwards: Vec<String>,
+        /// VM:LOCAL — a port in the VM to a port on this host (repeatable).
+        #[arg(long, short = 'R')]
+        reverse: Vec<String>,
+    },
     /// End a VM's contract: its node stops it and closes the channel.
     Stop { id: String },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// The apps this node's proxy serves: URL, port and the VMs behind it.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -520,6 +543,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(VmCmd::List) => trade::vm_list(&home, out).await,
         Command::Vm(VmCmd::Ssh { id, command }) => trade::vm_ssh(&home, &id, &command).await,
         Command::Vm(VmCmd::Exec { id, command }) => trade::vm_exec(&home, &id, &command).await,
+        Command::Vm(VmCmd::Forward {
+            id,
+            forwards,
+            reverse,
+        }) => trade::vm_forward(&home, &id, &forwards, &reverse).await,
+        Command::App(AppCmd::List) => trade::app_list(&home, out).await,
         Command::Vm(VmCmd::Stop { id }) => trade::vm_stop(&home, &id, out).await,
         Command::Fs(cmd) => fs::run(&home, cmd, out).await,
         Command::Dashboard => commands::dashboard(&home, out).await,

@@ -30,6 +30,7 @@ pub struct Node {
     net: Option<NetHandle>,
     vms: std::sync::OnceLock<Arc<zennet_vm::Runtime>>,
     publisher: std::sync::OnceLock<Arc<zennet_publisher::Publisher>>,
+    apps: std::sync::OnceLock<Arc<crate::apps::Apps>>,
     provider: std::sync::OnceLock<Arc<zennet_provider::Provider>>,
     fs: std::sync::OnceLock<Arc<zennet_fs::Fs>>,
     /// Web dashboard login codes and sessions.
@@ -82,6 +83,7 @@ impl Node {
             net,
             vms: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
+            apps: std::sync::OnceLock::new(),
             provider: std::sync::OnceLock::new(),
             fs: std::sync::OnceLock::new(),
             home_dir: std::sync::OnceLock::new(),
@@ -178,6 +180,11 @@ impl Node {
 
     pub fn publisher(&self) -> Option<&Arc<zennet_publisher::Publisher>> {
         self.publisher.get()
+    }
+
+    /// The web app proxy (publisher nodes).
+    pub fn apps(&self) -> Option<&Arc<crate::apps::Apps>> {
+        self.apps.get()
     }
 
     pub fn provider(&self) -> Option<&Arc<zennet_provider::Provider>> {
@@ -372,6 +379,13 @@ impl NodeHandle {
         if opts.publish {
             let publisher = crate::services::start_publisher(&home, ledger.clone()).await?;
             tracing::info!(endpoint = publisher.endpoint(), host_key = %publisher.host_key_fingerprint(), "publisher");
+            let apps = crate::apps::Apps::start(
+                publisher.clone(),
+                home.dir().join("publisher"),
+                &home.config()?.publisher.apps_listen,
+            )
+            .await?;
+            let _ = node.apps.set(apps);
             let _ = node.publisher.set(publisher);
         }
         let chain_id = node.chain().genesis().chain_id;

@@ -118,6 +118,29 @@ pub async fn vm_list(home: &Home, out: Output) -> Result<()> {
     Ok(())
 }
 
+pub async fn app_list(home: &Home, out: Output) -> Result<()> {
+    let list: crate::apps::AppsList = home.client()?.get("/v1/publisher/apps").await?;
+    out.print(&list, || {
+        if list.apps.is_empty() {
+            return "no apps: give a task file web_port = PORT to serve its VMs' HTTP".into();
+        }
+        list.apps
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} -> port {} of {} running VM(s) of task {}",
+                    a.url,
+                    a.app.web_port,
+                    a.app.vms.len(),
+                    short(&a.app.task)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
 pub async fn vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
     let client = home.client()?;
     let vm: VmView = client
@@ -130,7 +153,45 @@ pub async fn vm_stop(home: &Home, id: &str, out: Output) -> Result<()> {
 /// `vm ssh ID [-- CMD]`: the stock OpenSSH client through the tunnel,
 /// pinned to the host key the VM announced.
 pub async fn vm_ssh(home: &Home, id: &str, command: &[String]) -> Result<()> {
-    let status = ssh_command(home, id, command)
+    run_ssh(home, id, &[], command).await
+}
+
+/// `vm forward ID L:R... [-R R:L]...`: OpenSSH's -L and -R through the
+/// tunnel, both ends on loopback, until interrupted.
+pub async fn vm_forward(home: &Home, id: &str, local: &[String], reverse: &[String]) -> Result<()> {
+    if local.is_empty() && reverse.is_empty() {
+        bail!("give a forward, e.g. `zennet vm forward {id} 8080:80` or `--reverse 9000:5432`");
+    }
+    let mut options = vec![
+        "-N".to_string(),
+        "-o".into(),
+        "ExitOnForwardFailure=yes".into(),
+    ];
+    for f in local {
+        let (here, vm) = port_pair(f, "LOCAL:VM")?;
+        options.extend(["-L".into(), format!("127.0.0.1:{here}:127.0.0.1:{vm}")]);
+    }
+    for f in reverse {
+        let (vm, here) = port_pair(f, "VM:LOCAL")?;
+        options.extend(["-R".into(), format!("127.0.0.1:{vm}:127.0.0.1:{here}")]);
+    }
+    run_ssh(home, id, &options, &[]).await
+}
+
+/// `A:B` as two ports (1-65535).
+fn port_pair(s: &str, shape: &str) -> Result<(u16, u16)> {
+    let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    match s.split_once(':') {
+        Some((a, b)) => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => bail!("forward {s:?}: ports are 1-65535, as {shape}"),
+        },
+        None => bail!("forward {s:?} is not {shape} (two ports, e.g. 8080:80)"),
+    }
+}
+
+async fn run_ssh(home: &Home, id: &str, options: &[String], command: &[String]) -> Result<()> {
+    let status = ssh_command(home, id, options, command)
         .await?
         .status()
         .context("cannot run ssh")?;
@@ -146,7 +207,12 @@ pub async fn vm_exec(home: &Home, id: &str, command: &[String]) -> Result<()> {
     vm_ssh(home, id, command).await
 }
 
-async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::process::Command> {
+async fn ssh_command(
+    home: &Home,
+    id: &str,
+    options: &[String],
+    command: &[String],
+) -> Result<std::process::Command> {
     let client = home.client()?;
     let info: PublisherInfo = client.get("/v1/publisher").await?;
     let vm: VmView = client.get(&format!("/v1/publisher/vms/{id}")).await?;
@@ -161,17 +227,36 @@ async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::p
         .dir()
         .join("publisher")
         .join(format!("known_hosts-{}", short(&vm.id)));
-    let pinned = match &vm.host_key {
-        Some(key) => {
-            crate::home::write_atomic(
-                &known_hosts,
-                format!("[127.0.0.1]:{port} {key}\n").as_bytes(),
-                0o600,
-            )?;
-            true
-        }
-        None => false,
-    };
+    let mut cmd = ssh_to_vm(
+        Path::new(&info.vm_key),
+        &known_hosts,
+        vm.host_key.as_deref(),
+        port,
+        options,
+    )?;
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    Ok(cmd)
+}
+
+/// OpenSSH into a VM through its tunnel port on this host, logging in with
+/// `key`, pinned to the VM's `host_key` (written to `known_hosts`; without
+/// one yet, the first key seen is kept), `options` before the destination.
+pub(crate) fn ssh_to_vm(
+    key: &Path,
+    known_hosts: &Path,
+    host_key: Option<&str>,
+    port: u16,
+    options: &[String],
+) -> Result<std::process::Command> {
+    if let Some(host_key) = host_key {
+        crate::home::write_atomic(
+            known_hosts,
+            format!("[127.0.0.1]:{port} {host_key}\n").as_bytes(),
+            0o600,
+        )?;
+    }
     let mut cmd = std::process::Command::new("ssh");
     cmd.args([
         "-F",
@@ -182,21 +267,19 @@ async fn ssh_command(home: &Home, id: &str, command: &[String]) -> Result<std::p
         "LogLevel=ERROR",
     ])
     .arg("-i")
-    .arg(&info.vm_key)
+    .arg(key)
     .arg("-o")
     .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
     .args([
         "-o",
-        if pinned {
+        if host_key.is_some() {
             "StrictHostKeyChecking=yes"
         } else {
             "StrictHostKeyChecking=accept-new"
         },
     ])
+    .args(options)
     .args(["-p", &port.to_string(), "root@127.0.0.1"]);
-    if !command.is_empty() {
-        cmd.arg("--").args(command);
-    }
     Ok(cmd)
 }
 
@@ -293,6 +376,6 @@ pub async fn agent_reject(home: &Home, id: &str, out: Output) -> Result<()> {
     Ok(())
 }
 
-fn short(h: &Hash) -> String {
+pub(crate) fn short(h: &Hash) -> String {
     h.to_string()[..14].to_string()
 }

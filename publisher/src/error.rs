@@ -36,6 +36,10 @@ pub enum PublisherError {
     NotConnected(Hash),
     #[error("the node sent no Join within 30 s")]
     NoJoin,
+    #[error("web_port in the task file must be 1-65535")]
+    BadWebPort,
+    #[error("no app {0} on this node (see `zennet app list`)")]
+    NoSuchApp(String),
     #[error("the node's first frame was not Join")]
     NotJoin,
     #[error("the node named no task on its private-network link within 30 s")]
@@ -82,13 +86,16 @@ impl PublisherError {
                 | PublisherError::Chain { .. }
                 | PublisherError::AmbiguousVm { .. }
                 | PublisherError::NotConnected(_)
+                | PublisherError::BadWebPort
         )
     }
 
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            PublisherError::NotOurTask(_) | PublisherError::NoSuchVm(_)
+            PublisherError::NotOurTask(_)
+                | PublisherError::NoSuchVm(_)
+                | PublisherError::NoSuchApp(_)
         )
     }
 }

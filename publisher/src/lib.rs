@@ -33,4 +33,4 @@ pub mod view;
 
 pub use error::PublisherError;
 pub use service::{Publisher, PublisherConfig};
-pub use view::{TaskView, VmView};
+pub use view::{AppView, TaskView, VmView, app_id};

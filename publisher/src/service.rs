@@ -20,7 +20,7 @@ use crate::admission::ChainGate;
 use crate::error::PublisherError;
 use crate::store::{ContractRow, Store, TaskRow};
 use crate::taskfile::TaskFile;
-use crate::view::{TaskView, VmView};
+use crate::view::{AppView, TaskView, VmView, app_id};
 
 pub struct PublisherConfig {
     /// Holds publisher.db, pay.db, host_key, vm_key.
@@ -159,6 +159,9 @@ impl Publisher {
     /// Builds the announcement from a task file, solves its proof of work
     /// and submits it. Returns the task id (the transaction hash).
     pub async fn announce(&self, mut file: TaskFile) -> Result<Hash, PublisherError> {
+        if file.web_port == Some(0) {
+            return Err(PublisherError::BadWebPort);
+        }
         for image in &mut file.images {
             if image.hash.is_none() {
                 let built = zennet_images::load(&self.images_dir, &image.id).map_err(|source| {
@@ -213,6 +216,7 @@ impl Publisher {
             paying: true,
             storage_paid: true,
             announced_ms: now_ms(),
+            web_port: file.web_port,
         })?;
         tracing::info!(%task, "task announced");
         Ok(task)
@@ -294,6 +298,41 @@ impl Publisher {
                 })
             })
             .collect()
+    }
+
+    /// The tasks that serve HTTP, with the VMs that can take a request.
+    pub fn apps(&self) -> Result<Vec<AppView>, PublisherError> {
+        let vms = self.vms()?;
+        let tasks = self.store().tasks()?;
+        Ok(tasks
+            .into_iter()
+            .filter_map(|t| {
+                Some(AppView {
+                    app: app_id(&t.task),
+                    task: t.task,
+                    web_port: t.web_port?,
+                    vms: vms
+                        .iter()
+                        .filter(|v| {
+                            v.task == t.task
+                                && v.connected
+                                && !v.ended
+                                && v.phase == VmPhase::Running
+                                && v.ssh_port.is_some()
+                        })
+                        .cloned()
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+
+    /// The app `id` (see [`app_id`]).
+    pub fn app(&self, id: &str) -> Result<AppView, PublisherError> {
+        self.apps()?
+            .into_iter()
+            .find(|a| a.app == id)
+            .ok_or_else(|| PublisherError::NoSuchApp(id.to_string()))
     }
 
     /// Finds a VM by its id or a unique prefix of it.

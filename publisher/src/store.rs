@@ -20,6 +20,8 @@ pub struct TaskRow {
     /// Whether the persistent volume is paid for.
     pub storage_paid: bool,
     pub announced_ms: u64,
+    /// The port the task's VMs serve HTTP on, for the app proxy.
+    pub web_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,17 +76,26 @@ impl Store {
                 task TEXT NOT NULL, node TEXT NOT NULL, body TEXT NOT NULL,
                 PRIMARY KEY (task, node));",
         )?;
+        // Stores from before web apps lack the column.
+        let has_web_port: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'web_port'")?
+            .exists([])?;
+        if !has_web_port {
+            conn.execute_batch("ALTER TABLE tasks ADD COLUMN web_port INTEGER")?;
+        }
         Ok(Store { conn })
     }
 
     pub fn put_task(&self, t: &TaskRow) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO tasks VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO tasks (task, paying, storage_paid, announced_ms, web_port)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 t.task.to_string(),
                 t.paying,
                 t.storage_paid,
-                t.announced_ms as i64
+                t.announced_ms as i64,
+                t.web_port
             ],
         )?;
         Ok(())
@@ -94,7 +105,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT paying, storage_paid, announced_ms FROM tasks WHERE task = ?1",
+                "SELECT paying, storage_paid, announced_ms, web_port FROM tasks WHERE task = ?1",
                 [task.to_string()],
                 |r| {
                     Ok(TaskRow {
@@ -102,6 +113,7 @@ impl Store {
                         paying: r.get(0)?,
                         storage_paid: r.get(1)?,
                         announced_ms: r.get::<_, i64>(2)? as u64,
+                        web_port: r.get(3)?,
                     })
                 },
             )

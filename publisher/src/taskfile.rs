@@ -49,6 +49,12 @@ pub struct TaskFile {
     pub acceptance_difficulty: u64,
     #[serde(default)]
     pub info: String,
+    /// A port the VMs serve HTTP on: this node's app proxy routes
+    /// `http://APPID.zennet.localhost:PORT/` to it, round-robin across the
+    /// task's VMs (see `zennet app list`). Kept by the publisher only; not
+    /// part of the announcement.
+    #[serde(default)]
+    pub web_port: Option<u16>,
 }
 
 fn one() -> u32 {

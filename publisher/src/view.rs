@@ -41,3 +41,20 @@ pub struct TaskView {
     /// The on-chain record (None once pruned).
     pub record: Option<TaskRecord>,
 }
+
+/// A task that serves HTTP (its task file's `web_port`), as the app proxy
+/// routes it: `http://{app}.zennet.localhost:PORT/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    /// The task id's first 12 hex digits (a DNS label).
+    pub app: String,
+    pub task: Hash,
+    pub web_port: u16,
+    /// The task's VMs that can take a request now.
+    pub vms: Vec<VmView>,
+}
+
+/// The app id of `task`.
+pub fn app_id(task: &Hash) -> String {
+    task.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -380,7 +380,7 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
     // Accepting by hand here, so the test decides what the node takes.
     let mut m = Market::start(2, 2, &[("market", "auto_accept", "false")]);
     // Two VMs of the prepaid task, on two nodes: its private network.
-    let prepaid = m.announce(0, 2, -4, "");
+    let prepaid = m.announce(0, 2, -4, "web_port = 8080");
     let postpaid = m.announce(1, 1, 2, "persistent_storage_gib = 1");
     let verdicts = m.providers[0].json(&["agent", "tasks"]);
     assert!(
@@ -398,6 +398,8 @@ fn prepay_two_publishers_side_by_side_cancel_and_wrong_host_key() {
     let b = wait_running(&m.publishers[1], &postpaid, 1);
     let provider = &m.providers[0];
     private_network_joins_a_tasks_vms_only(&m, &a, &b);
+    vm_forward_carries_ports_both_ways(&m.publishers[0], a[0]["id"].as_str().unwrap());
+    web_apps_are_served_by_app_id(&m.publishers[0], &a);
 
     // Prepay: the node was paid ahead before the VM ran, and is ahead once
     // the publisher has answered the report sent when the tunnel came up
@@ -575,23 +577,135 @@ fn private_network_joins_a_tasks_vms_only(m: &Market, a: &[Value], b: &[Value]) 
         "the private traffic to be metered",
         || traffic(a1) >= before + 1_000_000,
     );
-    // Another task's VM: not its sibling's address, not the publisher's .1.
-    let stranger = pb.run(&[
-        "vm",
-        "exec",
-        &id(b0),
-        "--",
-        &format!(
-            "ping -c 2 -W 5 {}; ip addr; ip route; ip neigh; cat /proc/net/dev",
-            lan(a1)
-        ),
-    ]);
-    let said = String::from_utf8_lossy(&stranger.stdout);
+    // Another task's VM, at 10.88.0.2 on its own network: the task's VM
+    // at 10.88.0.3 is not there (nor, by the first check, the other at .2).
+    let sibling = [a0, a1].into_iter().find(|v| lan(v) != lan(b0)).unwrap();
     assert!(
-        !said.contains("bytes from"),
-        "a stranger's VM reached the task's VM: {said}"
+        !ping(pb, b0, &lan(sibling)),
+        "a stranger's VM reached the task's VM"
     );
+    // Nothing answers at .1 (kept for the publisher).
     assert!(!ping(pa, a0, "10.88.0.1"));
+}
+
+/// `zennet vm forward`: a port here reaches the VM's sshd, and a port in
+/// the VM reaches a server here; a malformed forward is refused before any
+/// ssh runs.
+fn vm_forward_carries_ports_both_ways(publisher: &TestHome, vm: &str) {
+    use std::io::Read;
+    let err = publisher.fails(&["vm", "forward", vm, "80"]);
+    assert!(err.contains("LOCAL:VM"), "{err}");
+    let err = publisher.fails(&["vm", "forward", vm, "--reverse", "0:22"]);
+    assert!(err.contains("1-65535"), "{err}");
+
+    let here = zennet_testkit::free_port();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let served = server.local_addr().unwrap().port();
+    let mut forward = Command::new(zennet_tests::zennet_bin())
+        .arg("--home")
+        .arg(&publisher.dir)
+        .args(["vm", "forward", vm, &format!("{here}:22")])
+        .args(["--reverse", &format!("7100:{served}")])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the forward to the VM's sshd",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", here)).is_ok_and(|mut c| {
+                let mut buf = [0u8; 64];
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let n = c.read(&mut buf).unwrap_or(0);
+                banner = String::from_utf8_lossy(&buf[..n]).into_owned();
+                banner.starts_with("SSH-2.0-dropbear")
+            })
+        },
+    );
+    // The reverse way: the VM's 127.0.0.1:7100 is our server. It hangs up
+    // after a line (busybox nc waits for that, not for its own input's end).
+    let line = std::thread::spawn(move || {
+        let (conn, _) = server.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line);
+        line
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the VM's port 7100 to reach us",
+        || {
+            publisher
+                .run(&[
+                    "vm",
+                    "exec",
+                    vm,
+                    "--",
+                    "echo from-the-vm | nc 127.0.0.1 7100",
+                ])
+                .status
+                .success()
+        },
+    );
+    assert_eq!(line.join().unwrap().trim(), "from-the-vm");
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+}
+
+/// The prepaid task names `web_port = 8080`: its app id's URL reaches
+/// both VMs' pages in turn; an unknown id is a 404, and a VM whose server
+/// is gone is a 502 that says so.
+fn web_apps_are_served_by_app_id(publisher: &TestHome, vms: &[Value]) {
+    let ids: Vec<&str> = vms.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    for id in &ids {
+        let serve = format!(
+            "mkdir -p /www && echo page-{} > /www/index.html && httpd -p 8080 -h /www </dev/null >/dev/null 2>&1",
+            &id[2..10]
+        );
+        publisher.ok(&["vm", "exec", id, "--", &serve]);
+    }
+    let list = publisher.json(&["app", "list"]);
+    let app = &list["apps"][0];
+    assert_eq!(app["web_port"], 8080, "{list}");
+    let url = app["url"].as_str().unwrap().to_string();
+    let curl = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "60", "-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.trim().to_string())
+    };
+    let pages: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| {
+            let (code, body) = curl(&url);
+            assert_eq!(code, "200", "{url}: {body}");
+            body
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<String> = ids
+        .iter()
+        .map(|id| format!("page-{}", &id[2..10]))
+        .collect();
+    assert_eq!(pages, expected, "round-robin over both VMs");
+
+    let port = list["listen"].as_str().unwrap().rsplit_once(':').unwrap().1;
+    let (code, body) = curl(&format!("http://000000000000.zennet.localhost:{port}/"));
+    assert_eq!(code, "404", "{body}");
+    assert!(body.contains("no app 000000000000"), "{body}");
+
+    publisher.ok(&["vm", "exec", ids[1], "--", "killall httpd"]);
+    let answers: Vec<(String, String)> = (0..4).map(|_| curl(&url)).collect();
+    assert!(
+        answers
+            .iter()
+            .any(|(c, b)| c == "502" && b.contains("did not answer on port 8080")),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(c, _)| c == "200"), "{answers:?}");
 }
 
 fn ssh_with(key: &Path, port: &str, user: &str) -> std::process::Output {

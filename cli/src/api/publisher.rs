@@ -43,9 +43,17 @@ pub(super) fn routes() -> Vec<super::Route> {
         ("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel)),
         ("/v1/publisher/tasks/{id}/pay", post(publisher_pay)),
         ("/v1/publisher/vms", get(publisher_vms)),
+        ("/v1/publisher/apps", get(publisher_apps)),
         ("/v1/publisher/vms/{id}", get(publisher_vm)),
         ("/v1/publisher/vms/{id}/stop", post(publisher_stop_vm)),
     ]
+}
+
+async fn publisher_apps(State(node): State<Arc<Node>>) -> ApiResult<crate::apps::AppsList> {
+    let apps = node.apps().ok_or_else(|| {
+        unavailable("this node is not a publisher; restart it with `zennet node run --publish`")
+    })?;
+    Ok(Json(apps.list()?))
 }
 
 fn publisher(node: &Node) -> Result<&Arc<Publisher>, ApiError> {
