@@ -1,7 +1,8 @@
 //! The publisher's session gate over its real SSH server, on an in-memory
 //! chain (`TestChain`): a node whose acceptance is on chain opening two
 //! sessions for one contract at once gets one, and one channel; once that
-//! session is gone the node may come back to the same channel.
+//! session is gone the node may come back to the same channel. A
+//! private-network link gets a port only on the node's own task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use zennet_chain::testkit::TestChain;
 use zennet_chain::{Hash, Ledger, Role, SecretKey, TaskAcceptance, TxBody, pow};
-use zennet_proto::{Frame, PROTOCOL_VERSION, PayStream, SUBSYSTEM};
+use zennet_proto::{Frame, LAN_SUBSYSTEM, PROTOCOL_VERSION, PayStream, SUBSYSTEM};
 use zennet_publisher::taskfile::TaskFile;
 use zennet_publisher::{Publisher, PublisherConfig};
 use zennet_tunnel::{Tunnel, keys};
@@ -61,8 +62,18 @@ async fn answer(pay: &mut PayStream) -> Frame {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
+/// A publisher on a `TestChain` with one announced task, and a node
+/// whose acceptance of it (naming `ssh_key`) is mined.
+struct Fixture {
+    chain: Arc<TestChain>,
+    publisher: Arc<Publisher>,
+    n_key: SecretKey,
+    ssh_key: Arc<russh::keys::PrivateKey>,
+    task: Hash,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
     let (p_key, n_key) = (SecretKey::generate(), SecretKey::generate());
     let chain = TestChain::new(&[(p_key.address(), FUNDS), (n_key.address(), FUNDS)]);
     let (p_ledger, n_ledger) = (chain.ledger(p_key.clone()), chain.ledger(n_key.clone()));
@@ -113,6 +124,27 @@ async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
     .unwrap();
     n_ledger.submit(TxBody::AcceptTask { acceptance }).unwrap();
     chain.mine();
+    Fixture {
+        chain,
+        publisher,
+        n_key,
+        ssh_key,
+        task,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
+    let Fixture {
+        chain,
+        publisher,
+        n_key,
+        ssh_key,
+        task,
+        ..
+    } = fixture().await;
+    let me = n_key.address();
     // Blocks keep coming, as on a live chain; channels opened to the node
     // are counted as they are mined.
     let opened = Arc::new(AtomicUsize::new(0));
@@ -178,5 +210,88 @@ async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
     .await
     .ok();
     assert_eq!(opened.load(Ordering::Relaxed), 1, "no second channel");
+    miner.abort();
+}
+
+/// The private network's gate: a node's link that names a task it has no
+/// contract for (to listen in on another task's network) is hung up on
+/// and gets no place; its own task's link gets one, and the switch carries
+/// its frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_network_link_gets_a_port_only_on_the_nodes_own_task() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Fixture {
+        chain,
+        publisher,
+        n_key,
+        ssh_key,
+        task,
+        ..
+    } = fixture().await;
+    // Another task of the same publisher, which this node never accepted.
+    let other = publisher
+        .announce(TaskFile::parse(TASK).unwrap())
+        .await
+        .unwrap();
+    chain.mine();
+    let miner = {
+        let chain = chain.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                chain.mine();
+            }
+        })
+    };
+    let (tunnel, mut pay) = join(&publisher, &ssh_key, task).await;
+    assert!(matches!(answer(&mut pay).await, Frame::Terms(_)));
+
+    // Naming the other task: hung up on, no place there.
+    let mut snoop = tunnel.open_subsystem(LAN_SUBSYSTEM).await.unwrap();
+    snoop.write_all(&other.0).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), snoop.read(&mut buf))
+        .await
+        .expect("the publisher hangs up on the link");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let me = n_key.address();
+    let vm = publisher
+        .vms()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.node == me)
+        .unwrap();
+    assert_eq!(vm.task, task);
+    assert_eq!(vm.lan_address, None, "no place on any network yet");
+
+    // Its own task: a place, and a frame it sends is taken (the link stays up).
+    let mut link = tunnel.open_subsystem(LAN_SUBSYSTEM).await.unwrap();
+    link.write_all(&task.0).await.unwrap();
+    let mut placed = None;
+    for _ in 0..100 {
+        placed = publisher
+            .vms()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.node == me)
+            .and_then(|v| v.lan_address);
+        if placed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(placed.map(|a| a.to_string()).as_deref(), Some("10.88.0.2"));
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&zennet_publisher::lan::mac(2));
+    frame.extend_from_slice(&[0x08, 0x06]);
+    link.write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    link.write_all(&frame).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(500), link.read(&mut buf)).await;
+    assert!(
+        quiet.is_err(),
+        "the link stays up and nothing echoes: {quiet:?}"
+    );
     miner.abort();
 }
