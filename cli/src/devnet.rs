@@ -78,6 +78,9 @@ struct Summary {
     job: JobSummary,
     /// From the announcement being mined to every VM answering through its tunnel.
     announce_to_all_reachable_ms: u64,
+    /// The VMs' addresses on the task's private network, in the order each
+    /// pinged the next.
+    private_network: Vec<std::net::Ipv4Addr>,
     balances_reconcile: bool,
     blocks: u64,
 }
@@ -129,6 +132,16 @@ impl Summary {
             self.job.expected,
             self.announce_to_all_reachable_ms
         )];
+        if self.private_network.len() > 1 {
+            lines.push(format!(
+                "private network: {} reach each other over the publisher's switch",
+                self.private_network
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         for p in &self.providers {
             lines.push(format!(
                 "provider {}: VM ready in {} ms, cpu {} ms over {} s, paid {} (claimed {}), balance {} -> {} (fees {})",
@@ -382,6 +395,7 @@ base_per_second = "10"
             self.exec(&vm.id.to_string(), "true").await?;
         }
         let announce_to_all_reachable_ms = announced.elapsed().as_millis() as u64;
+        let private_network = self.private_network(task).await?;
 
         self.step(&format!(
             "counting primes below {primes_below} across the VMs"
@@ -505,6 +519,7 @@ base_per_second = "10"
                 ms: job_ms,
             },
             announce_to_all_reachable_ms,
+            private_network,
             balances_reconcile: reconcile,
             blocks: end_height - start_height,
         })
@@ -554,6 +569,49 @@ base_per_second = "10"
             address,
         });
         Ok(())
+    }
+
+    /// Every VM of `task` pings the next on the task's private network
+    /// (its address is set in the guest moments after it reports running).
+    async fn private_network(&self, task: zennet_chain::Hash) -> Result<Vec<std::net::Ipv4Addr>> {
+        self.step("checking the task's private network: each VM pings the next");
+        let of_task = || async move {
+            let all: Vec<VmView> = self.nodes[1].api.get("/v1/publisher/vms").await?;
+            anyhow::Ok(
+                all.into_iter()
+                    .filter(|v| v.task == task)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        self.wait(
+            "every VM's private address",
+            Duration::from_secs(60),
+            || async move { Ok(of_task().await?.iter().all(|v| v.lan_address.is_some())) },
+        )
+        .await?;
+        let vms = of_task().await?;
+        let addresses: Vec<std::net::Ipv4Addr> = vms.iter().filter_map(|v| v.lan_address).collect();
+        if vms.len() > 1 {
+            for (i, vm) in vms.iter().enumerate() {
+                let to = addresses[(i + 1) % addresses.len()];
+                let id = vm.id.to_string();
+                self.wait(
+                    &format!("VM {id} to reach {to} on the private network"),
+                    Duration::from_secs(60),
+                    || {
+                        let id = id.clone();
+                        async move {
+                            Ok(self
+                                .exec(&id, &format!("ping -c 1 -W 3 {to}"))
+                                .await
+                                .is_ok())
+                        }
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(addresses)
     }
 
     /// Runs a shell command in a VM through `zennet vm exec`.

@@ -28,6 +28,10 @@ fn devnet_runs_a_paid_job_and_balances_reconcile() {
     assert_eq!(s["job"]["answer"], s["job"]["expected"]);
     assert_eq!(s["job"]["expected"], 3245);
     assert_eq!(s["balances_reconcile"], true);
+    // Each VM pinged the other over the task's private network.
+    let lan = s["private_network"].as_array().unwrap();
+    assert_eq!(lan.len(), 2, "{s}");
+    assert_ne!(lan[0], lan[1]);
     let providers = s["providers"].as_array().unwrap();
     assert_eq!(providers.len(), 2);
     let mut paid_total = 0;
