@@ -7,6 +7,12 @@
 //!   OpenSSH (`ssh -L` to a private `sshd`) on loopback, the same byte count
 //!   into the same kind of sink; raw loopback TCP is printed for context.
 //!   The clock stops only once the sink has counted every byte.
+//! * The private network's switch (`zennet_publisher::lan`): full-size
+//!   frames from one VM's port to another's through `Lan::serve` (framing
+//!   read and written, source checked, routed, queued), 64 frames in
+//!   flight like a TCP window (the switch drops what overflows a port's
+//!   queue, as a real one does). Anchor: the same bytes through the same
+//!   in-process pipes with nothing in between.
 //! * Voucher check (payee side): `Channel::check_voucher`, which hashes the
 //!   voucher, recovers its signer and compares it with the payer, over
 //!   vouchers of rising seq/cumulative. Anchor: raw k256
@@ -46,6 +52,7 @@ pub fn run(quick: bool) {
     println!("== market: tunnel and vouchers ==");
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(tunnel(if quick { 64 << 20 } else { 512 << 20 }));
+    runtime.block_on(lan_switch(if quick { 20_000 } else { 200_000 }));
     vouchers(Duration::from_secs(if quick { 1 } else { 3 }));
     contract_events(Duration::from_secs(if quick { 1 } else { 3 }));
     devnet();
@@ -121,6 +128,69 @@ async fn tunnel(bytes: u64) {
         );
     }
     single("  raw loopback TCP, no SSH", raw, "MB/s");
+}
+
+/// Frames of 1514 bytes from port A to port B of one task's switch vs the
+/// same bytes through bare in-process pipes (MB/s).
+async fn lan_switch(frames: u64) {
+    use zennet_publisher::lan::{Lan, mac, read_frame};
+    const FRAME: usize = 1514;
+    const WINDOW: u64 = 64;
+    let task = Hash([9; 32]);
+    let lan = Arc::new(Lan::default());
+    let mut ends = Vec::new();
+    for node in [1u8, 2] {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let node = Address([node; 20]);
+        let switch = lan.clone();
+        tokio::spawn(async move { switch.serve(task, node, theirs).await });
+        ends.push(ours);
+    }
+    let (mut b, mut a) = (ends.pop().expect("b"), ends.pop().expect("a"));
+    // Both ports plugged in before the clock starts.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut frame = vec![0u8; FRAME];
+    frame[..6].copy_from_slice(&mac(3));
+    frame[6..12].copy_from_slice(&mac(2));
+    let mut wire = (FRAME as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&frame);
+    let started = Instant::now();
+    let mut got = 0u64;
+    for sent in 0..frames {
+        a.write_all(&wire).await.expect("port A takes a frame");
+        if sent + 1 - got >= WINDOW || sent + 1 == frames {
+            while got < sent + 1 {
+                read_frame(&mut b)
+                    .await
+                    .expect("a frame")
+                    .expect("not closed");
+                got += 1;
+            }
+        }
+    }
+    let ours = (frames * FRAME as u64) as f64 / started.elapsed().as_secs_f64() / 1e6;
+
+    let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; wire.len()];
+        for _ in 0..frames {
+            rx.read_exact(&mut buf).await.expect("the bytes");
+        }
+    });
+    let bytes = vec![0u8; 4 + FRAME];
+    for _ in 0..frames {
+        tx.write_all(&bytes).await.expect("the pipe takes bytes");
+    }
+    reader.await.expect("the reader");
+    let anchor = (frames * FRAME as u64) as f64 / started.elapsed().as_secs_f64() / 1e6;
+    row(
+        &format!("private network switch ({}k frames)", frames / 1000),
+        ours,
+        "bare in-process pipe",
+        anchor,
+        "MB/s",
+    );
 }
 
 /// A listener that reads and discards each connection, reporting its byte
