@@ -949,19 +949,10 @@ fn write_nodes<'a>(
 /// The state at `tip` from the store: the stored tree when the trie table
 /// holds the tip's, else one rebuilt from the rows (after a crash, or when
 /// the table does not hash to what its marker says).
-///
-/// The trie table is read before the rows: blocks write rows, never the
-/// table, so the rows are what SQLite's page cache should hold when the
-/// first block arrives (read last, they are the most recently used).
 fn load_state(store: &Store, tip: &BlockMeta) -> Result<(State, TrieTable)> {
-    let nodes = if store.trie_root()? == Some(tip.header.state_root) {
-        Some(store.load_trie()?)
-    } else {
-        None
-    };
     let rows = store.state_under(&Prefix::ROOT)?;
-    if let Some(nodes) = nodes {
-        let state = State::from_rows(rows, Some(nodes));
+    if store.trie_root()? == Some(tip.header.state_root) {
+        let state = State::from_rows(rows, Some(store.load_trie()?));
         if state.root() == tip.header.state_root {
             return Ok((state, TrieTable::Behind(HashSet::new())));
         }

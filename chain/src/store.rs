@@ -86,10 +86,6 @@ const MIGRATIONS: &[&str] = &[
 /// Upper bound on any stored blob we decode (a block is the largest).
 const MAX_BLOB: usize = 64 << 20;
 
-/// How much of the database file is read through a memory map (address
-/// space, not memory: the OS caches the file either way).
-const MMAP_BYTES: i64 = 1 << 30;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockStatus {
     /// Header and body valid as far as checked; not on the best chain.
@@ -175,16 +171,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // 256 MiB of page cache at most (used only as the database grows;
-        // a negative size is in KiB): with a million accounts the state
-        // rows alone are ~20,000 pages (80 MiB), and a block's upserts land
-        // on random ones of them. Opening the chain reads every row last
-        // (see `chain::load_state`), so they start out cached.
-        conn.pragma_update(None, "cache_size", -262_144)?;
-        // Pages that are not cached are read through a memory map rather
-        // than a read call each. Reads only: SQLite writes the WAL and
-        // checkpoints with ordinary writes, so durability is unchanged.
-        conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+        // 256 MiB of page cache at most (used only as the database grows):
+        // with a million accounts the state rows alone are ~20,000 pages,
+        // and a block's upserts land on random ones of them.
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         Ok(Store {
