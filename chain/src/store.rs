@@ -171,7 +171,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // 256 MiB of page cache at most (used only as the database grows):
+        // 64 MiB of page cache at most (a negative size is in KiB; used
+        // only as the database grows):
         // with a million accounts the state rows alone are ~20,000 pages,
         // and a block's upserts land on random ones of them.
         conn.pragma_update(None, "cache_size", -65536)?;

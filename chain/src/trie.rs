@@ -190,9 +190,17 @@ impl Child {
 }
 
 /// An internal node.
+///
+/// The children are boxed: sixteen inline children are 1,040 bytes, and a
+/// node moves several times per update (into the writes, between the
+/// writes of the root's subtrees, into the tree), which with a million
+/// accounts made those copies and the growth of the tree's map cost more
+/// than the hashing. Boxed, a move is a pointer and the map holds small
+/// entries. Borsh encodes a box as its contents, so the stored format is
+/// the same.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Node {
-    pub children: [Child; 16],
+    pub children: Box<[Child; 16]>,
 }
 
 impl Node {
@@ -206,7 +214,7 @@ impl Node {
         let mut h = Keccak256::new();
         h.update([1u8]);
         h.update(bitmap.to_be_bytes());
-        for c in &self.children {
+        for c in self.children.iter() {
             if let Some(ch) = c.hash() {
                 h.update(ch.0);
             }
@@ -402,10 +410,10 @@ fn update_child(
     match current {
         Child::Node(_) => {
             let node = lookup(source, writes, &prefix)
-                .unwrap_or_else(|| panic!("trie node {prefix:?} is referenced but not stored"))
-                .clone();
-            let mut children = node.children;
+                .unwrap_or_else(|| panic!("trie node {prefix:?} is referenced but not stored"));
+            let mut children = *node.children;
             if prefix.is_empty() && changes.len() >= PARALLEL_MIN {
+                let children_before = children;
                 // Disjoint subtrees: each reads only nodes under its own
                 // nibble, so none needs another's writes.
                 let updated = subtrees_in_parallel(
@@ -417,7 +425,7 @@ fn update_child(
                             source,
                             w,
                             Prefix::ROOT.child(n),
-                            node.children[n as usize],
+                            children_before[n as usize],
                             group,
                         )
                     },
@@ -473,7 +481,9 @@ fn finish(
             child
         }
         None => {
-            let node = Node { children };
+            let node = Node {
+                children: Box::new(children),
+            };
             let hash = node.hash();
             writes.insert(prefix, Some(node));
             Child::Node(hash)
