@@ -903,13 +903,13 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zennet_chain::task::Rates;
+    use zennet_chain::{Address, Hash};
 
     #[test]
     fn the_private_nic_boots_with_the_mac_the_publisher_looks_for() {
         assert_eq!(zennet_vm::LAN_MAC, proto::LAN_BOOT_MAC);
     }
-    use zennet_chain::task::Rates;
-    use zennet_chain::{Address, Hash};
 
     fn row() -> ContractRow {
         ContractRow {

@@ -169,39 +169,36 @@ impl Lan {
             .insert(place, (id, tx));
         tracing::info!(%task, %node, place, address = %address(place), "private network: VM plugged in");
         let (mut read, mut write) = tokio::io::split(link);
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                let mut out = Vec::with_capacity(4 + frame.len());
-                out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-                out.extend_from_slice(&frame);
-                if write.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let result = async {
-            loop {
-                let Some(frame) = read_frame(&mut read).await? else {
-                    return Ok(());
-                };
-                match self.route(&task, place, &frame) {
-                    Route::To(places) => self.deliver(&task, &places, &frame),
-                    Route::Drop(why) => {
-                        tracing::trace!(%task, place, why, "private network: frame dropped")
+        // However this ends (the link closes or breaks, or the caller drops
+        // this future when the contract ends), the port goes with it.
+        let _port = Plugged {
+            lan: self.clone(),
+            task,
+            node,
+            place,
+            id,
+            writer: tokio::spawn(async move {
+                while let Some(frame) = rx.recv().await {
+                    let mut out = Vec::with_capacity(4 + frame.len());
+                    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&frame);
+                    if write.write_all(&out).await.is_err() {
+                        break;
                     }
                 }
+            }),
+        };
+        loop {
+            let Some(frame) = read_frame(&mut read).await? else {
+                return Ok(());
+            };
+            match self.route(&task, place, &frame) {
+                Route::To(places) => self.deliver(&task, &places, &frame),
+                Route::Drop(why) => {
+                    tracing::trace!(%task, place, why, "private network: frame dropped")
+                }
             }
         }
-        .await;
-        writer.abort();
-        let mut segments = self.lock();
-        if let Some(seg) = segments.get_mut(&task)
-            && seg.ports.get(&place).is_some_and(|(i, _)| *i == id)
-        {
-            seg.ports.remove(&place);
-        }
-        tracing::info!(%task, %node, place, "private network: VM unplugged");
-        result
     }
 
     fn deliver(&self, task: &Hash, places: &[u8], frame: &[u8]) {
@@ -219,6 +216,33 @@ impl Lan {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Segment>> {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connected port; unplugs it (and stops writing to its link) when
+/// dropped.
+struct Plugged {
+    lan: Arc<Lan>,
+    task: Hash,
+    node: Address,
+    place: u8,
+    id: u64,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Plugged {
+    fn drop(&mut self) {
+        self.writer.abort();
+        let mut segments = self.lan.lock();
+        if let Some(seg) = segments.get_mut(&self.task)
+            && seg
+                .ports
+                .get(&self.place)
+                .is_some_and(|(i, _)| *i == self.id)
+        {
+            seg.ports.remove(&self.place);
+        }
+        tracing::info!(task = %self.task, node = %self.node, place = self.place, "private network: VM unplugged");
     }
 }
 

@@ -96,8 +96,28 @@ impl Publisher {
                 node: acceptance.node,
             });
         }
-        self.lan.serve(task, acceptance.node, stream).await?;
+        // The port lasts while the contract does: a node that keeps its
+        // link open after the end (to go on hearing the task's network) is
+        // unplugged.
+        tokio::select! {
+            served = self.lan.serve(task, acceptance.node, stream) => served?,
+            () = self.contract_ended(task, acceptance.node) => {}
+        }
         Ok(())
+    }
+
+    /// Returns once (task, node)'s contract has ended or is gone.
+    async fn contract_ended(&self, task: Hash, node: zennet_chain::Address) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match self.store().contract(&task, &node) {
+                Ok(Some(c)) if c.ended_ms.is_none() => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(%task, %node, error = %e, "private network: cannot read the contract");
+                }
+            }
+        }
     }
 
     async fn session(

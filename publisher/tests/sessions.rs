@@ -215,8 +215,8 @@ async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
 
 /// The private network's gate: a node's link that names a task it has no
 /// contract for (to listen in on another task's network) is hung up on
-/// and gets no place; its own task's link gets one, and the switch carries
-/// its frames.
+/// and gets no place; its own task's link gets one and stays up while the
+/// contract runs, and is hung up on once the contract has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_network_link_gets_a_port_only_on_the_nodes_own_task() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,5 +293,24 @@ async fn a_private_network_link_gets_a_port_only_on_the_nodes_own_task() {
         quiet.is_err(),
         "the link stays up and nothing echoes: {quiet:?}"
     );
+
+    // The contract ends; a node that keeps its link open is unplugged.
+    let vm = publisher
+        .vms()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.node == me)
+        .unwrap();
+    publisher.stop_vm(&vm.id.to_string()).unwrap();
+    loop {
+        if let Frame::Bye { reason } = answer(&mut pay).await {
+            pay.send(&Frame::Bye { reason }).await.unwrap();
+            break;
+        }
+    }
+    let read = tokio::time::timeout(Duration::from_secs(10), link.read(&mut buf))
+        .await
+        .expect("the publisher unplugs the link once the contract ended");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     miner.abort();
 }
