@@ -1,5 +1,5 @@
-//! File network routes under `/v1/fs/`: the store (add, list, info, seed,
-//! rm), downloads and their progress, the service's status and winding
+//! File network routes under `/v1/fs/`: the store (add and the adds in
+//! progress, list, info, seed, rm), downloads and their progress, the service's status and winding
 //! down its channels (`settle`), `.torrent` files and magnet links. Files themselves are served on the
 //! `[fs] http_listen` listener, not here.
 
