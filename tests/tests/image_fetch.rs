@@ -140,6 +140,12 @@ fn a_provider_fetches_a_published_image_checks_it_and_boots_it() {
         held.contains(&file) && !held.contains(&forged_file),
         "{held:?}"
     );
+    // VMs outlive their node by design: stop them, or they stay behind.
+    for vm in provider.json(&["agent", "vm", "list"]).as_array().unwrap() {
+        if vm["state"] == "running" || vm["state"] == "paused" {
+            provider.ok(&["agent", "vm", "stop", vm["id"].as_str().unwrap()]);
+        }
+    }
 }
 
 /// The custom image's id.
