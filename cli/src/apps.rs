@@ -113,7 +113,7 @@ impl Apps {
         let mut child = tokio::process::Command::from(ssh)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("cannot run ssh (install openssh-client)")?;

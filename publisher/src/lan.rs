@@ -120,31 +120,9 @@ impl Lan {
 
     /// Where a frame from `from` on `task`'s network goes.
     pub fn route(&self, task: &Hash, from: u8, frame: &[u8]) -> Route {
-        let segments = self.lock();
-        let Some(seg) = segments.get(task) else {
-            return Route::Drop("no such network");
-        };
-        if frame.len() < MIN_FRAME {
-            return Route::Drop("shorter than an Ethernet header");
-        }
-        let (dst, src) = (&frame[0..6], &frame[6..12]);
-        if src != mac(from) {
-            return Route::Drop("source MAC is not the port's own");
-        }
-        if dst[0] & 1 == 1 {
-            // Broadcast and multicast: every other connected port.
-            let mut to: Vec<u8> = seg.ports.keys().copied().filter(|p| *p != from).collect();
-            to.sort_unstable();
-            return Route::To(to);
-        }
-        match seg
-            .ports
-            .keys()
-            .copied()
-            .find(|p| *p != from && mac(*p) == dst)
-        {
-            Some(p) => Route::To(vec![p]),
-            None => Route::Drop("no port has the destination MAC"),
+        match self.lock().get(task) {
+            Some(seg) => seg.route(from, frame),
+            None => Route::Drop("no such network"),
         }
     }
 
@@ -192,30 +170,58 @@ impl Lan {
             let Some(frame) = read_frame(&mut read).await? else {
                 return Ok(());
             };
-            match self.route(&task, place, &frame) {
-                Route::To(places) => self.deliver(&task, &places, &frame),
-                Route::Drop(why) => {
-                    tracing::trace!(%task, place, why, "private network: frame dropped")
-                }
+            if let Err(why) = self.forward(&task, place, frame) {
+                tracing::trace!(%task, place, why, "private network: frame dropped");
             }
         }
     }
 
-    fn deliver(&self, task: &Hash, places: &[u8], frame: &[u8]) {
+    /// Routes and queues one frame under one lock (the per-frame path).
+    fn forward(&self, task: &Hash, from: u8, frame: Vec<u8>) -> Result<(), &'static str> {
         let segments = self.lock();
-        let Some(seg) = segments.get(task) else {
-            return;
+        let seg = segments.get(task).ok_or("no such network")?;
+        let places = match seg.route(from, &frame) {
+            Route::To(places) => places,
+            Route::Drop(why) => return Err(why),
         };
         for p in places {
-            if let Some((_, tx)) = seg.ports.get(p) {
+            if let Some((_, tx)) = seg.ports.get(&p) {
                 // A full queue drops the frame; TCP in the guests recovers.
-                let _ = tx.try_send(frame.to_vec());
+                let _ = tx.try_send(frame.clone());
             }
         }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Segment>> {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Segment {
+    fn route(&self, from: u8, frame: &[u8]) -> Route {
+        if frame.len() < MIN_FRAME {
+            return Route::Drop("shorter than an Ethernet header");
+        }
+        let (dst, src) = (&frame[0..6], &frame[6..12]);
+        if src != mac(from) {
+            return Route::Drop("source MAC is not the port's own");
+        }
+        if dst[0] & 1 == 1 {
+            // Broadcast and multicast: every other connected port.
+            let mut to: Vec<u8> = self.ports.keys().copied().filter(|p| *p != from).collect();
+            to.sort_unstable();
+            return Route::To(to);
+        }
+        match self
+            .ports
+            .keys()
+            .copied()
+            .find(|p| *p != from && mac(*p) == dst)
+        {
+            Some(p) => Route::To(vec![p]),
+            None => Route::Drop("no port has the destination MAC"),
+        }
     }
 }
 
