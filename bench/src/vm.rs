@@ -77,6 +77,7 @@ async fn launch_ours(image: &zennet_images::Image, round: usize) -> (f64, bool) 
         initramfs: image.initramfs(),
         kernel_sha256: None,
         initramfs_sha256: None,
+        image_disks: Vec::new(),
         kernel_args: image.kernel_args(&[]).unwrap(),
         scratch_gib: 1,
         persistent: None,

@@ -964,6 +964,7 @@ async fn vm_bench(
         initramfs: vm.image.initramfs(),
         kernel_sha256: None,
         initramfs_sha256: None,
+        image_disks: Vec::new(),
         kernel_args,
         scratch_gib: 1,
         persistent: None,

@@ -45,6 +45,11 @@ pub enum VmError {
     VolumeInUse(String),
     #[error("{0} (build it with `zennet image build`)")]
     Image(zennet_images::ImageError),
+    #[error(
+        "image disks (zennet-spark's and zennet-dask's root disks) need the QEMU backend; \
+         this node runs Xen"
+    )]
+    ImageDisksNeedQemu,
     #[error("authorized key: {0}")]
     BadKey(zennet_images::ImageError),
     #[error("no VM {0}")]

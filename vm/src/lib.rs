@@ -51,5 +51,5 @@ pub use runtime::{
     Capacity, DEFAULT_SCRATCH_GIB, DEFAULT_UIDS, MAX_VOLUME_GIB, Runtime, RuntimeConfig, StartVm,
     VmInfo,
 };
-pub use spec::{GATEWAY, GUEST_IP, LAN_MAC, NetworkSpec, Process, RunAs, VmSpec};
+pub use spec::{GATEWAY, GUEST_IP, ImageDiskSpec, LAN_MAC, NetworkSpec, Process, RunAs, VmSpec};
 pub use store::{UsageCounters, VmState};

@@ -330,6 +330,16 @@ impl Runtime {
             kernel_sha256: digest(zennet_images::FileRole::Kernel),
             initramfs_sha256: digest(zennet_images::FileRole::Initramfs),
             kernel_args,
+            image_disks: image
+                .manifest
+                .disks
+                .iter()
+                .map(|d| crate::spec::ImageDiskSpec {
+                    path: image.disk_path(d),
+                    sha256: d.sha256.clone(),
+                    serial: d.serial(),
+                })
+                .collect(),
             scratch_gib,
             persistent: volume,
             ssh_port: free_port()?,

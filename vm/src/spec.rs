@@ -32,6 +32,11 @@ pub struct VmSpec {
     #[serde(default)]
     pub initramfs_sha256: Option<String>,
     pub kernel_args: Vec<String>,
+    /// The image's own disks (a read-only root disk, say), attached
+    /// read-only under their serials after their SHA-256 is checked on the
+    /// very descriptors handed over, like the kernel's.
+    #[serde(default)]
+    pub image_disks: Vec<ImageDiskSpec>,
     /// Size of the VM's scratch disk (a fresh qcow2 per launch, of exactly
     /// this virtual size: the guest cannot write past it).
     pub scratch_gib: u32,
@@ -48,6 +53,16 @@ pub struct VmSpec {
     /// unprivileged uid).
     #[serde(default)]
     pub run_as: Option<RunAs>,
+}
+
+/// One of the image's disks, as the VM gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDiskSpec {
+    pub path: PathBuf,
+    /// SHA-256 (hex) from the image's manifest.
+    pub sha256: String,
+    /// The virtio serial the guest finds it by.
+    pub serial: String,
 }
 
 /// The guest's network interface.

@@ -77,15 +77,27 @@ pub async fn launch(
         .map_or((config.uid, config.gid), |r| (r.uid, r.gid));
     let kernel = open_read(&spec.kernel)?;
     let initramfs = open_read(&spec.initramfs)?;
-    check_digests(&[
-        (&kernel, &spec.kernel, spec.kernel_sha256.as_deref()),
+    let image_disks = spec
+        .image_disks
+        .iter()
+        .map(|d| open_read(&d.path))
+        .collect::<Result<Vec<File>, VmError>>()?;
+    let mut digests = vec![
+        (
+            &kernel,
+            spec.kernel.as_path(),
+            spec.kernel_sha256.as_deref(),
+        ),
         (
             &initramfs,
-            &spec.initramfs,
+            spec.initramfs.as_path(),
             spec.initramfs_sha256.as_deref(),
         ),
-    ])
-    .await?;
+    ];
+    for (file, disk) in image_disks.iter().zip(&spec.image_disks) {
+        digests.push((file, disk.path.as_path(), Some(disk.sha256.as_str())));
+    }
+    check_digests(&digests).await?;
     let scratch_path = run_dir.join("scratch.qcow2");
     create_scratch(&scratch_path, spec.scratch_gib)?;
     let scratch = open_vm_disk(&scratch_path, (uid, gid))?;
@@ -123,6 +135,7 @@ pub async fn launch(
         initramfs: fds.pass(&initramfs),
         scratch: fds.pass(&scratch),
         persistent: persistent.as_ref().map(|f| fds.pass(f)),
+        image_disks: image_disks.iter().map(|f| fds.pass(f)).collect(),
         qmp: fds.pass(&listener),
         serial: fds.pass(&serial_listener),
         lan: fds.pass(&lan_listener),
@@ -290,6 +303,7 @@ struct PassedFds {
     initramfs: RawFd,
     scratch: RawFd,
     persistent: Option<RawFd>,
+    image_disks: Vec<RawFd>,
     qmp: RawFd,
     serial: RawFd,
     /// A listening socket for the private network's frames.
@@ -380,6 +394,16 @@ fn qemu_args(
             format!("file=/proc/self/fd/{fd},if=none,id=data,format=raw{throttle}"),
             "-device".into(),
             "virtio-blk-pci,drive=data,serial=zennet-data".into(),
+        ]);
+    }
+    // The image's disks: read-only to the guest, shared by every VM of
+    // the image, found by serial.
+    for (i, (fd, disk)) in fds.image_disks.iter().zip(&spec.image_disks).enumerate() {
+        args.extend([
+            "-drive".into(),
+            format!("file=/proc/self/fd/{fd},if=none,id=image{i},format=raw,read-only=on"),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=image{i},serial={}", disk.serial),
         ]);
     }
     if lock_memory {
@@ -632,6 +656,11 @@ mod tests {
             initramfs: "/i".into(),
             kernel_sha256: None,
             initramfs_sha256: None,
+            image_disks: vec![crate::spec::ImageDiskSpec {
+                path: "/images/root.ext4".into(),
+                sha256: "00".into(),
+                serial: "zennet-root".into(),
+            }],
             kernel_args: vec!["console=ttyS0".into(), "zennet.authorized_key=QQ==".into()],
             scratch_gib: 1,
             persistent: Some(("/vol".into(), 1)),
@@ -648,6 +677,7 @@ mod tests {
             initramfs: 11,
             scratch: 12,
             persistent: Some(13),
+            image_disks: vec![17],
             qmp: 14,
             serial: 15,
             lan: 16,
@@ -655,6 +685,9 @@ mod tests {
         };
         let args = qemu_args(&config, &spec, &fds, true).join(" ");
         for expected in [
+            // The image's disk: read-only, found by its serial.
+            "-drive file=/proc/self/fd/17,if=none,id=image0,format=raw,read-only=on \
+             -device virtio-blk-pci,drive=image0,serial=zennet-root",
             "-nodefaults -no-user-config",
             "-machine q35 -accel tcg,tb-size=64",
             "-smp 2 -m 512M",

@@ -49,6 +49,10 @@ impl Backend for XenBackend {
     }
 
     async fn launch(&self, spec: &VmSpec, run_dir: &Path) -> Result<Box<dyn Instance>, VmError> {
+        // Xen's PV disks carry no serial, by which the guest finds them.
+        if !spec.image_disks.is_empty() {
+            return Err(VmError::ImageDisksNeedQemu);
+        }
         std::fs::create_dir_all(run_dir)?;
         let scratch = run_dir.join("scratch.qcow2");
         let out = Command::new("qemu-img")
@@ -265,6 +269,7 @@ mod tests {
             initramfs: "/img/initramfs.cpio.gz".into(),
             kernel_sha256: None,
             initramfs_sha256: None,
+            image_disks: Vec::new(),
             kernel_args: vec!["console=hvc0".into(), "zennet.authorized_key=QUJD".into()],
             scratch_gib: 2,
             persistent: Some(("/vol/data.img".into(), 4)),
