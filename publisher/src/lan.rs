@@ -34,7 +34,10 @@ pub const MAX_FRAME: usize = 9216;
 const MIN_FRAME: usize = 14;
 /// Frames queued towards one port before the switch drops them.
 const QUEUE: usize = 256;
-/// Places on a segment: `.2` to `.254` (`.1` is kept for the publisher).
+/// The publisher's own place on every task's network (see
+/// [`crate::lan_host`]).
+pub const HOST_PLACE: u8 = 1;
+/// Places on a segment: `.2` to `.254` (`.1` is the publisher's).
 const FIRST_PLACE: u8 = 2;
 const LAST_PLACE: u8 = 254;
 
@@ -70,6 +73,10 @@ pub enum LanError {
     BadLength(usize),
     #[error("private-network link: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the publisher's place on a private network needs CAP_NET_ADMIN: run the node as root")]
+    NeedsNetAdmin,
+    #[error("`{command}` failed: {reason}")]
+    HostCommand { command: String, reason: String },
 }
 
 /// What the switch does with one frame from a port.
@@ -138,34 +145,21 @@ impl Lan {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let place = self.place(task, node)?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-        let id = next_id();
-        self.lock()
-            .entry(task)
-            .or_default()
-            .ports
-            .insert(place, (id, tx));
+        let (mut port, mut rx) = self.plug(task, place);
         tracing::info!(%task, %node, place, address = %address(place), "private network: VM plugged in");
         let (mut read, mut write) = tokio::io::split(link);
         // However this ends (the link closes or breaks, or the caller drops
         // this future when the contract ends), the port goes with it.
-        let _port = Plugged {
-            lan: self.clone(),
-            task,
-            node,
-            place,
-            id,
-            writer: tokio::spawn(async move {
-                while let Some(frame) = rx.recv().await {
-                    let mut out = Vec::with_capacity(4 + frame.len());
-                    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-                    out.extend_from_slice(&frame);
-                    if write.write_all(&out).await.is_err() {
-                        break;
-                    }
+        port.writer = Some(tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                let mut out = Vec::with_capacity(4 + frame.len());
+                out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                out.extend_from_slice(&frame);
+                if write.write_all(&out).await.is_err() {
+                    break;
                 }
-            }),
-        };
+            }
+        }));
         loop {
             let Some(frame) = read_frame(&mut read).await? else {
                 return Ok(());
@@ -174,6 +168,48 @@ impl Lan {
                 tracing::trace!(%task, place, why, "private network: frame dropped");
             }
         }
+    }
+
+    /// Runs the publisher's own port on `task`'s network: the TAP in the
+    /// task's namespace ([`crate::lan_host`]). Returns only on a device
+    /// error; dropping the future unplugs it.
+    pub async fn serve_host(
+        self: &Arc<Self>,
+        task: Hash,
+        net: &crate::lan_host::HostNet,
+    ) -> Result<(), LanError> {
+        let (_port, mut rx) = self.plug(task, HOST_PLACE);
+        loop {
+            tokio::select! {
+                frame = net.recv() => {
+                    if let Err(why) = self.forward(&task, HOST_PLACE, frame?) {
+                        tracing::trace!(%task, why, "private network: host frame dropped");
+                    }
+                }
+                Some(frame) = rx.recv() => net.send(&frame).await?,
+            }
+        }
+    }
+
+    /// Connects a port at `place` of `task`'s network (replacing an older
+    /// connection there): frames for it arrive on the receiver, and it is
+    /// unplugged when the returned guard drops.
+    fn plug(self: &Arc<Self>, task: Hash, place: u8) -> (Plugged, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let id = next_id();
+        self.lock()
+            .entry(task)
+            .or_default()
+            .ports
+            .insert(place, (id, tx));
+        let port = Plugged {
+            lan: self.clone(),
+            task,
+            place,
+            id,
+            writer: None,
+        };
+        (port, rx)
     }
 
     /// Routes and queues one frame under one lock (the per-frame path).
@@ -230,15 +266,16 @@ impl Segment {
 struct Plugged {
     lan: Arc<Lan>,
     task: Hash,
-    node: Address,
     place: u8,
     id: u64,
-    writer: tokio::task::JoinHandle<()>,
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Plugged {
     fn drop(&mut self) {
-        self.writer.abort();
+        if let Some(writer) = &self.writer {
+            writer.abort();
+        }
         let mut segments = self.lan.lock();
         if let Some(seg) = segments.get_mut(&self.task)
             && seg
@@ -248,7 +285,7 @@ impl Drop for Plugged {
         {
             seg.ports.remove(&self.place);
         }
-        tracing::info!(task = %self.task, node = %self.node, place = self.place, "private network: VM unplugged");
+        tracing::info!(task = %self.task, place = self.place, "private network: port unplugged");
     }
 }
 
@@ -274,7 +311,7 @@ fn next_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-fn mac_text(m: &[u8; 6]) -> String {
+pub(crate) fn mac_text(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

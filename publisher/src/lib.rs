@@ -11,6 +11,9 @@
 //! * [`lan`]: the private network between a task's VMs — a switch with a
 //!   port per VM, carried over each node's SSH connection (`zennet-lan`),
 //!   addresses assigned here and set in the guest over ssh.
+//! * [`lan_host`]: the publisher's own place (`.1`) on a task's network —
+//!   a TAP in a namespace of the task's own, where the job's host-side
+//!   programs (a Spark master and driver) run.
 //! * [`admission`]: the SSH server's gate — only keys an on-chain
 //!   acceptance of our tasks names get in.
 //! * [`store`]: `publisher.db` — tasks and one contract per (task, node).
@@ -25,6 +28,7 @@ pub mod admission;
 pub mod capacity;
 pub mod error;
 pub mod lan;
+pub mod lan_host;
 pub mod service;
 pub mod session;
 pub mod store;
@@ -33,4 +37,4 @@ pub mod view;
 
 pub use error::PublisherError;
 pub use service::{Publisher, PublisherConfig};
-pub use view::{AppView, TaskView, VmView, app_id};
+pub use view::{AppView, LanHostView, TaskView, VmView, app_id};

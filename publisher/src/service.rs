@@ -20,7 +20,7 @@ use crate::admission::ChainGate;
 use crate::error::PublisherError;
 use crate::store::{ContractRow, Store, TaskRow};
 use crate::taskfile::TaskFile;
-use crate::view::{AppView, TaskView, VmView, app_id};
+use crate::view::{AppView, LanHostView, TaskView, VmView, app_id};
 
 pub struct PublisherConfig {
     /// Holds publisher.db, pay.db, host_key, vm_key.
@@ -57,6 +57,9 @@ pub struct Publisher {
     pub(crate) calibration: Arc<tokio::sync::Mutex<Option<(f64, f64)>>>,
     /// The tasks' private networks.
     pub(crate) lan: Arc<crate::lan::Lan>,
+    /// The tasks whose network this host is on, and the port serving it
+    /// (aborted when dropped).
+    lan_hosts: Mutex<HashMap<Hash, LanHost>>,
     _server: SshServer,
 }
 
@@ -66,6 +69,19 @@ pub(crate) struct Live {
     pub(crate) ports: Forwards,
     /// Terms sent (before: the session is being set up).
     pub(crate) joined: bool,
+}
+
+/// This host's port on a task's network; dropping it stops the port (and
+/// with it the namespace).
+struct LanHost {
+    view: LanHostView,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LanHost {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
 }
 
 /// How long a node has to close after the contract ended before the
@@ -117,6 +133,7 @@ impl Publisher {
             opening: Mutex::new(()),
             calibration: Arc::new(tokio::sync::Mutex::new(None)),
             lan: Arc::default(),
+            lan_hosts: Mutex::new(HashMap::new()),
             _server: server,
         });
         let p = publisher.clone();
@@ -357,6 +374,49 @@ impl Publisher {
             return Err(PublisherError::NotConnected(vm.id));
         }
         Ok(vm)
+    }
+
+    /// Puts this host on `task`'s private network at `.1` (see
+    /// [`crate::lan_host`]), or says where it already is: programs run in
+    /// the returned namespace reach the task's VMs.
+    pub fn join_lan(&self, task: &Hash) -> Result<LanHostView, PublisherError> {
+        self.own_task(task)?;
+        let mut hosts = self.lan_hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hosts.get(task).filter(|h| !h.serving.is_finished()) {
+            return Ok(h.view.clone());
+        }
+        hosts.remove(task);
+        let net = crate::lan_host::HostNet::open(task)?;
+        let view = LanHostView {
+            task: *task,
+            netns: net.netns().to_string(),
+            address: crate::lan::address(crate::lan::HOST_PLACE),
+        };
+        let (lan, task_id) = (self.lan.clone(), *task);
+        let serving = tokio::spawn(async move {
+            if let Err(e) = lan.serve_host(task_id, &net).await {
+                tracing::warn!(task = %task_id, error = %e, "private network: the publisher's port failed");
+            }
+        });
+        hosts.insert(
+            *task,
+            LanHost {
+                view: view.clone(),
+                serving,
+            },
+        );
+        Ok(view)
+    }
+
+    /// Takes this host off `task`'s private network (its namespace goes
+    /// too); whether it was on it.
+    pub fn leave_lan(&self, task: &Hash) -> bool {
+        let host = self
+            .lan_hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task);
+        host.is_some()
     }
 
     pub(crate) fn end_where(&self, pred: impl Fn(&(Hash, Address)) -> bool, reason: &str) -> bool {

@@ -54,6 +54,17 @@ pub struct AppView {
     pub vms: Vec<VmView>,
 }
 
+/// This host's place on a task's private network (`zennet job` runs the
+/// job's host-side programs there: `ip netns exec NETNS …`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanHostView {
+    pub task: Hash,
+    /// The network namespace holding this host's end of the network.
+    pub netns: String,
+    /// This host's address there (the VMs reach it at this address).
+    pub address: std::net::Ipv4Addr,
+}
+
 /// The app id of `task`.
 pub fn app_id(task: &Hash) -> String {
     task.0[..6].iter().map(|b| format!("{b:02x}")).collect()

@@ -42,6 +42,11 @@ pub(super) fn routes() -> Vec<super::Route> {
         ),
         ("/v1/publisher/tasks/{id}/cancel", post(publisher_cancel)),
         ("/v1/publisher/tasks/{id}/pay", post(publisher_pay)),
+        ("/v1/publisher/tasks/{id}/lan", post(publisher_join_lan)),
+        (
+            "/v1/publisher/tasks/{id}/lan/leave",
+            post(publisher_leave_lan),
+        ),
         ("/v1/publisher/vms", get(publisher_vms)),
         ("/v1/publisher/apps", get(publisher_apps)),
         ("/v1/publisher/vms/{id}", get(publisher_vm)),
@@ -99,6 +104,29 @@ async fn publisher_cancel(
 ) -> ApiResult<Submitted> {
     let hash = publisher(&node)?.cancel(&parse_hash(&id)?)?;
     Ok(Json(Submitted { hash }))
+}
+
+/// Puts this host on the task's private network (`zennet job` runs the
+/// job's host-side programs in the namespace it returns).
+async fn publisher_join_lan(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<zennet_publisher::LanHostView> {
+    Ok(Json(publisher(&node)?.join_lan(&parse_hash(&id)?)?))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeftLan {
+    /// Whether this host was on the network.
+    pub was_on: bool,
+}
+
+async fn publisher_leave_lan(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<LeftLan> {
+    let was_on = publisher(&node)?.leave_lan(&parse_hash(&id)?);
+    Ok(Json(LeftLan { was_on }))
 }
 
 async fn publisher_pay(
