@@ -10,6 +10,8 @@
 //!     vmlinux  initramfs.cpio.gz  [<disk>.ext4 ...]  manifest.json  inputs
 //! .cache/debs/         downloaded .deb files, kept for rebuilds
 //! .cache/downloads/    pinned archives (the pyspark sdist), kept for rebuilds
+//! .cache/spark-host-<sha256 prefix>/jars/   Spark's jars for this host's
+//!                      master and driver ([`spark_host_jars`])
 //! .lock                held while a build runs
 //! ```
 //!
@@ -154,6 +156,52 @@ struct Sources<'a> {
     disk_debs: &'a [Vec<PathBuf>],
     archives: &'a [Vec<PathBuf>],
     e2fsprogs: Option<&'a str>,
+}
+
+/// Spark's jars for this host (the master and driver `zennet job spark`
+/// runs here): the members of `zennet-spark`'s root disk from the same
+/// pinned sdist, so the host and the guests run one Spark. Extracted once
+/// under the images directory's cache (the sdist is the build's cached
+/// download); returns the directory of jars.
+pub fn spark_host_jars(
+    images_dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf, ImageError> {
+    let recipe = crate::catalog::spark_recipe();
+    let download = recipe
+        .disks
+        .iter()
+        .flat_map(|d| &d.downloads)
+        .next()
+        .expect("zennet-spark's root disk has the pyspark download");
+    let dir = images_dir
+        .join(".cache")
+        .join(format!("spark-host-{}", &download.sha256[..16]));
+    let jars = dir.join("jars");
+    if jars.is_dir() {
+        return Ok(jars);
+    }
+    fs::create_dir_all(images_dir).map_err(ImageError::io(images_dir))?;
+    let _lock = lock(images_dir)?;
+    remove_leftovers(images_dir)?;
+    if jars.is_dir() {
+        return Ok(jars);
+    }
+    let archive = download::fetch(download, &images_dir.join(DOWNLOAD_CACHE_DIR), progress)?;
+    progress(Progress::Step(
+        "unpacking Spark's jars for this host".into(),
+    ));
+    let tree = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(images_dir)
+        .map_err(ImageError::io(images_dir))?;
+    let kept = disk::extract("spark-host", download, &archive, tree.path())?;
+    fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+    let from = tree.path().join(download.to.trim_start_matches('/'));
+    // One rename: the directory is there whole or not at all.
+    fs::rename(&from, &jars).map_err(ImageError::io(&jars))?;
+    info!(jars = %jars.display(), kept, "Spark's jars unpacked for this host");
+    Ok(jars)
 }
 
 /// Serializes builds in one images directory; released when dropped.

@@ -91,7 +91,7 @@ pub(crate) fn make_tree(
 /// how many were kept. Only directories and regular files are accepted, and
 /// only at paths inside their directory: an archive with a symlink could
 /// otherwise make a later member land outside the tree.
-fn extract(
+pub(crate) fn extract(
     disk: &str,
     download: &Download,
     archive: &Path,

@@ -178,7 +178,7 @@ mod progress;
 mod recipe;
 mod share;
 
-pub use build::{build, build_with_progress};
+pub use build::{build, build_with_progress, spark_host_jars};
 pub use catalog::{DASK_IMAGE_ID, IMAGE_IDS, SPARK_IMAGE_ID, dask_recipe, recipe, spark_recipe};
 pub use error::ImageError;
 pub use guest::{

@@ -41,6 +41,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("aria2c", "aria2"),
     ("transmission-cli", "transmission-cli"),
     ("nginx", "nginx"),
+    ("java", "openjdk-17-jdk-headless"),
+    ("javac", "openjdk-17-jdk-headless"),
+    ("jar", "openjdk-17-jdk-headless"),
+    ("python3", "python3"),
+    ("dask-scheduler", "python3-distributed"),
+    ("pkill", "procps"),
 ];
 
 /// Packages every Debian system has (priority required/essential).
