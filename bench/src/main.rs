@@ -1,12 +1,13 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|market|fs|bt|ops|pos] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|jobs|market|fs|bt|ops|pos] [--quick]`.
 
 mod bt;
 mod chain;
 mod fs;
 mod host;
+mod jobs;
 mod market;
 mod net;
 mod ops;
@@ -44,6 +45,10 @@ fn main() {
         known = true;
         vm::run(quick);
     }
+    if all || suites.contains(&"jobs") {
+        known = true;
+        jobs::run(quick);
+    }
     if all || suites.contains(&"market") {
         known = true;
         market::run(quick);
@@ -66,7 +71,7 @@ fn main() {
     }
     if !known {
         eprintln!(
-            "unknown suite {suites:?}; available: chain, net, host, vm, market, fs, bt, ops, pos"
+            "unknown suite {suites:?}; available: chain, net, host, vm, jobs, market, fs, bt, ops, pos"
         );
         std::process::exit(2);
     }

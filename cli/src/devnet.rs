@@ -5,8 +5,10 @@
 //! own `zennet node run` process, mines the identities, builds the image,
 //! and announces a task for N VMs. The providers' markets accept it, their
 //! VMs boot and dial the publisher's SSH server; the publisher counts the
-//! primes below a bound, split across the VMs and run through the tunnels
-//! with `zennet vm exec`, and checks the answer against its own count.
+//! primes below a bound, split across the VMs — with `awk` run through the
+//! tunnels by `zennet vm exec` (`--job primes`, the default), or on a real
+//! engine across the task's private network (`--job spark`, `--job dask`:
+//! `zennet job`) — and checks the answer against its own count.
 //! Vouchers flow while the job runs; then the publisher cancels the task,
 //! every node stops its VM and closes its channel, and the balances on
 //! chain must reconcile exactly with the vouchers and the fees.
@@ -33,10 +35,37 @@ const BLOCK_TIME_MS: u64 = 1_000;
 const PUBLISHER_FUNDS: Amount = 1_000_000_000_000_000;
 const PROVIDER_FUNDS: Amount = 1_000_000_000;
 
+/// The distributed job a devnet runs: each counts the primes below a bound
+/// across the VMs and is checked against the count computed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Job {
+    /// `awk` in each VM over a share of the range, through `zennet vm exec`
+    /// (zennet-tiny; seconds).
+    Primes,
+    /// `zennet job spark` (zennet-spark VMs of 2 GiB; the master and
+    /// driver here; minutes under TCG).
+    Spark,
+    /// `zennet job dask` (zennet-dask VMs of 1 GiB; the scheduler and
+    /// client here).
+    Dask,
+}
+
+impl Job {
+    fn recipe(self) -> zennet_images::Recipe {
+        match self {
+            Job::Primes => zennet_images::default_recipe(),
+            Job::Spark => zennet_images::spark_recipe(),
+            Job::Dask => zennet_images::dask_recipe(),
+        }
+    }
+}
+
 pub async fn run(
     root: Option<PathBuf>,
     providers: u32,
     primes_below: u64,
+    job: Job,
     keep: bool,
     out: Output,
 ) -> Result<()> {
@@ -52,6 +81,7 @@ pub async fn run(
         root: root.clone(),
         nodes: Vec::new(),
         say: !out.json,
+        job,
     };
     let result = net.run(providers, primes_below).await;
     net.shutdown().await;
@@ -110,6 +140,11 @@ struct AccountSummary {
 
 #[derive(Serialize)]
 struct JobSummary {
+    kind: Job,
+    /// Spark and Dask: from the announcement being mined to every VM's
+    /// worker registered with the master (scheduler) here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers_registered_ms: Option<u64>,
     primes_below: u64,
     answer: u64,
     expected: u64,
@@ -132,6 +167,12 @@ impl Summary {
             self.job.expected,
             self.announce_to_all_reachable_ms
         )];
+        if let Some(ms) = self.job.workers_registered_ms {
+            lines.push(format!(
+                "{:?}: every VM's worker registered {ms} ms after the announcement was mined",
+                self.job.kind
+            ));
+        }
         if self.private_network.len() > 1 {
             lines.push(format!(
                 "private network: {} reach each other over the publisher's switch",
@@ -191,6 +232,7 @@ struct Devnet {
     root: PathBuf,
     nodes: Vec<NodeProc>,
     say: bool,
+    job: Job,
 }
 
 impl Devnet {
@@ -224,10 +266,10 @@ impl Devnet {
         write_config(&homes[1].0, &publisher_config)?;
 
         self.step("building the VM image (cached after the first run)");
-        let image_dir = self.root.join("images");
+        let image_dir = image_cache(&self.root);
         let image = tokio::task::spawn_blocking({
-            let dir = image_dir.clone();
-            move || zennet_images::build(&zennet_images::default_recipe(), &dir)
+            let (dir, recipe) = (image_dir.clone(), self.job.recipe());
+            move || zennet_images::build(&recipe, &dir)
         })
         .await??;
         for (home, _) in &homes[1..] {
@@ -318,7 +360,7 @@ impl Devnet {
         let task_file = format!(
             r#"images = [{{ id = "{id}", hash = "{hash}" }}]
 cores = [1]
-memory_mib_per_core = 256
+memory_mib_per_core = {memory}
 min_instances = {providers}
 max_instances = {providers}
 lease_max_secs = 1800
@@ -333,7 +375,8 @@ per_memory_gib_hour = "3600000"
 base_per_second = "10"
 "#,
             id = image.manifest.id,
-            hash = image.manifest.hash
+            hash = image.manifest.hash,
+            memory = image.manifest.min_memory_mib.max(256),
         );
         std::fs::write(self.root.join("task.toml"), &task_file)?;
         let publisher = &self.nodes[1].api;
@@ -398,29 +441,23 @@ base_per_second = "10"
         let private_network = self.private_network(task).await?;
 
         self.step(&format!(
-            "counting primes below {primes_below} across the VMs"
+            "counting primes below {primes_below} across the VMs ({:?})",
+            self.job
         ));
         let job_started = Instant::now();
-        let chunk = primes_below.div_ceil(providers as u64);
-        let runs = vms.iter().enumerate().map(|(i, vm)| {
-            let lo = i as u64 * chunk;
-            let hi = (lo + chunk).min(primes_below);
-            let program = format!(
-                "awk -v lo={lo} -v hi={hi} 'BEGIN {{ c = 0; for (n = lo; n < hi; n++) {{ if (n < 2) continue; p = 1; for (d = 2; d * d <= n; d++) if (n % d == 0) {{ p = 0; break }}; c += p }}; print c }}'"
-            );
-            let id = vm.id.to_string();
-            async move { self.exec(&id, &program).await }
-        });
-        let mut per_vm = Vec::new();
-        for r in futures::future::join_all(runs).await {
-            let text: String = r?;
-            per_vm.push(
-                text.trim()
-                    .parse::<u64>()
-                    .with_context(|| format!("the VM printed {text:?}"))?,
-            );
-        }
-        let answer: u64 = per_vm.iter().sum();
+        let (answer, per_vm, workers_registered_ms) = match self.job {
+            Job::Primes => {
+                let (answer, per_vm) = self.primes_by_exec(&vms, providers, primes_below).await?;
+                (answer, per_vm, None)
+            }
+            engine => {
+                let (answer, registered) = self
+                    .primes_by_engine(engine, task, providers, primes_below)
+                    .await?;
+                let ms = registered.map(|at| at.duration_since(announced).as_millis() as u64);
+                (answer, Vec::new(), ms)
+            }
+        };
         let expected = count_primes_below(primes_below);
         let job_ms = job_started.elapsed().as_millis() as u64;
         // Let a few payout intervals pass so vouchers flow while the VMs run.
@@ -512,6 +549,8 @@ base_per_second = "10"
             },
             task,
             job: JobSummary {
+                kind: self.job,
+                workers_registered_ms,
                 primes_below,
                 answer,
                 expected,
@@ -523,6 +562,123 @@ base_per_second = "10"
             balances_reconcile: reconcile,
             blocks: end_height - start_height,
         })
+    }
+
+    /// The primes job of `zennet-tiny`: `awk` over a share of the range in
+    /// each VM through `zennet vm exec`; the total and each VM's count.
+    async fn primes_by_exec(
+        &self,
+        vms: &[VmView],
+        providers: u32,
+        primes_below: u64,
+    ) -> Result<(u64, Vec<u64>)> {
+        let chunk = primes_below.div_ceil(providers as u64);
+        let runs = vms.iter().enumerate().map(|(i, vm)| {
+            let lo = i as u64 * chunk;
+            let hi = (lo + chunk).min(primes_below);
+            let program = format!(
+                "awk -v lo={lo} -v hi={hi} 'BEGIN {{ c = 0; for (n = lo; n < hi; n++) {{ if (n < 2) continue; p = 1; for (d = 2; d * d <= n; d++) if (n % d == 0) {{ p = 0; break }}; c += p }}; print c }}'"
+            );
+            let id = vm.id.to_string();
+            async move { self.exec(&id, &program).await }
+        });
+        let mut per_vm = Vec::new();
+        for r in futures::future::join_all(runs).await {
+            let text: String = r?;
+            per_vm.push(
+                text.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("the VM printed {text:?}"))?,
+            );
+        }
+        Ok((per_vm.iter().sum(), per_vm))
+    }
+
+    /// The primes job on a real engine: `zennet job spark|dask` with the
+    /// application in `cli/assets/jobs/`, one worker per VM; its count and
+    /// when every worker had registered.
+    async fn primes_by_engine(
+        &self,
+        engine: Job,
+        task: zennet_chain::Hash,
+        providers: u32,
+        primes_below: u64,
+    ) -> Result<(u64, Option<Instant>)> {
+        let app = self.root.join("app");
+        std::fs::create_dir_all(&app)?;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.arg("--home").arg(self.nodes[1].home.dir());
+        let (n, w) = (primes_below.to_string(), providers.to_string());
+        match engine {
+            Job::Spark => {
+                let jars = tokio::task::spawn_blocking({
+                    let dir = image_cache(&self.root);
+                    move || zennet_images::spark_host_jars(&dir, &mut |_| {})
+                })
+                .await??;
+                let jar = crate::jobs::compile_spark_app(&app, &jars).await?;
+                cmd.args(["job", "spark", &task.to_string(), "--class", "Primes"])
+                    .arg(jar)
+                    // Start-up dominates a short job, and more so under TCG.
+                    .args([
+                        "--guest-java-opts",
+                        "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+                    ])
+                    .args(["--conf", "spark.executor.memory=640m"])
+                    .args(["--", &n, &w]);
+            }
+            Job::Dask => {
+                let script = app.join("primes.py");
+                std::fs::write(&script, crate::jobs::DASK_PRIMES)?;
+                cmd.args(["job", "dask", &task.to_string()])
+                    .arg(script)
+                    .args(["--", &n, &w]);
+            }
+            Job::Primes => unreachable!("the awk job is primes_by_exec"),
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Its progress is shown as it comes; the line saying every worker
+        // registered is timed.
+        let stderr = child.stderr.take().context("piped")?;
+        let all = format!("{providers}/{providers} workers registered");
+        let say = self.say;
+        let progress = tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut registered = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if registered.is_none() && line.contains(&all) {
+                    registered = Some(Instant::now());
+                }
+                if say {
+                    eprintln!("  {line}");
+                }
+            }
+            registered
+        });
+        let o = child.wait_with_output().await?;
+        let registered = progress.await.unwrap_or(None);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        if !o.status.success() {
+            bail!("the {engine:?} job failed ({}): {stdout}", o.status);
+        }
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("ZENNET-PRIMES "))
+            .with_context(|| format!("the {engine:?} job printed no result: {stdout}"))?;
+        if self.say {
+            eprintln!("devnet: {line}");
+        }
+        let count = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("count="))
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no count in {line:?}"))?;
+        Ok((count, registered))
     }
 
     async fn spawn(
@@ -747,6 +903,22 @@ base_per_second = "10"
 struct Scan {
     fees: HashMap<Address, Amount>,
     claimed: HashMap<Address, Amount>,
+}
+
+/// Where a devnet builds its images, kept across runs (zennet-spark's
+/// download alone is 0.5 GB): `$ZENNET_IMAGE_CACHE`, else the user's cache
+/// directory, else inside the devnet's root.
+fn image_cache(root: &std::path::Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZENNET_IMAGE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(c) => c.join("zennet").join("images"),
+        None => root.join("images"),
+    }
 }
 
 fn write_config(home: &Home, config: &crate::home::Config) -> Result<()> {

@@ -10,6 +10,7 @@ mod devnet;
 mod fs;
 mod home;
 mod image_share;
+mod jobs;
 mod ledger;
 mod node;
 mod observe;
@@ -86,6 +87,10 @@ enum Command {
     /// in the task file), at http://APPID.zennet.localhost:PORT/.
     #[command(subcommand)]
     App(AppCmd),
+    /// Publisher side: distributed engines across a task's VMs, on the
+    /// task's private network (needs the node run as root).
+    #[command(subcommand)]
+    Job(JobCmd),
     /// The file network: add, get, seed and serve files.
     #[command(subcommand)]
     Fs(fs::FsCmd),
@@ -101,6 +106,13 @@ enum Command {
         /// The job: count primes below this number, split across the VMs.
         #[arg(long, default_value_t = 30_000)]
         primes_below: u64,
+        /// How: `primes` (awk in each VM through the tunnels; seconds),
+        /// `spark` (zennet job spark on zennet-spark VMs; minutes under
+        /// TCG, and a 0.5 GB download once) or `dask` (zennet job dask on
+        /// zennet-dask VMs). Images are kept in $ZENNET_IMAGE_CACHE
+        /// (default ~/.cache/zennet/images).
+        #[arg(long, value_enum, default_value = "primes")]
+        job: devnet::Job,
         /// Keep the temporary homes (printed) instead of deleting them.
         #[arg(long)]
         keep: bool,
@@ -157,6 +169,56 @@ enum VmCmd {
     },
     /// End a VM's contract: its node stops it and closes the channel.
     Stop { id: String },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Run a Spark application across a task's running VMs (image
+    /// zennet-spark): a master and the driver on this host, a worker in
+    /// each VM, all on the task's private network with Spark's
+    /// authentication and RPC encryption on. The application's stdout is
+    /// printed; progress goes to stderr; exits with the driver's status.
+    /// Example: `zennet job spark TASK --class Primes primes.jar -- 300000`.
+    Spark {
+        /// The task (id or unique prefix) whose VMs run the workers.
+        task: String,
+        /// The application's main class.
+        #[arg(long = "class")]
+        class: String,
+        /// The application's jar.
+        jar: PathBuf,
+        /// The application's arguments (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+        /// A Spark setting for the application, KEY=VALUE (repeatable).
+        #[arg(long)]
+        conf: Vec<String>,
+        /// JVM options for the workers and executors in the VMs; under TCG
+        /// `-XX:TieredStopAtLevel=1 -XX:+UseSerialGC` starts them faster.
+        #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
+        guest_java_opts: Option<String>,
+        /// Seconds to wait for every VM's worker to register (a JVM under
+        /// TCG takes about a minute).
+        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        register_timeout: u64,
+    },
+    /// Run a Python script against a Dask cluster across a task's running
+    /// VMs (image zennet-dask): the scheduler and the script on this host,
+    /// a worker in each VM, on the task's private network. In the script,
+    /// `distributed.Client()` connects to the task's scheduler
+    /// (DASK_SCHEDULER_ADDRESS is set). Exits with the script's status.
+    Dask {
+        /// The task (id or unique prefix) whose VMs run the workers.
+        task: String,
+        /// The Python script (Debian's python3 and python3-distributed).
+        script: PathBuf,
+        /// The script's arguments (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+        /// Seconds to wait for every VM's worker to register.
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        register_timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -550,12 +612,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => trade::vm_forward(&home, &id, &forwards, &reverse).await,
         Command::App(AppCmd::List) => trade::app_list(&home, out).await,
         Command::Vm(VmCmd::Stop { id }) => trade::vm_stop(&home, &id, out).await,
+        Command::Job(JobCmd::Spark {
+            task,
+            class,
+            jar,
+            args,
+            conf,
+            guest_java_opts,
+            register_timeout,
+        }) => {
+            let job = jobs::SparkJob {
+                task,
+                class,
+                jar,
+                args,
+                conf,
+                guest_java_opts,
+                register_timeout: std::time::Duration::from_secs(register_timeout),
+            };
+            let code = jobs::spark(&home, job).await?;
+            std::process::exit(code);
+        }
+        Command::Job(JobCmd::Dask {
+            task,
+            script,
+            args,
+            register_timeout,
+        }) => {
+            let job = jobs::DaskJob {
+                task,
+                script,
+                args,
+                register_timeout: std::time::Duration::from_secs(register_timeout),
+            };
+            let code = jobs::dask(&home, job).await?;
+            std::process::exit(code);
+        }
         Command::Fs(cmd) => fs::run(&home, cmd, out).await,
         Command::Dashboard => commands::dashboard(&home, out).await,
         Command::Devnet {
             providers,
             primes_below,
+            job,
             keep,
-        } => devnet::run(home_flag, providers, primes_below, keep, out).await,
+        } => devnet::run(home_flag, providers, primes_below, job, keep, out).await,
     }
 }

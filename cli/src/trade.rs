@@ -207,7 +207,7 @@ pub async fn vm_exec(home: &Home, id: &str, command: &[String]) -> Result<()> {
     vm_ssh(home, id, command).await
 }
 
-async fn ssh_command(
+pub(crate) async fn ssh_command(
     home: &Home,
     id: &str,
     options: &[String],

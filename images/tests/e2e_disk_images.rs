@@ -12,9 +12,10 @@
 //! block device refuses, and the disk hashes as its manifest says after the
 //! guest is gone.
 //!
-//! They are `#[ignore]`d so `cargo test` stays quick; `scripts/test.sh`
-//! runs them once per pass (`cargo test -p zennet-images --test
-//! e2e_disk_images -- --ignored`). The first run downloads about 0.5 GB
+//! They are `#[ignore]`d and run by hand (`cargo test -p zennet-images
+//! --test e2e_disk_images -- --ignored`): `tests/tests/spark.rs`, which
+//! `scripts/test.sh` runs once per pass, does the same through the VM
+//! runtime across a market's VMs. The first run downloads about 0.5 GB
 //! (the pyspark sdist and the packages) into the image cache
 //! (`$ZENNET_IMAGE_CACHE`, default /var/tmp/zennet-images-test).
 

@@ -210,6 +210,14 @@ impl Drop for TestHome {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A node's VMs outlive it by design; a test's must not outlive the
+        // test, passed or failed: every QEMU this home's node ran (a run
+        // directory per VM; QEMU is named after the VM) goes too.
+        let vms = std::fs::read_dir(self.dir.join("agent").join("vms"));
+        for vm in vms.into_iter().flatten().flatten() {
+            let name = format!("zennet-{},process=", vm.file_name().to_string_lossy());
+            let _ = Command::new("pkill").args(["-KILL", "-f", &name]).status();
+        }
     }
 }
 

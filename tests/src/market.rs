@@ -23,6 +23,18 @@ impl Market {
         providers: usize,
         provider_config: &[(&str, &str, &str)],
     ) -> Market {
+        Market::start_with_images(publishers, providers, provider_config, &[])
+    }
+
+    /// [`Market::start`], with more built images (directories, linked by
+    /// their id) on every provider before its node starts (a node lists
+    /// its images when it starts).
+    pub fn start_with_images(
+        publishers: usize,
+        providers: usize,
+        provider_config: &[(&str, &str, &str)],
+        images: &[&zennet_images::Image],
+    ) -> Market {
         let mut homes = homes_on_one_chain(1 + publishers + providers);
         let mut miner = homes.remove(0);
         let mut pubs: Vec<TestHome> = homes.drain(..publishers).collect();
@@ -41,6 +53,13 @@ impl Market {
                 .as_str()
                 .unwrap()
                 .to_string();
+            for image in images {
+                std::os::unix::fs::symlink(
+                    &image.dir,
+                    p.dir.join("images").join(&image.manifest.id),
+                )
+                .unwrap();
+            }
             for (table, key, value) in provider_config {
                 set_config(p, table, key, value);
             }

@@ -1,0 +1,176 @@
+//! Distributed jobs on rented VMs (TCG here; KVM where it works):
+//! * the Spark primes application (`cli/assets/jobs/Primes.java`, below
+//!   300,000) across two providers' `zennet-spark` VMs — `zennet devnet
+//!   --job spark`, the master and driver on this host — vs the same
+//!   application in Spark's `local[2]` on this host, the same jars and JRE;
+//! * from the announcement being mined to every VM's worker registered
+//!   with the master (the devnet's own figure);
+//! * Dask the same way (`--job dask`, the count below 50,000) vs the same
+//!   script against a local cluster of two processes.
+//!
+//! A JVM under TCG runs 5-12 times slower than native, so the ratio here
+//! is mostly the TCG factor plus the cost of the network; under KVM it
+//! is the network's alone. The devnet keeps its images in the shared
+//! image cache (`ZENNET_IMAGE_CACHE`, here the tests').
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{row, single};
+
+const SPARK_BELOW: u64 = 300_000;
+const DASK_BELOW: u64 = 50_000;
+
+pub fn run(quick: bool) {
+    println!("== distributed jobs on rented VMs (2 providers) ==");
+    let zennet = std::env::current_exe().unwrap().with_file_name("zennet");
+    assert!(
+        zennet.exists(),
+        "{} is missing; run `cargo build --release -p zennet-cli` first",
+        zennet.display()
+    );
+    let cache = zennet_testkit::image_cache();
+    let work = tempfile::tempdir().unwrap();
+
+    // Spark: the anchor first, on the same jars the devnet's master uses.
+    let jars = zennet_images::spark_host_jars(&cache, &mut |_| {}).expect("Spark's jars");
+    let jar = compile(work.path(), &jars);
+    let local = spark_local(&jars, &jar);
+    let (ms, registered) = devnet(&zennet, &cache, "spark", SPARK_BELOW);
+    row(
+        "Spark primes < 300k, 2 VMs (TCG)",
+        ms / 1000.0,
+        "local[2] on this host",
+        local,
+        "s",
+    );
+    single(
+        "  announcement → every worker registered",
+        registered / 1000.0,
+        "s",
+    );
+    if quick {
+        return;
+    }
+    let (ms, registered) = devnet(&zennet, &cache, "dask", DASK_BELOW);
+    let local = dask_local(work.path());
+    row(
+        "Dask primes < 50k, 2 VMs (TCG)",
+        ms / 1000.0,
+        "local cluster, 2 processes",
+        local,
+        "s",
+    );
+    single(
+        "  announcement → every worker registered",
+        registered / 1000.0,
+        "s",
+    );
+}
+
+/// Runs `zennet devnet --job JOB`; the job's time and the time from the
+/// announcement to its workers registered, in ms.
+fn devnet(zennet: &Path, cache: &Path, job: &str, below: u64) -> (f64, f64) {
+    let out = Command::new(zennet)
+        .args(["devnet", "--providers", "2", "--json", "--job", job])
+        .args(["--primes-below", &below.to_string()])
+        .env("ZENNET_IMAGE_CACHE", cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "devnet --job {job}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["job"]["answer"], s["job"]["expected"], "{s}");
+    (
+        s["job"]["ms"].as_f64().unwrap(),
+        s["job"]["workers_registered_ms"].as_f64().unwrap(),
+    )
+}
+
+fn compile(dir: &Path, jars: &Path) -> std::path::PathBuf {
+    let source = dir.join("Primes.java");
+    std::fs::write(&source, include_str!("../../cli/assets/jobs/Primes.java")).unwrap();
+    let classes = dir.join("classes");
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success());
+    ok(Command::new("javac")
+        .arg("-cp")
+        .arg(format!("{}/*", jars.display()))
+        .arg("-d")
+        .arg(&classes)
+        .arg(&source));
+    let jar = dir.join("primes.jar");
+    ok(Command::new("jar")
+        .arg("cf")
+        .arg(&jar)
+        .arg("-C")
+        .arg(&classes)
+        .arg("."));
+    jar
+}
+
+/// The application in `local[2]`, JVM start included (as the devnet's
+/// figure includes the driver's); seconds.
+fn spark_local(jars: &Path, jar: &Path) -> f64 {
+    let started = Instant::now();
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", jars.display()))
+        .env("SPARK_SCALA_VERSION", "2.13")
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .args(["-Xmx1g", "org.apache.spark.deploy.SparkSubmit"])
+        .args(["--master", "local[2]", "--class", "Primes"])
+        .arg(jar)
+        .args([&SPARK_BELOW.to_string(), "0"])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ZENNET-PRIMES count=25997 "),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+/// The Dask script against a local cluster of two worker processes.
+fn dask_local(dir: &Path) -> f64 {
+    let script = dir.join("local.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import runpy, sys\n\
+             from distributed import LocalCluster\n\
+             if __name__ == '__main__':\n\
+             \x20   c = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)\n\
+             \x20   import os; os.environ['DASK_SCHEDULER_ADDRESS'] = c.scheduler_address\n\
+             \x20   import dask; dask.config.refresh()\n\
+             \x20   sys.argv = ['primes.py', '{DASK_BELOW}', '2']\n\
+             \x20   runpy.run_path({:?}, run_name='__main__')\n",
+            dir.join("primes.py").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("primes.py"),
+        include_str!("../../cli/assets/jobs/primes.py"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ZENNET-PRIMES count=5133 "),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
