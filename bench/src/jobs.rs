@@ -35,7 +35,7 @@ pub fn run(quick: bool) {
 
     // Spark: the anchor first, on the same jars the devnet's master uses.
     let jars = zennet_images::spark_host_jars(&cache, &mut |_| {}).expect("Spark's jars");
-    let jar = compile(work.path(), &jars);
+    let jar = zennet_tests::compile_spark_app(work.path(), &jars);
     let local = spark_local(&jars, &jar);
     let (ms, registered) = devnet(&zennet, &cache, "spark", SPARK_BELOW);
     row(
@@ -89,27 +89,6 @@ fn devnet(zennet: &Path, cache: &Path, job: &str, below: u64) -> (f64, f64) {
         s["job"]["ms"].as_f64().unwrap(),
         s["job"]["workers_registered_ms"].as_f64().unwrap(),
     )
-}
-
-fn compile(dir: &Path, jars: &Path) -> std::path::PathBuf {
-    let source = dir.join("Primes.java");
-    std::fs::write(&source, include_str!("../../cli/assets/jobs/Primes.java")).unwrap();
-    let classes = dir.join("classes");
-    let ok = |c: &mut Command| assert!(c.status().unwrap().success());
-    ok(Command::new("javac")
-        .arg("-cp")
-        .arg(format!("{}/*", jars.display()))
-        .arg("-d")
-        .arg(&classes)
-        .arg(&source));
-    let jar = dir.join("primes.jar");
-    ok(Command::new("jar")
-        .arg("cf")
-        .arg(&jar)
-        .arg("-C")
-        .arg(&classes)
-        .arg("."));
-    jar
 }
 
 /// The application in `local[2]`, JVM start included (as the devnet's

@@ -144,8 +144,8 @@ pub async fn spark(home: &Home, job: SparkJob) -> Result<i32> {
     }
     .await;
     run.close(
-        "pkill -f org.apache.spark.deploy.worker.Worker; \
-         pkill -f org.apache.spark.executor; rm -f /tmp/zennet-spark.conf; true",
+        "pkill -f '[o]rg.apache.spark.deploy.worker.Worker'; \
+         pkill -f '[o]rg.apache.spark.executor'; rm -f /tmp/zennet-spark.conf; true",
     )
     .await;
     result
@@ -158,7 +158,7 @@ pub async fn dask(home: &Home, job: DaskJob) -> Result<i32> {
         .with_context(|| format!("the script {}", job.script.display()))?;
     let run = Run::open(home, &job.task, "dask").await?;
     let result = dask_run(&run, &job, &script).await;
-    run.close("pkill -f dask-worker; true").await;
+    run.close("pkill -f '[d]ask-worker'; true").await;
     result
 }
 
@@ -246,13 +246,18 @@ impl<'a> Run<'a> {
     /// directory.
     fn in_netns(&self, program: &str, log: &str) -> Result<Command> {
         let log = std::fs::File::create(self.dir.join(log))?;
+        let mut cmd = self.in_netns_here(program);
+        cmd.stdout(log.try_clone()?).stderr(log);
+        Ok(cmd)
+    }
+
+    /// A program in the task's namespace, its output where ours goes.
+    fn in_netns_here(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.lan.netns, program])
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .kill_on_drop(true);
-        Ok(cmd)
+        cmd
     }
 
     /// Runs `script` in `vm` over ssh through its tunnel.
@@ -390,7 +395,7 @@ async fn dask_run(run: &Run<'_>, job: &DaskJob, script: &Path) -> Result<i32> {
     let url = format!("tcp://{addr}:{DASK_PORT}");
     run.start_workers("Dask", |a| {
         format!(
-            "pkill -f dask-worker; cd /tmp && setsid dask-worker {url} --host {a} --no-nanny \
+            "pkill -f '[d]ask-worker'; cd /tmp && setsid dask-worker {url} --host {a} --no-nanny \
              --no-dashboard --memory-limit 0 </dev/null >{DASK_GUEST_LOG} 2>&1 &"
         )
     })
@@ -408,12 +413,10 @@ async fn dask_run(run: &Run<'_>, job: &DaskJob, script: &Path) -> Result<i32> {
     )
     .await?;
     let mut client = run
-        .in_netns(HOST_PYTHON, "client.log")?
+        .in_netns_here(HOST_PYTHON)
         .arg(script)
         .args(&job.args)
         .env("DASK_SCHEDULER_ADDRESS", &url)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start the Dask client script")?;
     let status = client.wait().await?;
@@ -462,7 +465,7 @@ impl Cluster<'_> {
             .start_workers("Spark", |a| {
                 format!(
                     "umask 077 && cat > {SPARK_GUEST_CONF} <<'ZENNET_EOF'\n{props}ZENNET_EOF\n\
-                     pkill -f org.apache.spark.deploy.worker.Worker; \
+                     pkill -f '[o]rg.apache.spark.deploy.worker.Worker'; \
                      export SPARK_LOCAL_IP={a}; {opts} cd /tmp && \
                      setsid spark-class -Xmx256m org.apache.spark.deploy.worker.Worker \
                      --host {a} --webui-port 8081 --properties-file {SPARK_GUEST_CONF} {master_url} \

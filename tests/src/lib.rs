@@ -7,6 +7,7 @@
 //!   tests read off them (VMs, contracts, channels, claims on chain), and
 //!   a headless browser.
 //! * [`files`]: random files, seeders found, a node's stored parts.
+//! * [`compile_spark_app`]: the Spark primes application, as a jar.
 
 pub mod files;
 pub mod market;
@@ -460,4 +461,36 @@ pub fn promtool(args: &[&str], stdin: &str) -> String {
     );
     assert!(out.status.success(), "promtool {args:?}: {text}");
     text
+}
+
+/// Compiles the Spark primes application (`cli/assets/jobs/Primes.java`,
+/// what `zennet devnet --job spark` runs) with the JDK against Spark's
+/// `jars` into `dir/primes.jar`.
+pub fn compile_spark_app(dir: &Path, jars: &Path) -> PathBuf {
+    let classes = dir.join("classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    let source = dir.join("Primes.java");
+    std::fs::write(&source, include_str!("../../cli/assets/jobs/Primes.java")).unwrap();
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("javac")
+        .arg("-cp")
+        .arg(format!("{}/*", jars.display()))
+        .arg("-d")
+        .arg(&classes)
+        .arg(&source));
+    let jar = dir.join("primes.jar");
+    ok(Command::new("jar")
+        .arg("cf")
+        .arg(&jar)
+        .arg("-C")
+        .arg(&classes)
+        .arg("."));
+    jar
 }

@@ -93,16 +93,35 @@ impl Market {
         set_config(p, "publisher", "ssh_listen", &format!("{endpoint:?}"));
     }
 
-    /// Announces a task from `publisher` and waits until it is mined.
+    /// Announces a task of `zennet-tiny` VMs from `publisher` and waits
+    /// until it is mined.
     pub fn announce(&self, publisher: usize, instances: u32, interval: i32, extra: &str) -> String {
+        let image = (
+            zennet_images::DEFAULT_IMAGE_ID,
+            self.image_hash.as_str(),
+            192,
+        );
+        self.announce_image(publisher, image, instances, interval, extra)
+    }
+
+    /// Announces a task of 1-core VMs of `image` (id, manifest hash, MiB)
+    /// from `publisher` and waits until it is mined.
+    pub fn announce_image(
+        &self,
+        publisher: usize,
+        (id, hash, memory_mib): (&str, &str, u32),
+        instances: u32,
+        interval: i32,
+        extra: &str,
+    ) -> String {
         let p = &self.publishers[publisher];
         let file = p.dir.join(format!("task-{}.toml", rand_suffix()));
         std::fs::write(
             &file,
             format!(
-                r#"images = [{{ id = "zennet-tiny", hash = "{hash}" }}]
+                r#"images = [{{ id = "{id}", hash = "{hash}" }}]
 cores = [1]
-memory_mib_per_core = 192
+memory_mib_per_core = {memory_mib}
 min_instances = 1
 max_instances = {instances}
 lease_max_secs = 1800
@@ -114,8 +133,7 @@ acceptance_difficulty = 500
 per_compute_unit_second = "1000"
 per_memory_gib_hour = "3600000"
 base_per_second = "10"
-"#,
-                hash = self.image_hash
+"#
             ),
         )
         .unwrap();
@@ -197,6 +215,22 @@ pub fn contract(provider: &TestHome, task: &str) -> Option<Value> {
         .iter()
         .find(|c| c["task"] == task)
         .cloned()
+}
+
+/// Waits until `n` VMs of `task` have their address on the task's
+/// private network.
+pub fn wait_addressed(publisher: &TestHome, task: &str, n: usize) {
+    wait_until(
+        Duration::from_secs(120),
+        "VMs addressed on the private network",
+        || {
+            vms_of(publisher, task)
+                .iter()
+                .filter(|v| !v["lan_address"].is_null())
+                .count()
+                == n
+        },
+    );
 }
 
 /// Waits until `task` has `n` connected, running VMs at `publisher`.

@@ -19,11 +19,10 @@
 //! cache (built, and the pyspark sdist downloaded, on first use).
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use zennet_tests::market::{Market, rand_suffix, vms_of, wait_running};
-use zennet_tests::wait_until;
+use zennet_tests::compile_spark_app;
+use zennet_tests::market::{Market, vms_of, wait_addressed, wait_running};
 
 const BELOW: u64 = 300_000;
 /// Python under TCG is slow; Dask's check needs less.
@@ -57,25 +56,15 @@ fn spark_and_dask_run_across_two_providers_vms_on_the_private_network() {
     )
     .unwrap();
 
-    let app = compile_app(&publisher.dir.join("app"), &jars);
-    let task = announce_task(
-        &m,
+    let app = compile_spark_app(&publisher.dir.join("app"), &jars);
+    let image = (
         zennet_images::SPARK_IMAGE_ID,
-        &spark.manifest.hash,
+        spark.manifest.hash.as_str(),
         2048,
     );
+    let task = m.announce_image(0, image, 2, 2, "");
     let vms = wait_running(publisher, &task, 2);
-    wait_until(
-        Duration::from_secs(120),
-        "both VMs addressed on the private network",
-        || {
-            vms_of(publisher, &task)
-                .iter()
-                .filter(|v| !v["lan_address"].is_null())
-                .count()
-                == 2
-        },
-    );
+    wait_addressed(publisher, &task, 2);
     t("two VMs running");
 
     // The job, on the private network.
@@ -180,19 +169,14 @@ fn spark_and_dask_run_across_two_providers_vms_on_the_private_network() {
 
     // Dask, the light engine, on the same market: a scheduler here, a
     // worker in each of two zennet-dask VMs, the client script here.
-    let task = announce_task(&m, zennet_images::DASK_IMAGE_ID, &dask.manifest.hash, 1024);
-    wait_running(publisher, &task, 2);
-    wait_until(
-        Duration::from_secs(120),
-        "both Dask VMs addressed on the private network",
-        || {
-            vms_of(publisher, &task)
-                .iter()
-                .filter(|v| !v["lan_address"].is_null())
-                .count()
-                == 2
-        },
+    let image = (
+        zennet_images::DASK_IMAGE_ID,
+        dask.manifest.hash.as_str(),
+        1024,
     );
+    let task = m.announce_image(0, image, 2, 2, "");
+    wait_running(publisher, &task, 2);
+    wait_addressed(publisher, &task, 2);
     let script = publisher.dir.join("app").join("primes.py");
     std::fs::write(&script, DASK_SCRIPT).unwrap();
     let below = DASK_BELOW.to_string();
@@ -250,76 +234,8 @@ fn job(
     ])
 }
 
-/// A one-task announcement: two 1-core VMs of `image`.
-fn announce_task(m: &Market, image: &str, hash: &str, memory_mib: u32) -> String {
-    let p = &m.publishers[0];
-    let file = p.dir.join(format!("task-{}.toml", rand_suffix()));
-    std::fs::write(
-        &file,
-        format!(
-            r#"images = [{{ id = "{image}", hash = "{hash}" }}]
-cores = [1]
-memory_mib_per_core = {memory_mib}
-min_instances = 1
-max_instances = 2
-lease_max_secs = 3600
-payout_interval_secs = 2
-acceptance_window = 400
-acceptance_difficulty = 500
-[rates]
-per_compute_unit_second = "1000"
-per_memory_gib_hour = "3600000"
-base_per_second = "10"
-"#
-        ),
-    )
-    .unwrap();
-    let task = p.json(&["task", "announce", file.to_str().unwrap()])["hash"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_until(
-        Duration::from_secs(60),
-        "the announcement to be mined",
-        || p.run(&["task", "show", &task]).status.success(),
-    );
-    task
-}
-
-/// Compiles [`APP`] with the JDK against Spark's jars into a jar.
-fn compile_app(dir: &Path, jars: &Path) -> std::path::PathBuf {
-    let classes = dir.join("classes");
-    std::fs::create_dir_all(&classes).unwrap();
-    std::fs::write(dir.join("Primes.java"), APP).unwrap();
-    let ok = |c: &mut Command| {
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(Command::new("javac")
-        .arg("-cp")
-        .arg(format!("{}/*", jars.display()))
-        .arg("-d")
-        .arg(&classes)
-        .arg(dir.join("Primes.java")));
-    let jar = dir.join("primes.jar");
-    ok(Command::new("jar")
-        .arg("cf")
-        .arg(&jar)
-        .arg("-C")
-        .arg(&classes)
-        .arg("."));
-    jar
-}
-
 fn count_primes(below: u64) -> u64 {
     (2..below)
         .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
         .count() as u64
 }
-
-/// The application (also `zennet devnet --job spark`'s).
-const APP: &str = include_str!("../../cli/assets/jobs/Primes.java");
