@@ -41,10 +41,21 @@ impl HostNet {
     /// Makes `task`'s namespace (replacing one a crashed node left) with a
     /// TAP at the publisher's place, up and addressed.
     pub fn open(task: &Hash) -> Result<HostNet, LanError> {
-        let netns = netns_name(task);
-        if std::path::Path::new("/run/netns").join(&netns).exists() {
-            ip(&["netns", "del", &netns])?;
+        // A name per opening: an earlier one being dropped (its future
+        // aborted, its namespace deleted on some runtime thread later)
+        // never deletes this one. What a crashed node left goes first.
+        let prefix = format!("{}-", netns_name(task));
+        for stale in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = stale.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = ip(&["netns", "del", &name]);
+            }
         }
+        let netns = format!("{prefix}{}", next_opening());
         ip(&["netns", "add", &netns])?;
         // From here on, dropping `net` deletes the namespace again.
         let fd = std::thread::scope(|s| s.spawn(|| open_tap_in(&netns)).join())
@@ -109,15 +120,28 @@ impl HostNet {
 
 impl Drop for HostNet {
     fn drop(&mut self) {
+        // A later opening for the same task may have deleted it already.
+        if !std::path::Path::new("/run/netns")
+            .join(&self.netns)
+            .exists()
+        {
+            return;
+        }
         if let Err(e) = ip(&["netns", "del", &self.netns]) {
             tracing::warn!(netns = %self.netns, error = %e, "private network: namespace left behind");
         }
     }
 }
 
-/// `task`'s namespace: short enough for any tool, unique enough per host.
+/// The start of `task`'s namespaces' names (then `-N`, one per opening):
+/// short enough for any tool, unique enough per host.
 pub fn netns_name(task: &Hash) -> String {
     format!("zn-lan-{}", crate::view::app_id(task))
+}
+
+fn next_opening() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Runs `ip ARGS`; its stderr is the error.

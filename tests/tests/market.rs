@@ -27,6 +27,7 @@ fn devnet_runs_a_paid_job_and_balances_reconcile() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["job"]["answer"], s["job"]["expected"]);
     assert_eq!(s["job"]["expected"], 3245);
+    assert_eq!(s["job"]["kind"], "primes");
     assert_eq!(s["balances_reconcile"], true);
     // Each VM pinged the other over the task's private network.
     let lan = s["private_network"].as_array().unwrap();
