@@ -216,8 +216,15 @@ impl Drop for TestHome {
         // directory per VM; QEMU is named after the VM) goes too.
         let vms = std::fs::read_dir(self.dir.join("agent").join("vms"));
         for vm in vms.into_iter().flatten().flatten() {
-            let name = format!("zennet-{},process=", vm.file_name().to_string_lossy());
+            let id = vm.file_name().to_string_lossy().into_owned();
+            let name = format!("zennet-{id},process=");
             let _ = Command::new("pkill").args(["-KILL", "-f", &name]).status();
+            // And its network namespace (named after it), which the node
+            // would have removed.
+            let netns = format!("zennet-{id}");
+            if Path::new("/run/netns").join(&netns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+            }
         }
     }
 }
