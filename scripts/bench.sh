@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: our figures beside their anchors, measured in one run.
-# Usage: scripts/bench.sh [chain|net|host|vm|jobs|market|fs|bt|ops|pos]... [--quick]
+# Usage: scripts/bench.sh [chain|net|host|vm|jobs|lan|market|fs|bt|ops|pos]... [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

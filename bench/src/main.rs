@@ -1,7 +1,7 @@
 //! `zennet-bench`: measures Zennet's figures side by side with an anchor
 //! measured in the same run on the same machine, and prints the ratio.
 //!
-//! Run with `scripts/bench.sh [chain|net|host|vm|jobs|market|fs|bt|ops|pos] [--quick]`.
+//! Run with `scripts/bench.sh [chain|net|host|vm|jobs|lan|market|fs|bt|ops|pos] [--quick]`.
 
 mod bt;
 mod chain;
@@ -49,6 +49,10 @@ fn main() {
         known = true;
         jobs::run(quick);
     }
+    if all || suites.contains(&"lan") {
+        known = true;
+        jobs::network();
+    }
     if all || suites.contains(&"market") {
         known = true;
         market::run(quick);
@@ -71,7 +75,7 @@ fn main() {
     }
     if !known {
         eprintln!(
-            "unknown suite {suites:?}; available: chain, net, host, vm, jobs, market, fs, bt, ops, pos"
+            "unknown suite {suites:?}; available: chain, net, host, vm, jobs, lan, market, fs, bt, ops, pos"
         );
         std::process::exit(2);
     }

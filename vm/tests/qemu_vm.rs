@@ -743,10 +743,10 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
     );
 
     // The guest's own poweroff. Its ssh session dies with the guest
-    // without a FIN, so the client is not waited for; but on a loaded host
-    // (other TCG guests of this binary) the guest, busy after the fill,
-    // can drop the connection before running the command, so a client
-    // that ended while the VM still runs is started again.
+    // without a FIN, so the client is not waited for; but in a full run
+    // the session has hung before the command ran (twice in CI, never
+    // alone), so a client that ended while the VM still runs is started
+    // again, and a stuck one ends within seconds.
     let spawn_poweroff = || {
         Command::new("ssh")
             .args([
@@ -755,7 +755,11 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
                 "-o",
                 "UserKnownHostsFile=/dev/null",
             ])
-            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-i"])
+            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes"])
+            // A session stuck before the command ran ends and is retried,
+            // rather than waiting for the test's deadline.
+            .args(["-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=5"])
+            .args(["-o", "ServerAliveCountMax=3", "-i"])
             .arg(&key)
             .args([
                 "-p",
@@ -777,7 +781,14 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
         }
         if started.elapsed() > Duration::from_secs(300) {
             let _ = poweroff.kill();
-            panic!("the powered-off VM was not noticed ({tries} ssh tries)");
+            let info = runtime.info(&vm.id).await.unwrap();
+            panic!(
+                "the powered-off VM was not noticed ({tries} ssh tries; state {:?}, pid {:?} alive: {})",
+                info.state,
+                info.pid,
+                info.pid
+                    .is_some_and(|p| Path::new(&format!("/proc/{p}/cmdline")).exists())
+            );
         }
         if let Ok(Some(status)) = poweroff.try_wait() {
             eprintln!("poweroff's ssh ended ({status}) while the VM runs; again");
