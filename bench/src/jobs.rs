@@ -266,6 +266,7 @@ pub fn network() {
         let _ = conn.read(&mut [0u8; 1]);
     });
     let _ = listener.kill();
+    let _ = listener.wait();
     let _ = forward.kill();
     let _ = forward.wait();
     row(
