@@ -7,8 +7,9 @@
 //! unprivileged uid/gid with no supplementary groups. QEMU then enables its
 //! seccomp sandbox. It never sees a path it could not open itself: every
 //! file it needs is opened by the node and handed over as a file
-//! descriptor — the kernel and initramfs as `/proc/self/fd/N` (their
-//! SHA-256 checked on those very descriptors first), the disks, the QMP
+//! descriptor — the kernel, the initramfs and the image's own read-only
+//! disks as `/proc/self/fd/N` (their SHA-256 checked on those very
+//! descriptors first), the VM's disks, the QMP
 //! and serial sockets as listening fds, the tap device of the VM's network
 //! namespace — so the VM directories can stay private to the node (0700)
 //! and the VM's disks owned by the VM's own uid.
@@ -644,6 +645,21 @@ fn memlock_bytes(mem_mib: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tampered image disk (say, a provider's host that rewrote the
+    /// shared root disk) is refused before QEMU starts.
+    #[tokio::test]
+    async fn a_disk_that_is_not_what_its_manifest_says_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.ext4");
+        std::fs::write(&path, b"a tampered root disk").unwrap();
+        let file = File::open(&path).unwrap();
+        let expected = "0".repeat(64);
+        let err = check_digests(&[(&file, path.as_path(), Some(expected.as_str()))])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VmError::ImageCorrupt { .. }), "{err}");
+    }
 
     #[test]
     fn command_line_confines_and_wires_everything() {
