@@ -47,31 +47,30 @@ pub fn run(quick: bool) {
     let jars = zennet_images::spark_host_jars(&cache, &mut |_| {}).expect("Spark's jars");
     let jar = zennet_tests::compile_spark_app(work.path(), &jars);
     let local = spark_local(&jars, &jar);
-    let (ms, registered) = devnet(&zennet, &cache, "spark", SPARK_BELOW);
-    row(
+    let spark = devnet(&zennet, &cache, "spark", SPARK_BELOW);
+    report(
         "Spark primes < 300k, 2 VMs (TCG)",
-        ms / 1000.0,
+        spark,
         "local[2] on this host",
         local,
-        "s",
-    );
-    single(
-        "  announcement → every worker registered",
-        registered / 1000.0,
-        "s",
     );
     if quick {
         return;
     }
-    let (ms, registered) = devnet(&zennet, &cache, "dask", DASK_BELOW);
+    let dask = devnet(&zennet, &cache, "dask", DASK_BELOW);
     let local = dask_local(work.path());
-    row(
+    report(
         "Dask primes < 50k, 2 VMs (TCG)",
-        ms / 1000.0,
+        dask,
         "local cluster, 2 processes",
         local,
-        "s",
     );
+}
+
+/// A devnet job's rows: its time beside the local anchor's (seconds), and
+/// the time to every worker registered.
+fn report(what: &str, (ms, registered): (f64, f64), anchor: &str, local: f64) {
+    row(what, ms / 1000.0, anchor, local, "s");
     single(
         "  announcement → every worker registered",
         registered / 1000.0,

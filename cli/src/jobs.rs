@@ -166,6 +166,7 @@ pub async fn dask(home: &Home, job: DaskJob) -> Result<i32> {
 /// and the run's directory (logs, settings).
 struct Run<'a> {
     home: &'a Home,
+    client: crate::client::Client,
     task: Hash,
     vms: Vec<VmView>,
     lan: LanHostView,
@@ -211,6 +212,7 @@ impl<'a> Run<'a> {
         );
         Ok(Run {
             home,
+            client,
             task: id,
             vms,
             lan,
@@ -226,17 +228,13 @@ impl<'a> Run<'a> {
                 eprintln!("the workers in VM {} did not stop: {e:#}", short_vm(vm));
             }
         }
-        let left: Result<serde_json::Value> = match self.home.client() {
-            Ok(client) => {
-                client
-                    .post(
-                        &format!("/v1/publisher/tasks/{}/lan/leave", self.task),
-                        &serde_json::json!({}),
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let left: Result<serde_json::Value> = self
+            .client
+            .post(
+                &format!("/v1/publisher/tasks/{}/lan/leave", self.task),
+                &serde_json::json!({}),
+            )
+            .await;
         if let Err(e) = left {
             eprintln!("this host stays on the task's network: {e:#}");
         }
@@ -436,8 +434,11 @@ impl Cluster<'_> {
     async fn run(&self, job: &SparkJob, jar: &Path, secret: &str) -> Result<i32> {
         let address = self.run.lan.address;
         let master_url = format!("spark://{address}:{MASTER_PORT}");
+        let log = std::fs::File::create(self.run.dir.join("master.log"))?;
         let mut master = self
-            .java("master.log")?
+            .java()
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .args(["-Xmx512m", "org.apache.spark.deploy.master.Master"])
             .args(["--host", &address.to_string()])
             .args(["--port", &MASTER_PORT.to_string(), "--webui-port", "8080"])
@@ -489,19 +490,19 @@ impl Cluster<'_> {
     }
 
     /// A JVM in the task's namespace, with Spark's jars.
-    fn java(&self, log: &str) -> Result<Command> {
-        let mut cmd = self.run.in_netns(HOST_JAVA, log)?;
+    fn java(&self) -> Command {
+        let mut cmd = self.run.in_netns_here(HOST_JAVA);
         cmd.arg("-cp")
             .arg(format!("{}/*", self.jars.display()))
             .env("SPARK_HOME", self.jars.parent().unwrap_or(self.jars))
             .env("SPARK_SCALA_VERSION", "2.13")
             .env("SPARK_LOCAL_IP", self.run.lan.address.to_string());
-        Ok(cmd)
+        cmd
     }
 
     /// Runs the driver here (client mode): stdout through, progress shown.
     async fn submit(&self, master_url: &str, job: &SparkJob, jar: &Path) -> Result<i32> {
-        let mut cmd = self.java("driver.log")?;
+        let mut cmd = self.java();
         cmd.args(["-Xmx1g", "org.apache.spark.deploy.SparkSubmit"])
             .args(["--master", master_url, "--deploy-mode", "client"])
             .args(["--class", &job.class])

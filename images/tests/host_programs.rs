@@ -41,7 +41,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("aria2c", "aria2"),
     ("transmission-cli", "transmission-cli"),
     ("nginx", "nginx"),
-    ("java", "openjdk-17-jdk-headless"),
+    ("java", "openjdk-17-jre-headless"),
     ("javac", "openjdk-17-jdk-headless"),
     ("jar", "openjdk-17-jdk-headless"),
     ("python3", "python3"),

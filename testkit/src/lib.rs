@@ -30,20 +30,29 @@ pub use fake::FakeBackend;
 /// `port`, with the stock OpenSSH client and `key`. Test guests make a
 /// fresh host key each boot, so it is not checked.
 pub fn guest_ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .args(["-o", "ConnectTimeout=20", "-o", "BatchMode=yes", "-i"])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
+    guest_ssh_command(key, &[], port, command)
         .output()
         .expect("ssh runs (install openssh-client)")
+}
+
+/// The command [`guest_ssh`] runs, with `options` (`-o` pairs) added, to
+/// spawn or run as the caller needs.
+pub fn guest_ssh_command(key: &Path, options: &[&str], port: u16, command: &str) -> Command {
+    let mut ssh = Command::new("ssh");
+    ssh.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ])
+    .args(["-o", "ConnectTimeout=20", "-o", "BatchMode=yes"])
+    .args(options)
+    .arg("-i")
+    .arg(key)
+    .args(["-p", &port.to_string(), "root@127.0.0.1", command]);
+    ssh
 }
 
 /// A TCP port free on loopback right now.

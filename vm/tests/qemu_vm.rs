@@ -748,25 +748,10 @@ async fn a_guest_poweroff_frees_everything_and_its_console_and_files_are_bounded
     // alone), so a client that ended while the VM still runs is started
     // again, and a stuck one ends within seconds.
     let spawn_poweroff = || {
-        Command::new("ssh")
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes"])
-            // A session stuck before the command ran ends and is retried,
-            // rather than waiting for the test's deadline.
-            .args(["-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=5"])
-            .args(["-o", "ServerAliveCountMax=3", "-i"])
-            .arg(&key)
-            .args([
-                "-p",
-                &vm.ssh_port.to_string(),
-                "root@127.0.0.1",
-                "poweroff -f",
-            ])
+        // A session stuck before the command ran ends and is retried,
+        // rather than waiting for the test's deadline.
+        let keepalive = ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"];
+        zennet_testkit::guest_ssh_command(&key, &keepalive, vm.ssh_port, "poweroff -f")
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap()
