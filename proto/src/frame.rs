@@ -28,6 +28,11 @@ pub const LAN_SUBSYSTEM: &str = "zennet-lan";
 pub const LAN_BOOT_MAC: &str = "02:7a:6e:ff:ff:fe";
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The publisher's `Bye` to a `Join` for a contract whose session is still
+/// open. Only the contract's own node gets this far, so the open session is
+/// its previous one, not yet torn down: the node dials again later.
+pub const BYE_SESSION_OPEN: &str = "a session for this contract is already open";
+
 #[derive(Debug, Clone, PartialEq, BorshSerialize, BorshDeserialize)]
 pub enum Frame {
     /// Node → publisher, first frame: the task this connection serves.

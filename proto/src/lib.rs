@@ -19,8 +19,8 @@ pub mod price;
 pub mod stream;
 
 pub use frame::{
-    Frame, LAN_BOOT_MAC, LAN_SUBSYSTEM, PROTOCOL_VERSION, SUBSYSTEM, Terms, UsageReport, VmPhase,
-    VmStatus,
+    BYE_SESSION_OPEN, Frame, LAN_BOOT_MAC, LAN_SUBSYSTEM, PROTOCOL_VERSION, SUBSYSTEM, Terms,
+    UsageReport, VmPhase, VmStatus,
 };
 pub use price::{Usage, max_price_per_sec, price};
 pub use stream::{MAX_FRAME, PayStream, WireError, read_frame, write_frame};

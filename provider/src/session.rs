@@ -805,11 +805,22 @@ async fn join(p: Arc<Provider>, row: ContractRow) -> Result<Joined, Session> {
             TERMS_TIMEOUT.as_secs()
         ))),
         Ok(Err(e)) => Err(retry(e)),
-        Ok(Ok(Frame::Terms(terms))) => Ok(Joined { tunnel, pay, terms }),
-        Ok(Ok(Frame::Bye { reason })) => {
-            Err(Session::Fatal(format!("publisher refused: {reason}")))
-        }
-        Ok(Ok(other)) => Err(Session::Retry(format!("expected terms, got {other:?}"))),
+        Ok(Ok(frame)) => answer_to_join(frame).map(|terms| Joined { tunnel, pay, terms }),
+    }
+}
+
+/// What the publisher's first frame means for the contract. A refusal ends
+/// it, except the one saying this contract's session is still open: that
+/// is this node's previous session (after a dropped connection or a
+/// restart), which the publisher has not torn down yet, so dial again.
+fn answer_to_join(frame: Frame) -> Result<Terms, Session> {
+    match frame {
+        Frame::Terms(terms) => Ok(terms),
+        Frame::Bye { reason } if reason == proto::BYE_SESSION_OPEN => Err(Session::Retry(format!(
+            "publisher: {reason} (our previous one, still closing)"
+        ))),
+        Frame::Bye { reason } => Err(Session::Fatal(format!("publisher refused: {reason}"))),
+        other => Err(Session::Retry(format!("expected terms, got {other:?}"))),
     }
 }
 
@@ -951,6 +962,22 @@ mod tests {
             vm_key: String::new(),
             storage_paid: false,
             compute_per_core: 1,
+        }
+    }
+
+    #[test]
+    fn a_session_still_open_is_dialled_again_and_other_refusals_end_the_contract() {
+        assert!(answer_to_join(Frame::Terms(terms(2, 1800))).is_ok());
+        let open = Frame::Bye {
+            reason: proto::BYE_SESSION_OPEN.into(),
+        };
+        assert!(matches!(answer_to_join(open), Err(Session::Retry(_))));
+        let refused = Frame::Bye {
+            reason: "task cancelled".into(),
+        };
+        match answer_to_join(refused) {
+            Err(Session::Fatal(r)) => assert!(r.contains("task cancelled"), "{r}"),
+            _ => panic!("a refusal ends the contract"),
         }
     }
 

@@ -59,11 +59,7 @@ impl Publisher {
             duplicate
         };
         if duplicate {
-            let _ = pay
-                .send(&refuse(
-                    "a session for this contract is already open".into(),
-                ))
-                .await;
+            let _ = pay.send(&refuse(proto::BYE_SESSION_OPEN.into())).await;
             return Err(PublisherError::DuplicateSession { task, node });
         }
         let result = self

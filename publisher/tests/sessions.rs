@@ -175,7 +175,7 @@ async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
         }
         other => panic!("one session and one refusal expected, got {other:?}"),
     };
-    assert!(refused.contains("already open"), "{refused}");
+    assert_eq!(refused, zennet_proto::BYE_SESSION_OPEN);
     // A few more blocks: a second channel would be mined by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let vms = publisher.vms().unwrap();
@@ -197,7 +197,7 @@ async fn two_joins_for_one_contract_get_one_session_and_one_channel() {
                 assert_eq!(t.channel, terms.channel);
                 break (tc, c);
             }
-            Frame::Bye { reason } if reason.contains("already open") => {
+            Frame::Bye { reason } if reason == zennet_proto::BYE_SESSION_OPEN => {
                 // The old session is still being torn down.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
