@@ -113,6 +113,11 @@ pub struct NodeConfig {
     pub api: String,
     /// Mining threads used by `node run --mine`.
     pub mining_threads: usize,
+    /// Share of each mining thread's time spent hashing, in percent
+    /// (1-100). The difficulty follows the hash rate, so a dev chain mined
+    /// at 25% keeps its block time and leaves the cores to the VMs.
+    #[serde(default = "default_mining_cpu_percent")]
+    pub mining_cpu_percent: u8,
     /// libp2p listen multiaddrs (port 0 picks a free port).
     #[serde(default = "default_p2p_listen")]
     pub p2p_listen: Vec<String>,
@@ -131,12 +136,17 @@ fn default_max_peers() -> u32 {
     50
 }
 
+fn default_mining_cpu_percent() -> u8 {
+    100
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
             node: NodeConfig {
                 api: "127.0.0.1:0".into(),
                 mining_threads: 1,
+                mining_cpu_percent: default_mining_cpu_percent(),
                 p2p_listen: default_p2p_listen(),
                 bootstrap: vec![],
                 max_peers: default_max_peers(),
@@ -281,7 +291,16 @@ impl Home {
             return Ok(Config::default());
         }
         let text = fs::read_to_string(&path)?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid config", path.display()))?;
+        if !(1..=100).contains(&config.node.mining_cpu_percent) {
+            bail!(
+                "{}: [node] mining_cpu_percent = {} is not a share of a core; give 1 to 100",
+                path.display(),
+                config.node.mining_cpu_percent
+            );
+        }
+        Ok(config)
     }
 
     /// Takes the home's node lock; fails if another node runs on this home.
@@ -427,5 +446,26 @@ mod tests {
         let home = Home::locate(Some(dir.path().to_path_buf())).unwrap();
         let _held = home.lock_node().unwrap();
         assert!(home.lock_node().is_err());
+    }
+
+    #[test]
+    fn a_mining_share_outside_1_to_100_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::locate(Some(dir.path().join("h"))).unwrap();
+        home.init(|k| Ok(Genesis::dev(k.address(), 1))).unwrap();
+        assert_eq!(home.config().unwrap().node.mining_cpu_percent, 100);
+        let text = fs::read_to_string(home.config_path()).unwrap();
+        for bad in ["0", "101"] {
+            let edited = text.replace(
+                "mining_cpu_percent = 100",
+                &format!("mining_cpu_percent = {bad}"),
+            );
+            fs::write(home.config_path(), edited).unwrap();
+            let e = home.config().unwrap_err().to_string();
+            assert!(
+                e.contains("mining_cpu_percent") && e.contains("1 to 100"),
+                "{e}"
+            );
+        }
     }
 }

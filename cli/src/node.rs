@@ -439,10 +439,11 @@ impl NodeHandle {
             for i in 0..config.node.mining_threads.max(1) {
                 let node = node.clone();
                 let miner = key.address();
+                let share = f64::from(config.node.mining_cpu_percent) / 100.0;
                 miners.push(
                     std::thread::Builder::new()
                         .name(format!("miner-{i}"))
-                        .spawn(move || mine_loop(&node, miner))?,
+                        .spawn(move || mine_loop(&node, miner, share))?,
                 );
             }
             tracing::info!(miner = %key.address(), threads = miners.len(), "mining");
@@ -532,11 +533,14 @@ pub fn now_ms() -> u64 {
 
 /// Mines on the current tip until shutdown. The template is rebuilt when the
 /// tip or mempool changes, and every second so the timestamp (and with it
-/// the difficulty) stays current.
-fn mine_loop(node: &Node, miner: Address) {
+/// the difficulty) stays current. `share` (0-1] of the thread's time is
+/// spent hashing: after each 20 ms of it the thread sleeps the rest.
+fn mine_loop(node: &Node, miner: Address, share: f64) {
     const BATCH: u64 = 128;
     const REFRESH: Duration = Duration::from_secs(1);
+    const SLICE: Duration = Duration::from_millis(20);
     let never = AtomicBool::new(false);
+    let mut busy = Duration::ZERO;
     while !node.shutdown.load(Ordering::SeqCst) {
         let generation = node.generation();
         let (mut block, ethash): (Block, Arc<Ethash>) = {
@@ -552,7 +556,14 @@ fn mine_loop(node: &Node, miner: Address) {
             {
                 break None;
             }
-            if let Some((n, mix)) = ethash.search(&block.header, nonce, BATCH, &never) {
+            let hashing = Instant::now();
+            let found = ethash.search(&block.header, nonce, BATCH, &never);
+            busy += hashing.elapsed();
+            if share < 1.0 && busy >= SLICE {
+                std::thread::sleep(busy.mul_f64((1.0 - share) / share));
+                busy = Duration::ZERO;
+            }
+            if let Some((n, mix)) = found {
                 block.header.nonce = n;
                 block.header.mix_digest = mix;
                 break Some(block);

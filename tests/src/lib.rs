@@ -114,6 +114,22 @@ impl TestHome {
     pub fn start_node(&mut self, extra: &[&str]) {
         assert!(self.node.is_none(), "a node is already running");
         let _ = std::fs::remove_file(self.dir.join("node.json"));
+        // A test chain's miner hashes a quarter of the time: the difficulty
+        // follows the hash rate, so blocks still come every 150 ms, and the
+        // VMs and nodes beside it keep the cores (a test may choose another).
+        if extra.contains(&"--mine") {
+            let config: toml::Table = std::fs::read_to_string(self.dir.join("config.toml"))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let share = config
+                .get("node")
+                .and_then(|n| n.get("mining_cpu_percent"))
+                .and_then(toml::Value::as_integer);
+            if share.is_none_or(|s| s == 100) {
+                set_config(self, "node", "mining_cpu_percent", "25");
+            }
+        }
         let log = std::fs::File::create(self.dir.join("node.log")).unwrap();
         let child = Command::new(zennet_bin())
             .arg("--home")
