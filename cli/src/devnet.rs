@@ -261,11 +261,6 @@ impl Devnet {
         for (home, _) in &homes {
             crate::home::write_atomic(&home.genesis_path(), genesis.to_toml().as_bytes(), 0o644)?;
         }
-        // The miner hashes a quarter of the time: the difficulty follows,
-        // blocks keep their pace, and the VMs get the cores.
-        let mut miner_config = homes[0].0.config()?;
-        miner_config.node.mining_cpu_percent = 25;
-        write_config(&homes[0].0, &miner_config)?;
         let mut publisher_config = homes[1].0.config()?;
         publisher_config.publisher.ssh_listen = "127.0.0.1:0".into();
         write_config(&homes[1].0, &publisher_config)?;

@@ -19,11 +19,22 @@ use zennet_tests::{TestHome, amount, wait_until};
 fn devnet_runs_a_paid_job_and_balances_reconcile() {
     let home = TestHome::new();
     let out = home.run(&["devnet", "--providers", "2", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // The devnet's root goes with this test's temporary home: show the
+        // end of every node's log before it does.
+        for entry in std::fs::read_dir(&home.dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("== {} (last 60 lines)", path.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["job"]["answer"], s["job"]["expected"]);
     assert_eq!(s["job"]["expected"], 3245);
