@@ -23,7 +23,8 @@ cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 phase "heavy tests (once per pass: Spark and Dask across a market's TCG VMs)"
 # images/tests/e2e_disk_images.rs (each engine inside one guest booted by
 # hand) is covered by this one and stays for running by hand.
-# --workspace, as above: the same features, so nothing is built again.
+# --workspace, as above: features resolve as for the tests, so little is
+# built again (with -p zennet-tests, libp2p and rustls were).
 cargo test --workspace --test spark -- --ignored 2>&1 | tee -a "$log"
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$log")
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$log")
