@@ -559,14 +559,16 @@ fn mine_loop(node: &Node, miner: Address, share: f64) {
             let hashing = Instant::now();
             let found = ethash.search(&block.header, nonce, BATCH, &never);
             busy += hashing.elapsed();
-            if share < 1.0 && busy >= SLICE {
-                std::thread::sleep(busy.mul_f64((1.0 - share) / share));
-                busy = Duration::ZERO;
-            }
             if let Some((n, mix)) = found {
                 block.header.nonce = n;
                 block.header.mix_digest = mix;
                 break Some(block);
+            }
+            // The rest is slept only between batches that found nothing, so
+            // a found block is imported at once; the time owed carries over.
+            if share < 1.0 && busy >= SLICE {
+                std::thread::sleep(busy.mul_f64((1.0 - share) / share));
+                busy = Duration::ZERO;
             }
             nonce = nonce.wrapping_add(BATCH);
         };
