@@ -534,13 +534,12 @@ pub fn now_ms() -> u64 {
 /// Mines on the current tip until shutdown. The template is rebuilt when the
 /// tip or mempool changes, and every second so the timestamp (and with it
 /// the difficulty) stays current. `share` (0-1] of the thread's time is
-/// spent hashing: after each 20 ms of it the thread sleeps the rest.
+/// spent hashing (see [`Throttle`]).
 fn mine_loop(node: &Node, miner: Address, share: f64) {
     const BATCH: u64 = 128;
     const REFRESH: Duration = Duration::from_secs(1);
-    const SLICE: Duration = Duration::from_millis(20);
     let never = AtomicBool::new(false);
-    let mut busy = Duration::ZERO;
+    let mut throttle = Throttle::new(share);
     while !node.shutdown.load(Ordering::SeqCst) {
         let generation = node.generation();
         let (mut block, ethash): (Block, Arc<Ethash>) = {
@@ -558,17 +557,14 @@ fn mine_loop(node: &Node, miner: Address, share: f64) {
             }
             let hashing = Instant::now();
             let found = ethash.search(&block.header, nonce, BATCH, &never);
-            busy += hashing.elapsed();
+            let rest = throttle.after_batch(hashing.elapsed(), found.is_some());
             if let Some((n, mix)) = found {
                 block.header.nonce = n;
                 block.header.mix_digest = mix;
                 break Some(block);
             }
-            // The rest is slept only between batches that found nothing, so
-            // a found block is imported at once; the time owed carries over.
-            if share < 1.0 && busy >= SLICE {
-                std::thread::sleep(busy.mul_f64((1.0 - share) / share));
-                busy = Duration::ZERO;
+            if let Some(rest) = rest {
+                std::thread::sleep(rest);
             }
             nonce = nonce.wrapping_add(BATCH);
         };
@@ -582,6 +578,44 @@ fn mine_loop(node: &Node, miner: Address, share: f64) {
                 Err(e) => tracing::warn!(height, error = %e, "own block rejected"),
             }
         }
+    }
+}
+
+/// A miner's CPU share: after each [`Throttle::SLICE`] of hashing the
+/// thread sleeps in proportion. The rest is slept only between batches that
+/// found nothing, so a found block is imported at once; the time owed
+/// carries over, but never more than one slice of it. A chain whose
+/// difficulty is low enough that nearly every batch finds a block would
+/// otherwise run up minutes of debt and then stop mining for them (it did:
+/// a test chain sat still for over four minutes). Difficulty rises until
+/// batches fail again, so the cap costs little of the share.
+struct Throttle {
+    share: f64,
+    busy: Duration,
+}
+
+impl Throttle {
+    const SLICE: Duration = Duration::from_millis(20);
+
+    fn new(share: f64) -> Throttle {
+        Throttle {
+            share,
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// Counts one batch of hashing; the time to sleep after it, if any.
+    fn after_batch(&mut self, hashing: Duration, found: bool) -> Option<Duration> {
+        if self.share >= 1.0 {
+            return None;
+        }
+        self.busy = (self.busy + hashing).min(Self::SLICE.max(hashing));
+        if found || self.busy < Self::SLICE {
+            return None;
+        }
+        let rest = self.busy.mul_f64((1.0 - self.share) / self.share);
+        self.busy = Duration::ZERO;
+        Some(rest)
     }
 }
 
@@ -646,4 +680,39 @@ fn block_line(chain: &Chain, block: &zennet_chain::StoredBlock, me: Address) -> 
 
 fn short(hex: &str) -> String {
     format!("{}…", &hex[..hex.len().min(10)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_miner_sleeps_its_share_and_never_owes_more_than_a_slice() {
+        let ms = Duration::from_millis;
+        // Batches that find nothing: 25% of the time hashing.
+        let mut t = Throttle::new(0.25);
+        let (mut hashing, mut slept) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..400 {
+            hashing += ms(5);
+            slept += t.after_batch(ms(5), false).unwrap_or_default();
+        }
+        let share = hashing.as_secs_f64() / (hashing + slept).as_secs_f64();
+        assert!((share - 0.25).abs() < 0.01, "{share}");
+
+        // The cheat on ourselves: a chain so easy that every batch for
+        // ten minutes finds a block, then one batch that does not. The
+        // sleep is one slice's rest, not half an hour.
+        let mut t = Throttle::new(0.25);
+        for _ in 0..60_000 {
+            assert_eq!(t.after_batch(ms(10), true), None);
+        }
+        let rest = t.after_batch(ms(10), false).unwrap();
+        assert!(rest <= Throttle::SLICE * 3, "{rest:?}");
+
+        // One batch longer than a slice is owed in full; a full share
+        // never sleeps.
+        let mut t = Throttle::new(0.5);
+        assert_eq!(t.after_batch(ms(100), false), Some(ms(100)));
+        assert_eq!(Throttle::new(1.0).after_batch(ms(100), false), None);
+    }
 }
