@@ -7,17 +7,17 @@
 //! account with this node is one channel), so reconnecting does not buy
 //! fresh credit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::AsyncReadExt;
-use zennet_chain::Address;
+use zennet_chain::{Address, SignedVoucher};
 use zennet_net::PeerId;
 use zennet_net::content::Stream;
 
 use crate::bitfield::Bitfield;
-use crate::error::{StoreError, WireError};
-use crate::metainfo::PIECE_LEN;
+use crate::error::{FsError, StoreError, WireError};
+use crate::metainfo::{FileId, PIECE_LEN};
 use crate::payment::Account;
 use crate::payment::part_cost;
 use crate::service::{Fs, Role};
@@ -26,7 +26,7 @@ use crate::wire::{self, Frame, Offer};
 /// A downloader silent this long is dropped.
 const IDLE: Duration = Duration::from_secs(120);
 
-pub(crate) async fn serve(fs: std::sync::Arc<Fs>, peer: PeerId, stream: Stream) {
+pub(crate) async fn serve(fs: Arc<Fs>, peer: PeerId, stream: Stream) {
     let address = zennet_net::peer_address(&peer);
     match session(&fs, peer, address, stream).await {
         Ok(()) | Err(WireError::Closed) => {}
@@ -39,10 +39,25 @@ pub(crate) async fn serve(fs: std::sync::Arc<Fs>, peer: PeerId, stream: Stream) 
 }
 
 async fn session(
-    fs: &Fs,
+    fs: &Arc<Fs>,
     peer: PeerId,
     address: Option<Address>,
     stream: Stream,
+) -> Result<(), WireError> {
+    let mut receiving = Receiving::default();
+    let result = serve_parts(fs, peer, address, stream, &mut receiving).await;
+    // A voucher still being committed counts before the session's account
+    // is flushed; one that was refused only ends a session already over.
+    let _ = receiving.wait().await;
+    result
+}
+
+async fn serve_parts(
+    fs: &Arc<Fs>,
+    peer: PeerId,
+    address: Option<Address>,
+    stream: Stream,
+    receiving: &mut Receiving,
 ) -> Result<(), WireError> {
     let (mut rd, mut wr) = stream.split();
     let file = match read(&mut rd).await? {
@@ -104,7 +119,18 @@ async fn session(
                 let len = f.meta.piece_len(index);
                 let cost = part_cost(price, len);
                 if price > 0 {
-                    let unpaid = fs.account(payer, Role::Earned).unpaid();
+                    if let Err(e) = receiving.take_finished().await {
+                        return refuse_voucher(&mut wr, peer, payer, e).await;
+                    }
+                    let mut unpaid = fs.account(payer, Role::Earned).unpaid();
+                    // Past the credit with a voucher still being
+                    // committed: it counts once it is on disk.
+                    if unpaid + cost > credit && receiving.pending() {
+                        if let Err(e) = receiving.wait().await {
+                            return refuse_voucher(&mut wr, peer, payer, e).await;
+                        }
+                        unpaid = fs.account(payer, Role::Earned).unpaid();
+                    }
                     if unpaid + cost > credit {
                         tracing::info!(%peer, %payer, %unpaid, "cutting off a downloader that does not pay");
                         return refuse(
@@ -139,29 +165,75 @@ async fn session(
                 if price == 0 && address.is_none() {
                     return refuse(&mut wr, "nothing to pay").await;
                 }
-                // A signature check and a synchronous commit: off the
-                // runtime, whose threads carry every other session.
-                let payee = fs.payee.clone();
-                let received = tokio::task::spawn_blocking(move || payee.receive(payer, *v))
-                    .await
-                    .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
-                match received {
-                    Ok(delta) => {
-                        fs.book(payer, Role::Earned, Account::paid(delta), false);
-                        fs.book_file(file, Account::paid(delta));
-                    }
-                    Err(e) => {
-                        tracing::info!(%peer, %payer, error = %e, "voucher refused");
-                        return refuse(&mut wr, &format!("voucher refused: {e}")).await;
-                    }
+                // Vouchers are cumulative: each is checked after the one
+                // before is stored.
+                if let Err(e) = receiving.wait().await {
+                    return refuse_voucher(&mut wr, peer, payer, e).await;
                 }
+                receiving.start(fs.clone(), payer, file, *v);
             }
-            Frame::Bye => return Ok(()),
+            Frame::Bye => {
+                return match receiving.wait().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => refuse_voucher(&mut wr, peer, payer, e).await,
+                };
+            }
             other => {
                 return refuse(&mut wr, &format!("unexpected {} frame", name(&other))).await;
             }
         }
     }
+}
+
+/// The voucher being checked and committed, beside the transfer: a
+/// signature check and a synchronous SQLite commit (an fsync) take
+/// milliseconds, during which the session goes on serving parts within
+/// the credit already paid for. Booked by the task itself, so a voucher
+/// stored is counted even when the session is gone before it is.
+#[derive(Default)]
+struct Receiving(Option<tokio::task::JoinHandle<Result<(), FsError>>>);
+
+impl Receiving {
+    fn start(&mut self, fs: Arc<Fs>, payer: Address, file: FileId, v: SignedVoucher) {
+        self.0 = Some(tokio::task::spawn_blocking(move || {
+            let delta = fs.payee.receive(payer, v)?;
+            fs.book(payer, Role::Earned, Account::paid(delta), false);
+            fs.book_file(file, Account::paid(delta));
+            Ok(())
+        }));
+    }
+
+    fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The outcome of the voucher being committed, once it is.
+    async fn wait(&mut self) -> Result<(), FsError> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(h) => h.await.map_err(|e| {
+                FsError::Invalid(format!("checking a voucher was interrupted: {e}"))
+            })?,
+        }
+    }
+
+    /// Like [`Receiving::wait`], but only when the commit is done.
+    async fn take_finished(&mut self) -> Result<(), FsError> {
+        match &self.0 {
+            Some(h) if h.is_finished() => self.wait().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn refuse_voucher<W: futures::AsyncWrite + Unpin>(
+    w: &mut W,
+    peer: PeerId,
+    payer: Address,
+    e: FsError,
+) -> Result<(), WireError> {
+    tracing::info!(%peer, %payer, error = %e, "voucher refused");
+    refuse(w, &format!("voucher refused: {e}")).await
 }
 
 /// Saves what the session's file earned however the session ends.

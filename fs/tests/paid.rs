@@ -354,7 +354,10 @@ async fn a_voucher_over_the_deposit_or_on_a_foreign_channel_is_refused_and_not_c
         reason.contains("voucher refused") && reason.contains("deposit"),
         "{reason}"
     );
-    assert!(got <= 1, "served {got} parts on a worthless voucher");
+    // The voucher is checked beside the transfer, so a part or two may go
+    // out meanwhile: never more than the credit any downloader gets
+    // without paying at all.
+    assert!(got <= CREDIT, "served {got} parts on a worthless voucher");
     assert_eq!(s_pay.payee().paid(&small).unwrap(), 0, "not stored");
 
     // Someone else's channel to the seeder, signed by the leecher.
