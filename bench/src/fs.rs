@@ -107,7 +107,7 @@ pub fn run(quick: bool) {
     miner.stop_node();
     // Free and paid take turns, three passes each, and each figure is the
     // median pass: passes move by a third from one to the next on this
-    // machine, and the pass right after another pays for its writeback.
+    // machine.
     let (mut frees, mut paids) = (Vec::new(), Vec::new());
     for pass in 0..PASSES {
         price("0");
