@@ -110,14 +110,23 @@ impl TestHome {
         err
     }
 
+    /// Whether this home is on the embedded dev chain (`init --genesis dev`).
+    fn on_embedded_dev_chain(&self) -> bool {
+        let dev = zennet_chain::Genesis::dev(zennet_chain::Address::ZERO, 0).name;
+        zennet_chain::Genesis::load(&self.dir.join("genesis.toml")).is_ok_and(|g| g.name == dev)
+    }
+
     /// Starts `zennet node run EXTRA...` in the background and waits for its API.
     pub fn start_node(&mut self, extra: &[&str]) {
         assert!(self.node.is_none(), "a node is already running");
         let _ = std::fs::remove_file(self.dir.join("node.json"));
         // A test chain's miner hashes a quarter of the time: the difficulty
-        // follows the hash rate, so blocks still come every 150 ms, and the
-        // VMs and nodes beside it keep the cores (a test may choose another).
-        if extra.contains(&"--mine") {
+        // follows the hash rate, so blocks still come at the chain's pace,
+        // and the VMs and nodes beside it keep the cores (a test may choose
+        // another). Not on the embedded dev chain: its difficulty starts
+        // where a whole core finds a block every 2 s, so a quarter of one
+        // takes four times as long until it has come down.
+        if extra.contains(&"--mine") && !self.on_embedded_dev_chain() {
             let config: toml::Table = std::fs::read_to_string(self.dir.join("config.toml"))
                 .unwrap()
                 .parse()
